@@ -1,0 +1,15 @@
+//! elite: evaluate the safety and quality of vision models.
+//!
+//! The library behind the `elite` binary. Start with `ARCHITECTURE.md` at the repository root
+//! for the map; each module's doc comment says what it owns.
+
+pub mod accounts;
+pub mod db;
+pub mod jobs;
+pub mod server;
+pub mod web;
+
+/// Every job kind this build can run, with its handler.
+pub fn job_registry() -> jobs::Registry {
+    jobs::Registry::new()
+}

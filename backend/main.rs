@@ -1,0 +1,242 @@
+//! The `elite` command line: parses arguments (clap) and wires library calls. No logic here.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use elite::accounts::{self, Role};
+use elite::db::{self, DbSource, LocalCluster};
+use elite::jobs::WorkerOptions;
+use elite::web::WebConfig;
+
+#[derive(Parser)]
+#[command(name = "elite", version, about = "Evaluate the safety and quality of vision models")]
+struct Cli {
+    /// Directory for the private PostgreSQL cluster and other local state.
+    #[arg(long, global = true, env = "ELITE_DATA_DIR", default_value = "./.elite")]
+    data_dir: PathBuf,
+    /// Use this PostgreSQL server instead of the private cluster.
+    #[arg(long, global = true, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the web app and API, with in-process workers.
+    Serve {
+        #[arg(long, env = "ELITE_BIND", default_value = "127.0.0.1:8080")]
+        bind: SocketAddr,
+        /// Run no workers in this process (use `elite worker` elsewhere).
+        #[arg(long)]
+        no_workers: bool,
+        /// Mark cookies Secure (when served behind HTTPS).
+        #[arg(long, env = "ELITE_SECURE_COOKIES")]
+        secure_cookies: bool,
+        #[command(flatten)]
+        workers: WorkerArgs,
+    },
+    /// Run workers only.
+    Worker {
+        #[command(flatten)]
+        workers: WorkerArgs,
+    },
+    /// Database maintenance.
+    Db {
+        #[command(subcommand)]
+        command: DbCommand,
+    },
+    /// Manage users.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+}
+
+#[derive(Args)]
+struct WorkerArgs {
+    /// Jobs run at once by this process.
+    #[arg(long, env = "ELITE_WORKERS", default_value_t = 2)]
+    concurrency: usize,
+}
+
+impl WorkerArgs {
+    fn options(&self) -> WorkerOptions {
+        WorkerOptions { concurrency: self.concurrency, ..WorkerOptions::default() }
+    }
+}
+
+#[derive(Subcommand)]
+enum DbCommand {
+    /// Apply pending migrations.
+    Migrate,
+    /// Show which migrations are applied.
+    Status,
+    /// Print a connection string (starts the private cluster if needed and leaves it running).
+    Url,
+    /// Stop the private cluster, whoever started it.
+    Stop,
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add a user.
+    Add {
+        username: String,
+        #[arg(long, default_value = "researcher")]
+        role: Role,
+        /// Read the password from standard input.
+        #[arg(long, conflicts_with = "generate_password")]
+        password_stdin: bool,
+        /// Generate a password and print it.
+        #[arg(long)]
+        generate_password: bool,
+        /// Succeed without change when the user already exists.
+        #[arg(long)]
+        if_missing: bool,
+    },
+    /// Change a user's role.
+    SetRole { username: String, role: Role },
+    /// Set a user's password from standard input (ends their sessions).
+    SetPassword { username: String },
+    /// List users.
+    List,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ELITE_LOG")
+                .unwrap_or_else(|_| "info,sqlx=warn,tower_http=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let source = match &cli.database_url {
+        Some(url) => DbSource::Url(url.clone()),
+        None => DbSource::Embedded { data_dir: cli.data_dir.clone() },
+    };
+    match cli.command {
+        Command::Serve { bind, no_workers, secure_cookies, workers } => {
+            let db = db::open_and_migrate(&source, 20).await?;
+            let config = WebConfig { secure_cookies, ..WebConfig::default() };
+            let workers = (!no_workers).then(|| workers.options());
+            elite::server::serve(db, bind, config, workers).await
+        }
+        Command::Worker { workers } => {
+            let db = db::open_and_migrate(&source, (workers.concurrency as u32 + 4).max(5)).await?;
+            elite::server::work(db, workers.options()).await
+        }
+        Command::Db { command } => db_command(command, &cli.data_dir, &source).await,
+        Command::User { command } => user_command(command, &source).await,
+    }
+}
+
+async fn db_command(command: DbCommand, data_dir: &std::path::Path, source: &DbSource) -> anyhow::Result<()> {
+    match command {
+        DbCommand::Migrate => {
+            let db = db::open_and_migrate(source, 2).await?;
+            println!("migrations applied");
+            db.shutdown().await;
+        }
+        DbCommand::Status => {
+            let db = db::open(source, 2).await?;
+            for (version, description, applied) in db::migration_status(&db.pool).await? {
+                println!("{version} {description}: {}", if applied { "applied" } else { "pending" });
+            }
+            db.shutdown().await;
+        }
+        DbCommand::Url => match source {
+            DbSource::Url(url) => println!("{url}"),
+            DbSource::Embedded { data_dir } => {
+                let options = db::ClusterOptions { data_dir: data_dir.clone(), ephemeral: false };
+                let cluster = tokio::task::spawn_blocking(move || LocalCluster::ensure_running(options)).await??;
+                db::create_database_if_missing(&cluster.url_for("postgres"), "elite").await?;
+                println!("{}", cluster.url());
+                if cluster.is_owned() {
+                    eprintln!("started the private PostgreSQL server; stop it with `elite db stop`");
+                }
+                // Leave the server running for the caller.
+                std::mem::forget(cluster);
+            }
+        },
+        DbCommand::Stop => {
+            if !data_dir.join("pgdata").join("PG_VERSION").exists() {
+                bail!("no private cluster under {}", data_dir.display());
+            }
+            let options = db::ClusterOptions { data_dir: data_dir.to_path_buf(), ephemeral: false };
+            tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+                let mut cluster = LocalCluster::ensure_running(options)?;
+                cluster.stop_any_owner()?;
+                Ok(())
+            })
+            .await??;
+            println!("stopped");
+        }
+    }
+    Ok(())
+}
+
+async fn user_command(command: UserCommand, source: &DbSource) -> anyhow::Result<()> {
+    let db = db::open_and_migrate(source, 2).await?;
+    let result = user_command_inner(command, &db.pool).await;
+    db.shutdown().await;
+    result
+}
+
+async fn user_command_inner(command: UserCommand, pool: &sqlx::PgPool) -> anyhow::Result<()> {
+    match command {
+        UserCommand::Add { username, role, password_stdin, generate_password, if_missing } => {
+            if if_missing && accounts::find_user(pool, &username).await?.is_some() {
+                println!("user {username} already exists; unchanged");
+                return Ok(());
+            }
+            let password = if generate_password {
+                elite::web::auth::random_token()[..20].to_string()
+            } else if password_stdin {
+                read_password_stdin()?
+            } else {
+                bail!("give the password with --password-stdin, or use --generate-password");
+            };
+            let user = accounts::create_user(pool, &username, &password, role).await?;
+            println!("created {} ({})", user.username, user.role);
+            if generate_password {
+                println!("password: {password}");
+            }
+        }
+        UserCommand::SetRole { username, role } => {
+            let user = accounts::set_role(pool, &username, role).await?;
+            println!("{} is now {}", user.username, user.role);
+        }
+        UserCommand::SetPassword { username } => {
+            let password = read_password_stdin()?;
+            accounts::set_password(pool, &username, &password).await?;
+            println!("password of {username} changed; their sessions have ended");
+        }
+        UserCommand::List => {
+            for user in accounts::list_users(pool).await? {
+                println!("{}\t{}\t{}", user.username, user.role, if user.disabled { "disabled" } else { "active" });
+            }
+        }
+    }
+    Ok(())
+}
+
+fn read_password_stdin() -> anyhow::Result<String> {
+    let mut text = String::new();
+    std::io::stdin().read_to_string(&mut text).context("reading the password from stdin")?;
+    let password = text.trim_end_matches(['\n', '\r']).to_string();
+    if password.is_empty() {
+        bail!("no password on standard input");
+    }
+    Ok(password)
+}
+
