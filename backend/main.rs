@@ -12,10 +12,19 @@ use elite::jobs::WorkerOptions;
 use elite::web::WebConfig;
 
 #[derive(Parser)]
-#[command(name = "elite", version, about = "Evaluate the safety and quality of vision models")]
+#[command(
+    name = "elite",
+    version,
+    about = "Evaluate the safety and quality of vision models"
+)]
 struct Cli {
     /// Directory for the private PostgreSQL cluster and other local state.
-    #[arg(long, global = true, env = "ELITE_DATA_DIR", default_value = "./.elite")]
+    #[arg(
+        long,
+        global = true,
+        env = "ELITE_DATA_DIR",
+        default_value = "./.elite"
+    )]
     data_dir: PathBuf,
     /// Use this PostgreSQL server instead of the private cluster.
     #[arg(long, global = true, env = "DATABASE_URL", hide_env_values = true)]
@@ -65,7 +74,10 @@ struct WorkerArgs {
 
 impl WorkerArgs {
     fn options(&self) -> WorkerOptions {
-        WorkerOptions { concurrency: self.concurrency, ..WorkerOptions::default() }
+        WorkerOptions {
+            concurrency: self.concurrency,
+            ..WorkerOptions::default()
+        }
     }
 }
 
@@ -122,12 +134,22 @@ fn main() -> anyhow::Result<()> {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let source = match &cli.database_url {
         Some(url) => DbSource::Url(url.clone()),
-        None => DbSource::Embedded { data_dir: cli.data_dir.clone() },
+        None => DbSource::Embedded {
+            data_dir: cli.data_dir.clone(),
+        },
     };
     match cli.command {
-        Command::Serve { bind, no_workers, secure_cookies, workers } => {
+        Command::Serve {
+            bind,
+            no_workers,
+            secure_cookies,
+            workers,
+        } => {
             let db = db::open_and_migrate(&source, 20).await?;
-            let config = WebConfig { secure_cookies, ..WebConfig::default() };
+            let config = WebConfig {
+                secure_cookies,
+                ..WebConfig::default()
+            };
             let workers = (!no_workers).then(|| workers.options());
             elite::server::serve(db, bind, config, workers).await
         }
@@ -140,7 +162,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-async fn db_command(command: DbCommand, data_dir: &std::path::Path, source: &DbSource) -> anyhow::Result<()> {
+async fn db_command(
+    command: DbCommand,
+    data_dir: &std::path::Path,
+    source: &DbSource,
+) -> anyhow::Result<()> {
     match command {
         DbCommand::Migrate => {
             let db = db::open_and_migrate(source, 2).await?;
@@ -150,36 +176,42 @@ async fn db_command(command: DbCommand, data_dir: &std::path::Path, source: &DbS
         DbCommand::Status => {
             let db = db::open(source, 2).await?;
             for (version, description, applied) in db::migration_status(&db.pool).await? {
-                println!("{version} {description}: {}", if applied { "applied" } else { "pending" });
+                println!(
+                    "{version} {description}: {}",
+                    if applied { "applied" } else { "pending" }
+                );
             }
             db.shutdown().await;
         }
         DbCommand::Url => match source {
             DbSource::Url(url) => println!("{url}"),
             DbSource::Embedded { data_dir } => {
-                let options = db::ClusterOptions { data_dir: data_dir.clone(), ephemeral: false };
-                let cluster = tokio::task::spawn_blocking(move || LocalCluster::ensure_running(options)).await??;
+                let options = db::ClusterOptions {
+                    data_dir: data_dir.clone(),
+                    ephemeral: false,
+                };
+                let cluster =
+                    tokio::task::spawn_blocking(move || LocalCluster::ensure_running(options))
+                        .await??;
                 db::create_database_if_missing(&cluster.url_for("postgres"), "elite").await?;
                 println!("{}", cluster.url());
                 if cluster.is_owned() {
-                    eprintln!("started the private PostgreSQL server; stop it with `elite db stop`");
+                    eprintln!(
+                        "started the private PostgreSQL server; stop it with `elite db stop`"
+                    );
                 }
                 // Leave the server running for the caller.
                 std::mem::forget(cluster);
             }
         },
         DbCommand::Stop => {
-            if !data_dir.join("pgdata").join("PG_VERSION").exists() {
-                bail!("no private cluster under {}", data_dir.display());
-            }
-            let options = db::ClusterOptions { data_dir: data_dir.to_path_buf(), ephemeral: false };
-            tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-                let mut cluster = LocalCluster::ensure_running(options)?;
-                cluster.stop_any_owner()?;
-                Ok(())
-            })
-            .await??;
-            println!("stopped");
+            let options = db::ClusterOptions {
+                data_dir: data_dir.to_path_buf(),
+                ephemeral: false,
+            };
+            let stopped =
+                tokio::task::spawn_blocking(move || LocalCluster::stop_existing(options)).await??;
+            println!("{}", if stopped { "stopped" } else { "not running" });
         }
     }
     Ok(())
@@ -194,7 +226,13 @@ async fn user_command(command: UserCommand, source: &DbSource) -> anyhow::Result
 
 async fn user_command_inner(command: UserCommand, pool: &sqlx::PgPool) -> anyhow::Result<()> {
     match command {
-        UserCommand::Add { username, role, password_stdin, generate_password, if_missing } => {
+        UserCommand::Add {
+            username,
+            role,
+            password_stdin,
+            generate_password,
+            if_missing,
+        } => {
             if if_missing && accounts::find_user(pool, &username).await?.is_some() {
                 println!("user {username} already exists; unchanged");
                 return Ok(());
@@ -223,7 +261,12 @@ async fn user_command_inner(command: UserCommand, pool: &sqlx::PgPool) -> anyhow
         }
         UserCommand::List => {
             for user in accounts::list_users(pool).await? {
-                println!("{}\t{}\t{}", user.username, user.role, if user.disabled { "disabled" } else { "active" });
+                println!(
+                    "{}\t{}\t{}",
+                    user.username,
+                    user.role,
+                    if user.disabled { "disabled" } else { "active" }
+                );
             }
         }
     }
@@ -232,11 +275,12 @@ async fn user_command_inner(command: UserCommand, pool: &sqlx::PgPool) -> anyhow
 
 fn read_password_stdin() -> anyhow::Result<String> {
     let mut text = String::new();
-    std::io::stdin().read_to_string(&mut text).context("reading the password from stdin")?;
+    std::io::stdin()
+        .read_to_string(&mut text)
+        .context("reading the password from stdin")?;
     let password = text.trim_end_matches(['\n', '\r']).to_string();
     if password.is_empty() {
         bail!("no password on standard input");
     }
     Ok(password)
 }
-

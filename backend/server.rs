@@ -18,15 +18,21 @@ pub async fn serve(
     web_config: WebConfig,
     workers: Option<WorkerOptions>,
 ) -> anyhow::Result<()> {
-    let worker_pool = workers.map(|options| WorkerPool::start(db.pool.clone(), crate::job_registry(), options));
+    let worker_pool =
+        workers.map(|options| WorkerPool::start(db.pool.clone(), crate::job_registry(), options));
     let state = AppState::new(db.pool.clone(), web_config);
     let (router, _) = web::app(state);
-    let listener = TcpListener::bind(bind).await.with_context(|| format!("cannot listen on {bind}"))?;
+    let listener = TcpListener::bind(bind)
+        .await
+        .with_context(|| format!("cannot listen on {bind}"))?;
     tracing::info!("serving on http://{}", listener.local_addr()?);
     eprintln!("elite is serving on http://{}", listener.local_addr()?);
-    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await?;
     if let Some(pool) = worker_pool {
         pool.shutdown().await;
     }

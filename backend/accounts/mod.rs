@@ -5,8 +5,8 @@
 use std::fmt;
 use std::str::FromStr;
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -39,7 +39,20 @@ pub const MIN_PASSWORD_LEN: usize = 8;
 pub const SESSION_TTL: Duration = Duration::days(7);
 
 /// What a user may do. Ordered: each role includes the ones below it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, sqlx::Type, utoipa::ToSchema)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    sqlx::Type,
+    utoipa::ToSchema,
+)]
 #[sqlx(type_name = "user_role", rename_all = "lowercase")]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
@@ -109,7 +122,9 @@ pub struct ApiToken {
 
 fn valid_username(name: &str) -> bool {
     (1..=64).contains(&name.len())
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || "_.@-".contains(c))
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.@-".contains(c))
 }
 
 /// Hash a password with argon2id on a blocking thread (it is deliberately slow).
@@ -129,7 +144,11 @@ pub async fn hash_password(password: String) -> Result<String, AccountError> {
 pub async fn verify_password(password: String, hash: String) -> bool {
     tokio::task::spawn_blocking(move || {
         PasswordHash::new(&hash)
-            .map(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+            .map(|parsed| {
+                Argon2::default()
+                    .verify_password(password.as_bytes(), &parsed)
+                    .is_ok()
+            })
             .unwrap_or(false)
     })
     .await
@@ -142,7 +161,9 @@ async fn dummy_hash() -> &'static str {
     static DUMMY: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
     DUMMY
         .get_or_init(|| async {
-            hash_password("not-a-real-password".into()).await.unwrap_or_default()
+            hash_password("not-a-real-password".into())
+                .await
+                .unwrap_or_default()
         })
         .await
 }
@@ -199,7 +220,11 @@ pub async fn set_role_by_id(pool: &PgPool, id: i64, role: Role) -> Result<User, 
     .ok_or_else(|| AccountError::NoSuchUser(format!("#{id}")))
 }
 
-pub async fn set_password(pool: &PgPool, username: &str, password: &str) -> Result<(), AccountError> {
+pub async fn set_password(
+    pool: &PgPool,
+    username: &str,
+    password: &str,
+) -> Result<(), AccountError> {
     if password.chars().count() < MIN_PASSWORD_LEN {
         return Err(AccountError::WeakPassword);
     }
@@ -257,7 +282,13 @@ pub async fn authenticate(
     if !verify_password(password.to_string(), hash).await || disabled {
         return Ok(None);
     }
-    Ok(Some(User { id, username, role, disabled, created_at }))
+    Ok(Some(User {
+        id,
+        username,
+        role,
+        disabled,
+        created_at,
+    }))
 }
 
 /// A random secret as URL-safe text, with its SHA-256 for storage.
@@ -283,7 +314,9 @@ pub async fn create_session(pool: &PgPool, user_id: i64) -> Result<String, Accou
         .execute(pool)
         .await?;
     // Opportunistic clean-up of expired sessions.
-    sqlx::query("DELETE FROM sessions WHERE expires_at < now()").execute(pool).await?;
+    sqlx::query("DELETE FROM sessions WHERE expires_at < now()")
+        .execute(pool)
+        .await?;
     Ok(secret)
 }
 
@@ -347,7 +380,11 @@ pub async fn list_api_tokens(pool: &PgPool, user_id: i64) -> Result<Vec<ApiToken
 }
 
 /// Revoke one of the user's tokens; false when it is not theirs or already revoked.
-pub async fn revoke_api_token(pool: &PgPool, user_id: i64, token_id: i64) -> Result<bool, AccountError> {
+pub async fn revoke_api_token(
+    pool: &PgPool,
+    user_id: i64,
+    token_id: i64,
+) -> Result<bool, AccountError> {
     Ok(sqlx::query(
         "UPDATE api_tokens SET revoked_at = now() WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL",
     )

@@ -44,21 +44,9 @@ impl LocalCluster {
     /// Initialise the cluster if needed and start it if it is not running. The application
     /// database is created by [`super::connect`].
     pub fn ensure_running(options: ClusterOptions) -> Result<Self, DbError> {
-        let bin_dir = find_postgres_bin_dir()?;
-        std::fs::create_dir_all(&options.data_dir).map_err(|e| {
-            DbError::Cluster(format!(
-                "cannot create data directory {}: {e}",
-                options.data_dir.display()
-            ))
-        })?;
-        let data_dir = std::fs::canonicalize(&options.data_dir).map_err(|e| {
-            DbError::Cluster(format!("cannot resolve {}: {e}", options.data_dir.display()))
-        })?;
-        let options = ClusterOptions { data_dir, ..options };
+        let mut cluster = Self::locate(options)?;
         // Serialise concurrent launchers (serve + worker, parallel test processes).
-        let _lock = DirLock::acquire(&options.data_dir.join("launcher.lock"))?;
-        let mut cluster = LocalCluster { options, bin_dir, owned: false };
-        cluster.check_socket_path_length()?;
+        let _lock = DirLock::acquire(&cluster.options.data_dir.join("launcher.lock"))?;
         cluster.prepare_directories()?;
         if !cluster.pgdata().join("PG_VERSION").exists() {
             cluster.initdb()?;
@@ -69,13 +57,55 @@ impl LocalCluster {
                 cluster.owned = true;
                 cluster.write_owner()?;
             } else {
-                tracing::info!("using the PostgreSQL server already running under the data directory");
+                tracing::info!(
+                    "using the PostgreSQL server already running under the data directory"
+                );
             }
         } else {
             cluster.start()?;
             cluster.owned = true;
             cluster.write_owner()?;
         }
+        Ok(cluster)
+    }
+
+    /// Stop the cluster under `options.data_dir` if it runs, whoever started it (for
+    /// `elite db stop` and test clean-up). Returns whether a server was stopped.
+    pub fn stop_existing(options: ClusterOptions) -> Result<bool, DbError> {
+        let mut cluster = Self::locate(options)?;
+        let _lock = DirLock::acquire(&cluster.options.data_dir.join("launcher.lock"))?;
+        if !cluster.pgdata().join("PG_VERSION").exists() || !cluster.is_running()? {
+            return Ok(false);
+        }
+        cluster.owned = true;
+        cluster.stop()?;
+        Ok(true)
+    }
+
+    /// Resolve the binaries and the data directory without touching the server.
+    fn locate(options: ClusterOptions) -> Result<Self, DbError> {
+        let bin_dir = find_postgres_bin_dir()?;
+        std::fs::create_dir_all(&options.data_dir).map_err(|e| {
+            DbError::Cluster(format!(
+                "cannot create data directory {}: {e}",
+                options.data_dir.display()
+            ))
+        })?;
+        let data_dir = std::fs::canonicalize(&options.data_dir).map_err(|e| {
+            DbError::Cluster(format!(
+                "cannot resolve {}: {e}",
+                options.data_dir.display()
+            ))
+        })?;
+        let cluster = LocalCluster {
+            options: ClusterOptions {
+                data_dir,
+                ..options
+            },
+            bin_dir,
+            owned: false,
+        };
+        cluster.check_socket_path_length()?;
         Ok(cluster)
     }
 
@@ -104,22 +134,16 @@ impl LocalCluster {
         }
         self.owned = false;
         let pgdata = self.pgdata();
-        let output = self.pg_command("pg_ctl", &["-D", path_str(&pgdata)?, "-m", "fast", "-w", "stop"])?;
+        let output = self.pg_command(
+            "pg_ctl",
+            &["-D", path_str(&pgdata)?, "-m", "fast", "-w", "stop"],
+        )?;
         let _ = std::fs::remove_file(self.owner_file());
         if !output.status.success() {
             return Err(DbError::Cluster(format!(
                 "pg_ctl stop failed: {}",
                 String::from_utf8_lossy(&output.stderr).trim()
             )));
-        }
-        Ok(())
-    }
-
-    /// Stop the server whatever process started it (used by `elite db stop` and test clean-up).
-    pub fn stop_any_owner(&mut self) -> Result<(), DbError> {
-        if self.is_running()? {
-            self.owned = true;
-            self.stop()?;
         }
         Ok(())
     }
@@ -175,10 +199,14 @@ impl LocalCluster {
             }
             let log = self.log_file();
             if !log.exists() {
-                std::fs::write(&log, b"")
-                    .map_err(|e| DbError::Cluster(format!("cannot create {}: {e}", log.display())))?;
+                std::fs::write(&log, b"").map_err(|e| {
+                    DbError::Cluster(format!("cannot create {}: {e}", log.display()))
+                })?;
             }
-            let _ = Command::new("chown").arg("postgres:postgres").arg(&log).status();
+            let _ = Command::new("chown")
+                .arg("postgres:postgres")
+                .arg(&log)
+                .status();
             self.check_postgres_can_reach_data_dir()?;
         }
         Ok(())
@@ -247,7 +275,16 @@ impl LocalCluster {
         let log = self.log_file();
         let output = self.pg_command(
             "pg_ctl",
-            &["-D", path_str(&pgdata)?, "-l", path_str(&log)?, "-w", "-t", "60", "start"],
+            &[
+                "-D",
+                path_str(&pgdata)?,
+                "-l",
+                path_str(&log)?,
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
         )?;
         if !output.status.success() {
             let tail = std::fs::read_to_string(&log).unwrap_or_default();
@@ -282,7 +319,8 @@ impl LocalCluster {
     fn pg_command(&self, program: &str, args: &[&str]) -> Result<Output, DbError> {
         let mut command = if program == "test_access" {
             let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--", "test", "-x"]).arg(&self.options.data_dir);
+            c.args(["-u", "postgres", "--", "test", "-x"])
+                .arg(&self.options.data_dir);
             c
         } else {
             let path = self.bin_dir.join(program);

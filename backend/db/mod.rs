@@ -61,10 +61,14 @@ pub async fn open(source: &DbSource, max_connections: u32) -> Result<Database, D
     let (url, cluster) = match source {
         DbSource::Url(url) => (url.clone(), None),
         DbSource::Embedded { data_dir } => {
-            let options = ClusterOptions { data_dir: data_dir.clone(), ephemeral: false };
-            let cluster = tokio::task::spawn_blocking(move || LocalCluster::ensure_running(options))
-                .await
-                .map_err(|e| DbError::Cluster(format!("launcher task failed: {e}")))??;
+            let options = ClusterOptions {
+                data_dir: data_dir.clone(),
+                ephemeral: false,
+            };
+            let cluster =
+                tokio::task::spawn_blocking(move || LocalCluster::ensure_running(options))
+                    .await
+                    .map_err(|e| DbError::Cluster(format!("launcher task failed: {e}")))??;
             create_database_if_missing(&cluster.url_for("postgres"), cluster::DB_NAME).await?;
             (cluster.url(), Some(cluster))
         }
@@ -74,7 +78,10 @@ pub async fn open(source: &DbSource, max_connections: u32) -> Result<Database, D
 }
 
 /// Open the database and bring its schema up to date.
-pub async fn open_and_migrate(source: &DbSource, max_connections: u32) -> Result<Database, DbError> {
+pub async fn open_and_migrate(
+    source: &DbSource,
+    max_connections: u32,
+) -> Result<Database, DbError> {
     let db = open(source, max_connections).await?;
     MIGRATOR.run(&db.pool).await?;
     Ok(db)
@@ -94,7 +101,15 @@ pub async fn pool(url: &str, max_connections: u32) -> Result<PgPool, DbError> {
 
 /// `CREATE DATABASE name` through a maintenance connection unless it exists.
 pub async fn create_database_if_missing(maintenance_url: &str, name: &str) -> Result<(), DbError> {
-    let mut conn = PgConnection::connect(maintenance_url).await?;
+    create_database_with(&PgConnectOptions::from_str(maintenance_url)?, name).await
+}
+
+/// As [`create_database_if_missing`], with connection options.
+pub async fn create_database_with(
+    maintenance: &PgConnectOptions,
+    name: &str,
+) -> Result<(), DbError> {
+    let mut conn = PgConnection::connect_with(maintenance).await?;
     let exists: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
             .bind(name)
@@ -102,7 +117,10 @@ pub async fn create_database_if_missing(maintenance_url: &str, name: &str) -> Re
             .await?;
     if !exists {
         let quoted = format!("\"{}\"", name.replace('"', "\"\""));
-        if let Err(e) = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {quoted}"))).execute(&mut conn).await {
+        if let Err(e) = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {quoted}")))
+            .execute(&mut conn)
+            .await
+        {
             // A concurrent creator wins the race: that is fine.
             let duplicate = e
                 .as_database_error()
@@ -119,14 +137,19 @@ pub async fn create_database_if_missing(maintenance_url: &str, name: &str) -> Re
 
 /// One line per migration: version, description, applied or pending.
 pub async fn migration_status(pool: &PgPool) -> Result<Vec<(i64, String, bool)>, DbError> {
-    let applied: Vec<i64> = sqlx::query_scalar(
-        "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version",
-    )
-    .fetch_all(pool)
-    .await
-    .unwrap_or_default();
+    let applied: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+            .fetch_all(pool)
+            .await
+            .unwrap_or_default();
     Ok(MIGRATOR
         .iter()
-        .map(|m| (m.version, m.description.to_string(), applied.contains(&m.version)))
+        .map(|m| {
+            (
+                m.version,
+                m.description.to_string(),
+                applied.contains(&m.version),
+            )
+        })
         .collect())
 }

@@ -43,7 +43,10 @@ impl JobStatus {
     }
 
     pub fn is_finished(self) -> bool {
-        matches!(self, JobStatus::Succeeded | JobStatus::Failed | JobStatus::Cancelled)
+        matches!(
+            self,
+            JobStatus::Succeeded | JobStatus::Failed | JobStatus::Cancelled
+        )
     }
 }
 
@@ -170,10 +173,14 @@ pub async fn enqueue(pool: &PgPool, job: NewJob) -> Result<i64, sqlx::Error> {
 }
 
 pub async fn get(pool: &PgPool, id: i64) -> Result<Option<Job>, sqlx::Error> {
-    sqlx::query_as::<_, Job>(concat!("SELECT ", job_columns!(), " FROM jobs WHERE id = $1"))
-        .bind(id)
-        .fetch_optional(pool)
-        .await
+    sqlx::query_as::<_, Job>(concat!(
+        "SELECT ",
+        job_columns!(),
+        " FROM jobs WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(pool)
+    .await
 }
 
 /// The newest jobs first.

@@ -32,7 +32,8 @@ impl From<sqlx::Error> for JobError {
     }
 }
 
-type HandlerFuture = Pin<Box<dyn Future<Output = Result<Option<serde_json::Value>, JobError>> + Send>>;
+type HandlerFuture =
+    Pin<Box<dyn Future<Output = Result<Option<serde_json::Value>, JobError>> + Send>>;
 
 /// Code that runs jobs of one kind. Must be idempotent (see the module contract).
 pub trait JobHandler: Send + Sync + 'static {
@@ -82,7 +83,12 @@ pub struct JobContext {
 
 impl JobContext {
     /// Record progress (done of total, with a message) and announce it to listeners.
-    pub async fn progress(&self, done: i64, total: i64, message: Option<&str>) -> Result<(), JobError> {
+    pub async fn progress(
+        &self,
+        done: i64,
+        total: i64,
+        message: Option<&str>,
+    ) -> Result<(), JobError> {
         sqlx::query(
             "UPDATE jobs SET progress_done = $3, progress_total = $4, progress_message = $5
              WHERE id = $1 AND locked_by = $2 AND status = 'running'",
@@ -150,11 +156,20 @@ impl WorkerPool {
         let wake = Arc::new(Notify::new());
         let registry = Arc::new(registry);
         let mut tasks = JoinSet::new();
-        tasks.spawn(listen_for_jobs(pool.clone(), wake.clone(), shutdown_rx.clone()));
+        tasks.spawn(listen_for_jobs(
+            pool.clone(),
+            wake.clone(),
+            shutdown_rx.clone(),
+        ));
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
         for n in 0..options.concurrency.max(1) {
             let worker = Worker {
-                id: format!("{}-{host}-{}-{n}-{}", options.name, std::process::id(), short_random()),
+                id: format!(
+                    "{}-{host}-{}-{n}-{}",
+                    options.name,
+                    std::process::id(),
+                    short_random()
+                ),
                 pool: pool.clone(),
                 registry: registry.clone(),
                 options: options.clone(),
@@ -270,7 +285,7 @@ impl Worker {
             job_columns!()
         ))
         .bind(&self.id)
-        .bind(self.options.lease)
+        .bind(whole_microseconds(self.options.lease))
         .bind(kinds)
         .fetch_optional(&self.pool)
         .await?;
@@ -287,7 +302,11 @@ impl Worker {
         let Some(handler) = self.registry.handlers.get(&job.kind).cloned() else {
             return false;
         };
-        let ctx = JobContext { job: job.clone(), pool: self.pool.clone(), worker_id: self.id.clone() };
+        let ctx = JobContext {
+            job: job.clone(),
+            pool: self.pool.clone(),
+            worker_id: self.id.clone(),
+        };
         let started = std::time::Instant::now();
         let mut run = handler.run(ctx);
         let mut heartbeat = tokio::time::interval(self.options.heartbeat);
@@ -336,11 +355,15 @@ impl Worker {
         )
         .bind(id)
         .bind(&self.id)
-        .bind(self.options.lease)
+        .bind(whole_microseconds(self.options.lease))
         .execute(&self.pool)
         .await?
         .rows_affected();
-        Ok(if updated == 1 { LeaseState::Held } else { LeaseState::Lost })
+        Ok(if updated == 1 {
+            LeaseState::Held
+        } else {
+            LeaseState::Lost
+        })
     }
 
     async fn succeed(&self, id: i64, result: Option<serde_json::Value>) -> Result<(), sqlx::Error> {
@@ -356,7 +379,10 @@ impl Worker {
         .await?
         .rows_affected();
         if updated == 0 {
-            tracing::info!(job = id, "finished a job whose lease was lost; its outcome is discarded");
+            tracing::info!(
+                job = id,
+                "finished a job whose lease was lost; its outcome is discarded"
+            );
         }
         Ok(())
     }
@@ -405,7 +431,12 @@ fn backoff(options: &WorkerOptions, attempt: i32) -> Duration {
         .saturating_mul(1u32 << exponent.min(16))
         .min(options.max_backoff);
     let jitter = rand::rng().random_range(0.5..=1.0);
-    nominal.mul_f64(jitter)
+    whole_microseconds(nominal.mul_f64(jitter))
+}
+
+/// PostgreSQL intervals hold microseconds; sqlx refuses durations with finer parts.
+fn whole_microseconds(d: Duration) -> Duration {
+    Duration::from_micros(d.as_micros().min(u64::MAX as u128) as u64)
 }
 
 #[cfg(test)]
@@ -422,8 +453,14 @@ mod tests {
         for attempt in 1..30 {
             let d = backoff(&options, attempt);
             let nominal = (2u64 << (attempt as u32 - 1).min(16)).min(60);
-            assert!(d.as_secs_f64() <= nominal as f64 + 1e-9, "attempt {attempt}: {d:?}");
-            assert!(d.as_secs_f64() >= nominal as f64 / 2.0 - 1e-9, "attempt {attempt}: {d:?}");
+            assert!(
+                d.as_secs_f64() <= nominal as f64 + 1e-9,
+                "attempt {attempt}: {d:?}"
+            );
+            assert!(
+                d.as_secs_f64() >= nominal as f64 / 2.0 - 1e-9,
+                "attempt {attempt}: {d:?}"
+            );
         }
     }
 }

@@ -42,7 +42,10 @@ struct BearerAuth;
 impl utoipa::Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
     }
 }
 
@@ -98,8 +101,13 @@ async fn me(CurrentUser(user): CurrentUser) -> ApiJson<User> {
 /// Your API tokens (without their secrets).
 #[utoipa::path(get, path = "/api/v1/tokens", tag = "accounts",
     responses((status = 200, body = Vec<ApiToken>), (status = 401, body = ErrorEnvelope)))]
-async fn list_tokens(State(state): State<AppState>, CurrentUser(user): CurrentUser) -> Result<ApiJson<Vec<ApiToken>>, AppError> {
-    Ok(ApiJson(accounts::list_api_tokens(&state.pool, user.id).await?))
+async fn list_tokens(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+) -> Result<ApiJson<Vec<ApiToken>>, AppError> {
+    Ok(ApiJson(
+        accounts::list_api_tokens(&state.pool, user.id).await?,
+    ))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -164,34 +172,58 @@ async fn create_user(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<NewUser>,
 ) -> Result<(StatusCode, ApiJson<User>), AppError> {
-    let user = accounts::create_user(&state.pool, body.username.trim(), &body.password, body.role).await?;
+    let user =
+        accounts::create_user(&state.pool, body.username.trim(), &body.password, body.role).await?;
     Ok((StatusCode::CREATED, ApiJson(user)))
 }
 
 /// Jobs, newest first.
 #[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs", params(Pagination),
     responses((status = 200, body = Page<Job>)))]
-async fn list_jobs(State(state): State<AppState>, AppQuery(page): AppQuery<Pagination>) -> Result<ApiJson<Page<Job>>, AppError> {
+async fn list_jobs(
+    State(state): State<AppState>,
+    AppQuery(page): AppQuery<Pagination>,
+) -> Result<ApiJson<Page<Job>>, AppError> {
     let items = jobs::list_recent(&state.pool, page.limit(), page.offset()).await?;
-    Ok(ApiJson(Page { items, limit: page.limit(), offset: page.offset() }))
+    Ok(ApiJson(Page {
+        items,
+        limit: page.limit(),
+        offset: page.offset(),
+    }))
 }
 
 /// One job with its progress.
 #[utoipa::path(get, path = "/api/v1/jobs/{id}", tag = "jobs",
     params(("id" = i64, Path, description = "job id")),
     responses((status = 200, body = Job), (status = 404, body = ErrorEnvelope)))]
-async fn get_job(State(state): State<AppState>, AppPath(id): AppPath<i64>) -> Result<ApiJson<Job>, AppError> {
-    Ok(ApiJson(jobs::get(&state.pool, id).await?.ok_or(AppError::NotFound)?))
+async fn get_job(
+    State(state): State<AppState>,
+    AppPath(id): AppPath<i64>,
+) -> Result<ApiJson<Job>, AppError> {
+    Ok(ApiJson(
+        jobs::get(&state.pool, id)
+            .await?
+            .ok_or(AppError::NotFound)?,
+    ))
 }
 
 /// Cancel a queued or running job.
 #[utoipa::path(post, path = "/api/v1/jobs/{id}/cancel", tag = "jobs",
     params(("id" = i64, Path, description = "job id")),
     responses((status = 200, body = Job), (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)))]
-async fn cancel_job(State(state): State<AppState>, AppPath(id): AppPath<i64>) -> Result<ApiJson<Job>, AppError> {
-    jobs::get(&state.pool, id).await?.ok_or(AppError::NotFound)?;
+async fn cancel_job(
+    State(state): State<AppState>,
+    AppPath(id): AppPath<i64>,
+) -> Result<ApiJson<Job>, AppError> {
+    jobs::get(&state.pool, id)
+        .await?
+        .ok_or(AppError::NotFound)?;
     if !jobs::cancel(&state.pool, id).await? {
         return Err(AppError::Conflict("the job has already finished".into()));
     }
-    Ok(ApiJson(jobs::get(&state.pool, id).await?.ok_or(AppError::NotFound)?))
+    Ok(ApiJson(
+        jobs::get(&state.pool, id)
+            .await?
+            .ok_or(AppError::NotFound)?,
+    ))
 }

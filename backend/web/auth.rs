@@ -49,7 +49,11 @@ pub struct CurrentUser(pub User);
 impl<S: Send + Sync> FromRequestParts<S> for CurrentUser {
     type Rejection = AppError;
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        parts.extensions.get::<CurrentUser>().cloned().ok_or(AppError::Unauthenticated)
+        parts
+            .extensions
+            .get::<CurrentUser>()
+            .cloned()
+            .ok_or(AppError::Unauthenticated)
     }
 }
 
@@ -60,7 +64,9 @@ pub struct MaybeUser(pub Option<User>);
 impl<S: Send + Sync> FromRequestParts<S> for MaybeUser {
     type Rejection = AppError;
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(MaybeUser(parts.extensions.get::<CurrentUser>().map(|u| u.0.clone())))
+        Ok(MaybeUser(
+            parts.extensions.get::<CurrentUser>().map(|u| u.0.clone()),
+        ))
     }
 }
 
@@ -71,7 +77,11 @@ pub struct CsrfToken(pub String);
 impl<S: Send + Sync> FromRequestParts<S> for CsrfToken {
     type Rejection = AppError;
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(parts.extensions.get::<CsrfToken>().cloned().unwrap_or(CsrfToken(String::new())))
+        Ok(parts
+            .extensions
+            .get::<CsrfToken>()
+            .cloned()
+            .unwrap_or(CsrfToken(String::new())))
     }
 }
 
@@ -91,7 +101,10 @@ fn bearer_token(headers: &HeaderMap) -> Option<&str> {
         .map(str::trim)
 }
 
-async fn resolve_user(state: &AppState, parts: &Parts) -> Result<Option<(User, Credential)>, AppError> {
+async fn resolve_user(
+    state: &AppState,
+    parts: &Parts,
+) -> Result<Option<(User, Credential)>, AppError> {
     if let Some(token) = bearer_token(&parts.headers) {
         // A bearer token that does not resolve is an error, never a fallback to the cookie.
         return match accounts::user_for_api_token(&state.pool, token).await? {
@@ -100,10 +113,10 @@ async fn resolve_user(state: &AppState, parts: &Parts) -> Result<Option<(User, C
         };
     }
     let jar = CookieJar::from_headers(&parts.headers);
-    if let Some(cookie) = jar.get(SESSION_COOKIE) {
-        if let Some(user) = accounts::user_for_session(&state.pool, cookie.value()).await? {
-            return Ok(Some((user, Credential::Session)));
-        }
+    if let Some(cookie) = jar.get(SESSION_COOKIE)
+        && let Some(user) = accounts::user_for_session(&state.pool, cookie.value()).await?
+    {
+        return Ok(Some((user, Credential::Session)));
     }
     Ok(None)
 }
@@ -137,7 +150,11 @@ impl From<AppError> for GuardFailure {
     }
 }
 
-async fn guard_inner(state: AppState, access: Access, request: Request) -> Result<Request, GuardFailure> {
+async fn guard_inner(
+    state: AppState,
+    access: Access,
+    request: Request,
+) -> Result<Request, GuardFailure> {
     let (mut parts, body) = request.into_parts();
     let resolved = resolve_user(&state, &parts).await?;
     let credential = resolved.as_ref().map(|(_, c)| *c);
@@ -147,8 +164,15 @@ async fn guard_inner(state: AppState, access: Access, request: Request) -> Resul
     if let Access::Role(required) = access {
         match &resolved {
             None if !is_api(parts.uri.path()) && parts.method == Method::GET => {
-                let next = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-                return Err(GuardFailure::Redirect(format!("/login?next={}", url_escape(next))));
+                let next = parts
+                    .uri
+                    .path_and_query()
+                    .map(|p| p.as_str())
+                    .unwrap_or("/");
+                return Err(GuardFailure::Redirect(format!(
+                    "/login?next={}",
+                    url_escape(next)
+                )));
             }
             None => return Err(AppError::Unauthenticated.into()),
             Some((user, _)) if !user.role.satisfies(required) => {
@@ -170,12 +194,19 @@ async fn guard_inner(state: AppState, access: Access, request: Request) -> Resul
 /// `elite_csrf` cookie. Returns the body (buffered when the token had to be read from it).
 async fn check_csrf(parts: &Parts, body: Body) -> Result<Body, AppError> {
     let jar = CookieJar::from_headers(&parts.headers);
-    let expected = jar.get(CSRF_COOKIE).map(|c| c.value().to_string()).ok_or(AppError::Csrf)?;
+    let expected = jar
+        .get(CSRF_COOKIE)
+        .map(|c| c.value().to_string())
+        .ok_or(AppError::Csrf)?;
     if expected.len() < 32 {
         return Err(AppError::Csrf);
     }
     if let Some(sent) = parts.headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok()) {
-        return if constant_time_eq(sent, &expected) { Ok(body) } else { Err(AppError::Csrf) };
+        return if constant_time_eq(sent, &expected) {
+            Ok(body)
+        } else {
+            Err(AppError::Csrf)
+        };
     }
     let is_form = parts
         .headers
@@ -196,17 +227,25 @@ async fn check_csrf(parts: &Parts, body: Body) -> Result<Body, AppError> {
 }
 
 fn form_urlencoded_field(body: &[u8], name: &str) -> Option<String> {
-    form_urlencoded::parse(body).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
+    form_urlencoded::parse(body)
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
 }
 
 fn constant_time_eq(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
 fn url_escape(text: &str) -> String {
     text.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'/' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'/' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -215,7 +254,10 @@ fn url_escape(text: &str) -> String {
 /// Give every browser a CSRF token cookie and expose it to handlers as [`CsrfToken`].
 pub async fn csrf_cookie(mut request: Request, next: Next) -> Response {
     let jar = CookieJar::from_headers(request.headers());
-    let existing = jar.get(CSRF_COOKIE).map(|c| c.value().to_string()).filter(|v| v.len() >= 32);
+    let existing = jar
+        .get(CSRF_COOKIE)
+        .map(|c| c.value().to_string())
+        .filter(|v| v.len() >= 32);
     let (token, fresh) = match existing {
         Some(token) => (token, false),
         None => (random_token(), true),
@@ -253,7 +295,10 @@ pub fn session_cookie(secret: String, secure: bool) -> Cookie<'static> {
 }
 
 pub fn clear_session_cookie() -> Cookie<'static> {
-    Cookie::build((SESSION_COOKIE, "")).path("/").max_age(time::Duration::ZERO).build()
+    Cookie::build((SESSION_COOKIE, ""))
+        .path("/")
+        .max_age(time::Duration::ZERO)
+        .build()
 }
 
 /// Failed-login limiter: at most `max_failures` per key within `window`; keys are the
@@ -266,7 +311,11 @@ pub struct LoginLimiter {
 
 impl LoginLimiter {
     pub fn new(max_failures: usize, window: Duration) -> Self {
-        LoginLimiter { failures: Mutex::new(HashMap::new()), max_failures, window }
+        LoginLimiter {
+            failures: Mutex::new(HashMap::new()),
+            max_failures,
+            window,
+        }
     }
 
     /// Whether any of the keys has used up its failures.
@@ -275,7 +324,10 @@ impl LoginLimiter {
         let now = Instant::now();
         keys.iter().any(|key| {
             map.get_mut(key).is_some_and(|times| {
-                while times.front().is_some_and(|t| now.duration_since(*t) > self.window) {
+                while times
+                    .front()
+                    .is_some_and(|t| now.duration_since(*t) > self.window)
+                {
                     times.pop_front();
                 }
                 times.len() >= self.max_failures
@@ -287,7 +339,11 @@ impl LoginLimiter {
         let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         if map.len() > 100_000 {
-            map.retain(|_, times| times.back().is_some_and(|t| now.duration_since(*t) <= self.window));
+            map.retain(|_, times| {
+                times
+                    .back()
+                    .is_some_and(|t| now.duration_since(*t) <= self.window)
+            });
         }
         for key in keys {
             map.entry(key.clone()).or_default().push_back(now);
@@ -317,7 +373,10 @@ mod tests {
     #[test]
     fn form_fields_decode() {
         let body = b"a=1&csrf_token=ab%2Fc+d&x=%ZZ";
-        assert_eq!(form_urlencoded_field(body, "csrf_token").as_deref(), Some("ab/c d"));
+        assert_eq!(
+            form_urlencoded_field(body, "csrf_token").as_deref(),
+            Some("ab/c d")
+        );
         assert_eq!(form_urlencoded_field(body, "x").as_deref(), Some("%ZZ"));
         assert_eq!(form_urlencoded_field(body, "missing"), None);
     }

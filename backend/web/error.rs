@@ -27,7 +27,9 @@ pub enum AppError {
     Conflict(String),
     #[error("the request body is larger than the limit of {0} bytes")]
     PayloadTooLarge(usize),
-    #[error("the form's security token is missing or does not match; reload the page and try again")]
+    #[error(
+        "the form's security token is missing or does not match; reload the page and try again"
+    )]
     Csrf,
     #[error("too many attempts; wait a few minutes and try again")]
     TooManyRequests,
@@ -88,9 +90,17 @@ impl IntoResponse for AppError {
         if let AppError::Internal(e) = &self {
             tracing::error!("internal error: {e:#}");
         }
-        let body = ErrorBody { code: self.code(), message: self.to_string() };
-        let mut response =
-            (self.status(), Json(Envelope { error: body.clone() })).into_response();
+        let body = ErrorBody {
+            code: self.code(),
+            message: self.to_string(),
+        };
+        let mut response = (
+            self.status(),
+            Json(Envelope {
+                error: body.clone(),
+            }),
+        )
+            .into_response();
         response.extensions_mut().insert(body);
         response
     }

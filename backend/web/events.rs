@@ -27,7 +27,9 @@ impl EventHub {
                     listener.listen(EVENTS_CHANNEL).await?;
                     loop {
                         let notification = listener.recv().await?;
-                        let Some(sender) = relay.upgrade() else { return Ok(()) };
+                        let Some(sender) = relay.upgrade() else {
+                            return Ok(());
+                        };
                         match serde_json::from_str::<JobEvent>(notification.payload()) {
                             Ok(event) => {
                                 let _ = sender.send(event);

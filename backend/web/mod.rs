@@ -47,7 +47,11 @@ pub struct WebConfig {
 
 impl Default for WebConfig {
     fn default() -> Self {
-        WebConfig { secure_cookies: false, login_max_failures: 10, login_window: Duration::from_secs(900) }
+        WebConfig {
+            secure_cookies: false,
+            login_max_failures: 10,
+            login_window: Duration::from_secs(900),
+        }
     }
 }
 
@@ -90,29 +94,58 @@ pub(crate) struct Routes {
 
 impl Routes {
     fn new(state: AppState) -> Self {
-        Routes { state, router: Router::new(), table: Vec::new() }
+        Routes {
+            state,
+            router: Router::new(),
+            table: Vec::new(),
+        }
     }
 
     /// Add `method path`, reachable only with `access`.
-    pub(crate) fn add(mut self, method: Method, path: &'static str, access: Access, handler: MethodRouter<AppState>) -> Self {
+    pub(crate) fn add(
+        mut self,
+        method: Method,
+        path: &'static str,
+        access: Access,
+        handler: MethodRouter<AppState>,
+    ) -> Self {
         let guarded = handler.route_layer(middleware::from_fn_with_state(
             (self.state.clone(), access),
             auth::guard,
         ));
         self.router = self.router.route(path, guarded);
-        self.table.push(RouteInfo { method, path, access });
+        self.table.push(RouteInfo {
+            method,
+            path,
+            access,
+        });
         self
     }
 
-    pub(crate) fn get(self, path: &'static str, access: Access, handler: MethodRouter<AppState>) -> Self {
+    pub(crate) fn get(
+        self,
+        path: &'static str,
+        access: Access,
+        handler: MethodRouter<AppState>,
+    ) -> Self {
         self.add(Method::GET, path, access, handler)
     }
 
-    pub(crate) fn post(self, path: &'static str, access: Access, handler: MethodRouter<AppState>) -> Self {
+    pub(crate) fn post(
+        self,
+        path: &'static str,
+        access: Access,
+        handler: MethodRouter<AppState>,
+    ) -> Self {
         self.add(Method::POST, path, access, handler)
     }
 
-    pub(crate) fn delete(self, path: &'static str, access: Access, handler: MethodRouter<AppState>) -> Self {
+    pub(crate) fn delete(
+        self,
+        path: &'static str,
+        access: Access,
+        handler: MethodRouter<AppState>,
+    ) -> Self {
         self.add(Method::DELETE, path, access, handler)
     }
 }
@@ -129,10 +162,20 @@ pub fn app(state: AppState) -> (Router, Vec<RouteInfo>) {
         .get("/metrics", PUBLIC, get(metrics_page));
     let routes = pages::routes(routes);
     let routes = api::routes(routes);
-    let Routes { router, mut table, .. } = routes;
+    let Routes {
+        router, mut table, ..
+    } = routes;
     // Swagger UI registers its own routes; they are public documentation.
-    table.push(RouteInfo { method: Method::GET, path: "/api/openapi.json", access: PUBLIC });
-    table.push(RouteInfo { method: Method::GET, path: "/api/docs/", access: PUBLIC });
+    table.push(RouteInfo {
+        method: Method::GET,
+        path: "/api/openapi.json",
+        access: PUBLIC,
+    });
+    table.push(RouteInfo {
+        method: Method::GET,
+        path: "/api/docs/",
+        access: PUBLIC,
+    });
 
     let static_files = Router::new()
         .nest_service("/static", ServeDir::new(static_dir()))
@@ -140,7 +183,11 @@ pub fn app(state: AppState) -> (Router, Vec<RouteInfo>) {
             header::CACHE_CONTROL,
             HeaderValue::from_static("public, max-age=3600"),
         ));
-    table.push(RouteInfo { method: Method::GET, path: "/static/{*file}", access: PUBLIC });
+    table.push(RouteInfo {
+        method: Method::GET,
+        path: "/static/{*file}",
+        access: PUBLIC,
+    });
 
     let router = router
         .merge(api::swagger())
@@ -161,7 +208,9 @@ pub fn app(state: AppState) -> (Router, Vec<RouteInfo>) {
             header::X_FRAME_OPTIONS,
             HeaderValue::from_static("DENY"),
         ))
-        .layer(CatchPanicLayer::custom(|_| AppError::internal(anyhow::anyhow!("handler panicked")).into_response()))
+        .layer(CatchPanicLayer::custom(|_| {
+            AppError::internal(anyhow::anyhow!("handler panicked")).into_response()
+        }))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(TraceLayer::new_for_http())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid));
@@ -222,7 +271,10 @@ async fn not_found() -> AppError {
 }
 
 async fn method_not_allowed() -> Response {
-    let body = ErrorBody { code: "method_not_allowed", message: "method not allowed".into() };
+    let body = ErrorBody {
+        code: "method_not_allowed",
+        message: "method not allowed".into(),
+    };
     let mut response = (
         StatusCode::METHOD_NOT_ALLOWED,
         axum::Json(serde_json::json!({ "error": body })),

@@ -53,8 +53,18 @@ pub struct PageCtx {
 }
 
 impl PageCtx {
-    pub fn new(title: impl Into<String>, area: &'static str, user: Option<User>, csrf: &CsrfToken) -> Self {
-        PageCtx { title: title.into(), area, user, csrf: csrf.0.clone() }
+    pub fn new(
+        title: impl Into<String>,
+        area: &'static str,
+        user: Option<User>,
+        csrf: &CsrfToken,
+    ) -> Self {
+        PageCtx {
+            title: title.into(),
+            area,
+            user,
+            csrf: csrf.0.clone(),
+        }
     }
 }
 
@@ -70,7 +80,12 @@ struct ErrorPage {
 /// The HTML rendering of an error (used for every page route).
 pub fn error_page(status: StatusCode, body: &ErrorBody, user: Option<User>) -> Response {
     ErrorPage {
-        ctx: PageCtx { title: "Error".into(), area: "", user, csrf: String::new() },
+        ctx: PageCtx {
+            title: "Error".into(),
+            area: "",
+            user,
+            csrf: String::new(),
+        },
         status_code: status.as_u16(),
         reason: status.canonical_reason().unwrap_or("Error").to_string(),
         message: body.message.clone(),
@@ -101,8 +116,13 @@ async fn login_page(
     if user.is_some() {
         return Redirect::to(&next).into_response();
     }
-    LoginPage { ctx: PageCtx::new("Sign in", "", None, &csrf), error: None, next, username: String::new() }
-        .into_response()
+    LoginPage {
+        ctx: PageCtx::new("Sign in", "", None, &csrf),
+        error: None,
+        next,
+        username: String::new(),
+    }
+    .into_response()
 }
 
 #[derive(Deserialize)]
@@ -149,7 +169,11 @@ async fn logout(State(state): State<AppState>, jar: CookieJar) -> Result<Respons
     if let Some(cookie) = jar.get(auth::SESSION_COOKIE) {
         accounts::delete_session(&state.pool, cookie.value()).await?;
     }
-    Ok((jar.add(auth::clear_session_cookie()), Redirect::to("/login")).into_response())
+    Ok((
+        jar.add(auth::clear_session_cookie()),
+        Redirect::to("/login"),
+    )
+        .into_response())
 }
 
 #[derive(Template, WebTemplate)]
@@ -170,7 +194,11 @@ async fn dashboard(
     } else {
         Vec::new()
     };
-    Ok(Dashboard { ctx: PageCtx::new("Dashboard", "", Some(user.clone()), &csrf), user, job_counts })
+    Ok(Dashboard {
+        ctx: PageCtx::new("Dashboard", "", Some(user.clone()), &csrf),
+        user,
+        job_counts,
+    })
 }
 
 #[derive(Template, WebTemplate)]
@@ -198,19 +226,43 @@ fn area_page(
 }
 
 async fn safety_area(CurrentUser(user): CurrentUser, csrf: CsrfToken) -> AreaPage {
-    area_page("safety", "Safety", "Benchmarks, runs of target VLMs and their judgements by the ELITE evaluator.", user, &csrf)
+    area_page(
+        "safety",
+        "Safety",
+        "Benchmarks, runs of target VLMs and their judgements by the ELITE evaluator.",
+        user,
+        &csrf,
+    )
 }
 
 async fn annotation_area(CurrentUser(user): CurrentUser, csrf: CsrfToken) -> AreaPage {
-    area_page("annotation", "Annotation", "Annotation queues, agreement between annotators and evaluator alignment.", user, &csrf)
+    area_page(
+        "annotation",
+        "Annotation",
+        "Annotation queues, agreement between annotators and evaluator alignment.",
+        user,
+        &csrf,
+    )
 }
 
 async fn genmetrics_area(CurrentUser(user): CurrentUser, csrf: CsrfToken) -> AreaPage {
-    area_page("genmetrics", "Generative metrics", "P-precision / P-recall and the k-NN baselines over embedding sets.", user, &csrf)
+    area_page(
+        "genmetrics",
+        "Generative metrics",
+        "P-precision / P-recall and the k-NN baselines over embedding sets.",
+        user,
+        &csrf,
+    )
 }
 
 async fn compression_area(CurrentUser(user): CurrentUser, csrf: CsrfToken) -> AreaPage {
-    area_page("compression", "Compression", "Pruned-model accuracy against parameter and FLOP reductions.", user, &csrf)
+    area_page(
+        "compression",
+        "Compression",
+        "Pruned-model accuracy against parameter and FLOP reductions.",
+        user,
+        &csrf,
+    )
 }
 
 #[derive(Template, WebTemplate)]
@@ -228,7 +280,12 @@ async fn account_page(
     csrf: CsrfToken,
 ) -> Result<AccountPage, AppError> {
     let tokens = accounts::list_api_tokens(&state.pool, user.id).await?;
-    Ok(AccountPage { ctx: PageCtx::new("Account", "", Some(user.clone()), &csrf), user, tokens, new_secret: None })
+    Ok(AccountPage {
+        ctx: PageCtx::new("Account", "", Some(user.clone()), &csrf),
+        user,
+        tokens,
+        new_secret: None,
+    })
 }
 
 #[derive(Deserialize)]
@@ -276,7 +333,10 @@ async fn jobs_page(
     csrf: CsrfToken,
 ) -> Result<JobsPage, AppError> {
     let jobs = jobs::list_recent(&state.pool, 200, 0).await?;
-    Ok(JobsPage { ctx: PageCtx::new("Jobs", "jobs", Some(user), &csrf), jobs })
+    Ok(JobsPage {
+        ctx: PageCtx::new("Jobs", "jobs", Some(user), &csrf),
+        jobs,
+    })
 }
 
 #[derive(Template, WebTemplate)]
@@ -294,10 +354,20 @@ async fn job_page(
     csrf: CsrfToken,
     AppPath(id): AppPath<i64>,
 ) -> Result<JobPage, AppError> {
-    let job = jobs::get(&state.pool, id).await?.ok_or(AppError::NotFound)?;
+    let job = jobs::get(&state.pool, id)
+        .await?
+        .ok_or(AppError::NotFound)?;
     let payload = serde_json::to_string_pretty(&job.payload).unwrap_or_default();
-    let result = job.result.as_ref().map(|r| serde_json::to_string_pretty(r).unwrap_or_default());
-    Ok(JobPage { ctx: PageCtx::new(format!("Job {id}"), "jobs", Some(user), &csrf), job, payload, result })
+    let result = job
+        .result
+        .as_ref()
+        .map(|r| serde_json::to_string_pretty(r).unwrap_or_default());
+    Ok(JobPage {
+        ctx: PageCtx::new(format!("Job {id}"), "jobs", Some(user), &csrf),
+        job,
+        payload,
+        result,
+    })
 }
 
 /// Server-sent events with the job's progress: its current state first, then every change,
@@ -307,7 +377,9 @@ async fn job_events(
     AppPath(id): AppPath<i64>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, AppError> {
     let mut receiver = state.events.subscribe();
-    let job = jobs::get(&state.pool, id).await?.ok_or(AppError::NotFound)?;
+    let job = jobs::get(&state.pool, id)
+        .await?
+        .ok_or(AppError::NotFound)?;
     let first = JobEvent {
         id,
         status: job.status.as_str().to_string(),
@@ -316,7 +388,8 @@ async fn job_events(
         message: job.progress_message.clone(),
     };
     let stream = async_stream(first, move |tx| async move {
-        let finished = |e: &JobEvent| matches!(e.status.as_str(), "succeeded" | "failed" | "cancelled");
+        let finished =
+            |e: &JobEvent| matches!(e.status.as_str(), "succeeded" | "failed" | "cancelled");
         loop {
             match receiver.recv().await {
                 Ok(event) if event.id == id => {
@@ -335,7 +408,10 @@ async fn job_events(
 }
 
 /// A stream of SSE events: `first`, then whatever `produce` sends (stops at a finished state).
-fn async_stream<F, Fut>(first: JobEvent, produce: F) -> impl Stream<Item = Result<Event, Infallible>>
+fn async_stream<F, Fut>(
+    first: JobEvent,
+    produce: F,
+) -> impl Stream<Item = Result<Event, Infallible>>
 where
     F: FnOnce(tokio::sync::mpsc::Sender<JobEvent>) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
@@ -361,8 +437,13 @@ where
 
 use futures::StreamExt;
 
-async fn cancel_job(State(state): State<AppState>, AppPath(id): AppPath<i64>) -> Result<Redirect, AppError> {
-    jobs::get(&state.pool, id).await?.ok_or(AppError::NotFound)?;
+async fn cancel_job(
+    State(state): State<AppState>,
+    AppPath(id): AppPath<i64>,
+) -> Result<Redirect, AppError> {
+    jobs::get(&state.pool, id)
+        .await?
+        .ok_or(AppError::NotFound)?;
     jobs::cancel(&state.pool, id).await?;
     Ok(Redirect::to(&format!("/jobs/{id}")))
 }
@@ -382,7 +463,12 @@ async fn users_page(
     csrf: CsrfToken,
 ) -> Result<UsersPage, AppError> {
     let users = accounts::list_users(&state.pool).await?;
-    Ok(UsersPage { ctx: PageCtx::new("Users", "admin", Some(user), &csrf), users, roles: Role::ALL, notice: None })
+    Ok(UsersPage {
+        ctx: PageCtx::new("Users", "admin", Some(user), &csrf),
+        users,
+        roles: Role::ALL,
+        notice: None,
+    })
 }
 
 #[derive(Deserialize)]
@@ -399,7 +485,8 @@ async fn add_user(
     AppForm(form): AppForm<NewUserForm>,
 ) -> Result<UsersPage, AppError> {
     let role: Role = form.role.parse()?;
-    let created = accounts::create_user(&state.pool, form.username.trim(), &form.password, role).await?;
+    let created =
+        accounts::create_user(&state.pool, form.username.trim(), &form.password, role).await?;
     tracing::info!(admin = %admin.username, user = %created.username, role = %created.role, "user added");
     let users = accounts::list_users(&state.pool).await?;
     Ok(UsersPage {
@@ -423,7 +510,9 @@ async fn set_user_role(
 ) -> Result<Redirect, AppError> {
     let role: Role = form.role.parse()?;
     if admin.id == id && role != Role::Admin {
-        return Err(AppError::Conflict("you cannot remove your own admin role".into()));
+        return Err(AppError::Conflict(
+            "you cannot remove your own admin role".into(),
+        ));
     }
     accounts::set_role_by_id(&state.pool, id, role).await?;
     Ok(Redirect::to("/admin/users"))
