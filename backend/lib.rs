@@ -4,12 +4,15 @@
 //! for the map; each module's doc comment says what it owns.
 
 pub mod accounts;
+pub mod charts;
+pub mod cli;
 pub mod db;
+pub mod genmetrics;
 pub mod jobs;
 pub mod server;
 pub mod web;
 
 /// Every job kind this build can run, with its handler.
 pub fn job_registry() -> jobs::Registry {
-    jobs::Registry::new()
+    genmetrics::jobs::register(jobs::Registry::new())
 }

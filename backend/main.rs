@@ -7,7 +7,10 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use elite::accounts::{self, Role};
+use elite::cli::{self, genmetrics::EncoderChoice, genmetrics::SetSource};
 use elite::db::{self, DbSource, LocalCluster};
+use elite::genmetrics::Params;
+use elite::genmetrics::encoders::EncoderKind;
 use elite::jobs::WorkerOptions;
 use elite::web::WebConfig;
 
@@ -63,6 +66,88 @@ enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// P-precision / P-recall and the k-NN baselines of two embedding sets (or image folders).
+    Ppr(PprArgs),
+    /// Embed an image folder with a candle image encoder and write an .npy matrix.
+    Embed {
+        /// Folder of images (searched recursively).
+        #[arg(long)]
+        images: PathBuf,
+        #[command(flatten)]
+        encoder: EncoderArgs,
+        /// Output .npy file (f32, rows = images in path order).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Write a tiny random-weight encoder (for trying `embed` without a checkpoint).
+    MakeTinyEncoder {
+        /// vgg16, dinov2 or clip.
+        encoder: EncoderKind,
+        /// Output .safetensors file.
+        out: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+}
+
+#[derive(Args)]
+struct PprArgs {
+    /// Real embeddings (.npy, .safetensors, .csv, or raw f32 with --dim).
+    #[arg(
+        long,
+        required_unless_present = "real_images",
+        conflicts_with = "real_images"
+    )]
+    real: Option<PathBuf>,
+    /// Fake embeddings.
+    #[arg(
+        long,
+        required_unless_present = "fake_images",
+        conflicts_with = "fake_images"
+    )]
+    fake: Option<PathBuf>,
+    /// Folder of real images (needs --encoder and --weights).
+    #[arg(long, requires = "weights")]
+    real_images: Option<PathBuf>,
+    /// Folder of generated images.
+    #[arg(long, requires = "weights")]
+    fake_images: Option<PathBuf>,
+    /// Radius scale of PP&PR.
+    #[arg(long, default_value_t = 1.2)]
+    a: f64,
+    /// Neighbour rank of PP&PR radii.
+    #[arg(long, default_value_t = 4)]
+    k: usize,
+    /// Neighbour rank of the k-NN baselines.
+    #[arg(long, default_value_t = 5)]
+    prdc_k: usize,
+    /// Dimension of raw f32 inputs.
+    #[arg(long)]
+    dim: Option<usize>,
+    /// Tensor name inside .safetensors inputs.
+    #[arg(long)]
+    tensor: Option<String>,
+    /// Encoder for image folders.
+    #[arg(long, default_value = "vgg16")]
+    encoder: EncoderKind,
+    /// Encoder weights (.safetensors).
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct EncoderArgs {
+    /// vgg16 (fc2, 4096-d), dinov2 (class token) or clip (image embedding).
+    #[arg(long, default_value = "vgg16")]
+    encoder: EncoderKind,
+    /// Encoder weights (.safetensors).
+    #[arg(long)]
+    weights: PathBuf,
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
 }
 
 #[derive(Args)]
@@ -159,6 +244,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Db { command } => db_command(command, &cli.data_dir, &source).await,
         Command::User { command } => user_command(command, &source).await,
+        Command::Ppr(args) => tokio::task::spawn_blocking(move || ppr_command(args)).await?,
+        Command::Embed {
+            images,
+            encoder,
+            out,
+        } => {
+            let choice = EncoderChoice {
+                kind: encoder.encoder,
+                weights: encoder.weights,
+                batch_size: encoder.batch_size,
+            };
+            let (rows, dim) =
+                tokio::task::spawn_blocking(move || cli::genmetrics::embed(&images, &choice, &out))
+                    .await??;
+            println!("wrote {rows} embeddings of dimension {dim}");
+            Ok(())
+        }
+        Command::MakeTinyEncoder { encoder, out, seed } => {
+            elite::genmetrics::encoders::write_tiny_encoder(encoder, &out, seed)?;
+            println!(
+                "wrote a tiny random {encoder:?} encoder to {}",
+                out.display()
+            );
+            Ok(())
+        }
     }
 }
 
@@ -269,6 +379,37 @@ async fn user_command_inner(command: UserCommand, pool: &sqlx::PgPool) -> anyhow
                 );
             }
         }
+    }
+    Ok(())
+}
+
+fn ppr_command(args: PprArgs) -> anyhow::Result<()> {
+    let source = |file: Option<PathBuf>, images: Option<PathBuf>| match (file, images) {
+        (Some(path), _) => SetSource::File {
+            path,
+            dim: args.dim,
+            tensor: args.tensor.clone(),
+        },
+        (None, Some(dir)) => SetSource::Images { dir },
+        (None, None) => unreachable!("clap requires one of them"),
+    };
+    let real = source(args.real.clone(), args.real_images.clone());
+    let fake = source(args.fake.clone(), args.fake_images.clone());
+    let encoder = args.weights.clone().map(|weights| EncoderChoice {
+        kind: args.encoder,
+        weights,
+        batch_size: 32,
+    });
+    let params = Params {
+        a: args.a,
+        k: args.k,
+        prdc_k: args.prdc_k,
+    };
+    let report = cli::genmetrics::ppr(&real, &fake, encoder.as_ref(), params)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("{}", report.table());
     }
     Ok(())
 }

@@ -30,7 +30,12 @@ pub(crate) fn routes(routes: Routes) -> Routes {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "elite API", description = "Evaluate the safety and quality of vision models."),
-    paths(me, list_tokens, create_token, revoke_token, list_users, create_user, list_jobs, get_job, cancel_job),
+    paths(
+        me, list_tokens, create_token, revoke_token, list_users, create_user, list_jobs, get_job, cancel_job,
+        super::genmetrics::list_sets_api, super::genmetrics::upload_set_api, super::genmetrics::list_results_api,
+        super::genmetrics::get_result_api, super::genmetrics::compute_api, super::genmetrics::list_toy_api,
+        super::genmetrics::run_toy_api,
+    ),
     components(schemas(ErrorEnvelope, ErrorDetail)),
     modifiers(&BearerAuth),
     security(("bearer" = []))

@@ -208,12 +208,26 @@ async fn check_csrf(parts: &Parts, body: Body) -> Result<Body, AppError> {
             Err(AppError::Csrf)
         };
     }
-    let is_form = parts
+    let content_type = parts
         .headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
-    if !is_form {
+        .unwrap_or("");
+    if content_type.starts_with("multipart/form-data") {
+        // File uploads carry the token in the form's action URL: reading it from the body
+        // would mean buffering the whole upload before the handler streams it.
+        let sent = parts
+            .uri
+            .query()
+            .and_then(|q| form_urlencoded_field(q.as_bytes(), CSRF_FIELD))
+            .ok_or(AppError::Csrf)?;
+        return if constant_time_eq(&sent, &expected) {
+            Ok(body)
+        } else {
+            Err(AppError::Csrf)
+        };
+    }
+    if !content_type.starts_with("application/x-www-form-urlencoded") {
         return Err(AppError::Csrf);
     }
     let bytes = axum::body::to_bytes(body, BODY_LIMIT)

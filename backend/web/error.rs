@@ -25,7 +25,7 @@ pub enum AppError {
     Invalid(String),
     #[error("{0}")]
     Conflict(String),
-    #[error("the request body is larger than the limit of {0} bytes")]
+    #[error("the request body is larger than the limit of {} MiB", *.0 as f64 / 1048576.0)]
     PayloadTooLarge(usize),
     #[error(
         "the form's security token is missing or does not match; reload the page and try again"

@@ -7,6 +7,7 @@ pub mod api;
 pub mod auth;
 pub mod error;
 pub mod events;
+pub mod genmetrics;
 pub mod pages;
 
 use std::sync::{Arc, OnceLock};
@@ -43,6 +44,8 @@ pub struct WebConfig {
     /// Failed logins allowed per username and per address within `login_window`.
     pub login_max_failures: usize,
     pub login_window: Duration,
+    /// Largest file upload (embedding sets, images), in bytes.
+    pub upload_limit: usize,
 }
 
 impl Default for WebConfig {
@@ -51,6 +54,7 @@ impl Default for WebConfig {
             secure_cookies: false,
             login_max_failures: 10,
             login_window: Duration::from_secs(900),
+            upload_limit: 256 * 1024 * 1024,
         }
     }
 }
@@ -162,6 +166,7 @@ pub fn app(state: AppState) -> (Router, Vec<RouteInfo>) {
         .get("/metrics", PUBLIC, get(metrics_page));
     let routes = pages::routes(routes);
     let routes = api::routes(routes);
+    let routes = genmetrics::routes(routes, state.config.upload_limit);
     let Routes {
         router, mut table, ..
     } = routes;

@@ -28,10 +28,9 @@ pub(crate) fn routes(routes: Routes) -> Routes {
         .post("/login", PUBLIC, post(login))
         .post("/logout", ANNOTATOR, post(logout))
         .get("/", ANNOTATOR, get(dashboard))
-        .get("/safety", ANNOTATOR, get(safety_area))
+        .get("/safety", RESEARCHER, get(safety_area))
         .get("/annotation", ANNOTATOR, get(annotation_area))
-        .get("/genmetrics", ANNOTATOR, get(genmetrics_area))
-        .get("/compression", ANNOTATOR, get(compression_area))
+        .get("/compression", RESEARCHER, get(compression_area))
         .get("/account", ANNOTATOR, get(account_page))
         .post("/account/tokens", ANNOTATOR, post(create_token))
         .post("/account/tokens/{id}/revoke", ANNOTATOR, post(revoke_token))
@@ -240,16 +239,6 @@ async fn annotation_area(CurrentUser(user): CurrentUser, csrf: CsrfToken) -> Are
         "annotation",
         "Annotation",
         "Annotation queues, agreement between annotators and evaluator alignment.",
-        user,
-        &csrf,
-    )
-}
-
-async fn genmetrics_area(CurrentUser(user): CurrentUser, csrf: CsrfToken) -> AreaPage {
-    area_page(
-        "genmetrics",
-        "Generative metrics",
-        "P-precision / P-recall and the k-NN baselines over embedding sets.",
         user,
         &csrf,
     )

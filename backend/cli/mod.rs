@@ -1,0 +1,17 @@
+//! What the CLI shows beyond wiring: progress bars on stderr (indicatif) and the output of
+//! the computational commands (`ppr`, `embed`). `main.rs` parses arguments and calls these.
+
+pub mod genmetrics;
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// A progress bar on stderr (hidden when stderr is not a terminal).
+pub fn progress_bar(total: u64, message: &str) -> ProgressBar {
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{elapsed_precise}] {wide_bar} {percent}% (eta {eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_message(message.to_string());
+    bar
+}
