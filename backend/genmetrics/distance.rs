@@ -14,18 +14,22 @@
 //! ```
 //!
 //! where the bounds are the visitor's thresholds (squared distances, scaled and widened by
-//! `1 + c1` plus a tiny absolute term). With `c2 = 2 (D + 8) 2^-24` the left side, computed in
-//! f32, never exceeds the true scaled squared distance: the f32 dot product errs by at most
-//! `D u (|x'|^2 + |y'|^2) / 2`, the translation and rounding of the data by `4.2 u (|x'|^2 +
-//! |y'|^2)`, and the epilogue's own roundings by `4 u (|x'|^2 + |y'|^2)` (`u = 2^-24`). So a
-//! pair whose exact distance is under a threshold is always a candidate. Candidates are handed
-//! to the visitor, which recomputes the distance exactly in f64 from the original values and
-//! does every comparison on that exact value. Pairs that fail the test are never within any
-//! threshold and are skipped.
+//! `1 + c1` plus a tiny absolute term). With `c2 = 2 (D + 8) u` (`u = 2^-24`) the left side,
+//! computed in f32, stays below the true scaled squared distance: `2 x'.y'` in f32 errs by at
+//! most `D u (|x'|^2 + |y'|^2)` (the dot product's error is at most `D u sum |x'_k y'_k|`,
+//! and `2 sum |x'_k y'_k| <= |x'|^2 + |y'|^2`), the translation and rounding of the data move
+//! the squared distance by at most `4.2 u (|x'|^2 + |y'|^2)`, and the epilogue's own roundings
+//! by `4 u (|x'|^2 + |y'|^2)`, all within `c2 (|x'|^2 + |y'|^2)` with room to spare. So a pair
+//! whose exact distance is under a threshold is always a candidate. The engine computes each
+//! candidate's squared distance in f64 from the original values and hands it to the visitor,
+//! which does every comparison on that exact value. Pairs that fail the test are never within
+//! any threshold and are skipped. With `1 + c2` instead, the same expression is an upper
+//! bound, which seeds the k-NN bounds of diagonal tiles without exact work.
 //!
 //! Memory: the packed copies (one f32 per input value), a `TILE x TILE` f32 buffer per worker,
 //! and the visitors' per-row state. No N x M matrix exists.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use rayon::prelude::*;
@@ -48,7 +52,7 @@ pub type ProgressFn<'a> = dyn Fn(u64, u64) + Sync + 'a;
 
 /// Squared Euclidean distance computed in f64 from f32 values.
 #[inline(always)]
-pub fn exact_sq_dist(x: &[f32], y: &[f32]) -> f64 {
+pub(crate) fn exact_sq_dist(x: &[f32], y: &[f32]) -> f64 {
     let (xc, xr) = x.as_chunks::<8>();
     let (yc, yr) = y.as_chunks::<8>();
     let mut acc = [0f64; 8];
@@ -133,8 +137,10 @@ pub(crate) struct Frame {
     center: Vec<f64>,
     scale: f64,
     scale_sq: f64,
-    /// `1 - c2`, applied to squared norms.
+    /// `1 - c2`, applied to squared norms for lower bounds of distances.
     norm_factor: f64,
+    /// `1 + c2`, applied to squared norms for upper bounds of distances.
+    norm_factor_hi: f64,
     /// `1 + c1`, applied to thresholds.
     bound_factor: f64,
     /// Absolute slack for underflow in the scaled data.
@@ -199,9 +205,17 @@ impl Frame {
             scale,
             scale_sq: scale * scale,
             norm_factor: 1.0 - c2,
+            norm_factor_hi: 1.0 + c2,
             bound_factor: 1.0 + 8.0 * F32_UNIT,
             abs_slack: (dim as f64 + 1.0) * 2f64.powi(-100),
         }
+    }
+
+    /// A candidate bound from an upper bound `scaled` of a scaled squared distance (already in
+    /// the kernel's units), widened like [`Frame::bound`].
+    #[inline]
+    pub(crate) fn widen(&self, scaled: f32) -> f32 {
+        (f64::from(scaled) * self.bound_factor + self.abs_slack) as f32
     }
 
     /// The candidate bound for an exact squared distance `d2` in original units.
@@ -224,6 +238,9 @@ pub(crate) struct Packed<'a> {
     panels: Vec<f32>,
     /// `(1 - c2) |x'|^2` per row, then `+inf` for padding up to a whole number of tiles.
     norm_lo: Vec<f32>,
+    /// `(1 + c2) |x'|^2` per row (same padding): `hi_i + hi_j - 2 x'.y'` in f32 is an upper
+    /// bound of the scaled squared distance, by the same argument as the lower bound.
+    norm_hi: Vec<f32>,
 }
 
 impl<'a> Packed<'a> {
@@ -233,14 +250,16 @@ impl<'a> Packed<'a> {
         let mut panels = vec![0f32; panel_count * dim * PANEL];
         let tiles = set.rows.div_ceil(TILE);
         let mut norm_lo = vec![f32::INFINITY; tiles * TILE];
+        let mut norm_hi = vec![f32::INFINITY; tiles * TILE];
         panels
             .par_chunks_mut(dim * PANEL)
             .zip(norm_lo.par_chunks_mut(PANEL))
+            .zip(norm_hi.par_chunks_mut(PANEL))
             .enumerate()
-            .for_each(|(p, (panel, norms))| {
+            .for_each(|(p, ((panel, norms), norms_hi))| {
                 let first = p * PANEL;
                 let last = (first + PANEL).min(set.rows);
-                for (r, norm) in (first..last).zip(norms.iter_mut()) {
+                for ((r, norm), norm_hi) in (first..last).zip(norms.iter_mut()).zip(norms_hi) {
                     let row = set.row(r);
                     let mut sq = 0f64;
                     for (k, (v, c)) in row.iter().zip(&frame.center).enumerate() {
@@ -249,12 +268,14 @@ impl<'a> Packed<'a> {
                         sq += f64::from(scaled) * f64::from(scaled);
                     }
                     *norm = (sq * frame.norm_factor) as f32;
+                    *norm_hi = (sq * frame.norm_factor_hi) as f32;
                 }
             });
         Self {
             set,
             panels,
             norm_lo,
+            norm_hi,
         }
     }
 
@@ -281,6 +302,10 @@ pub(crate) trait PairVisitor {
     fn col_bound(&self, j: usize) -> f32;
     /// A pair that may lie within a threshold, with its exact squared distance `d2`.
     fn visit(&mut self, i: usize, j: usize, d2: f64);
+    /// Called for every row of a diagonal tile before its candidates are scanned, with upper
+    /// bounds (kernel units) of the row's squared distances to its tile-mates, in any order;
+    /// the visitor may lower its bounds from them. The default ignores them.
+    fn seed_row(&mut self, _i: usize, _upper: &mut [f32]) {}
 }
 
 /// One tile of a pass: row tile `row_tile` of `rows` against column tile `col_tile` of `cols`.
@@ -326,6 +351,37 @@ trait MicroKernel {
     fn block(a: &[f32], roff: usize, b: &[f32], coff: usize, out: &mut [f32], first: bool);
     /// The squared distance in f64 (see [`exact_sq_dist`]).
     fn exact_sq_dist(x: &[f32], y: &[f32]) -> f64;
+    /// Bit `l` set when `row_norm + norms[l] - 2 dots[l] < max(row_bound, bounds[l])`, for the
+    /// [`SCAN_LANES`] lanes of the slices, computed exactly in that order in f32.
+    fn candidate_mask(
+        dots: &[f32],
+        norms: &[f32],
+        bounds: &[f32],
+        row_norm: f32,
+        row_bound: f32,
+    ) -> u32;
+}
+
+/// The portable candidate test of [`MicroKernel::candidate_mask`].
+#[inline(always)]
+fn candidate_mask_portable(
+    dots: &[f32],
+    norms: &[f32],
+    bounds: &[f32],
+    row_norm: f32,
+    row_bound: f32,
+) -> u32 {
+    let (d, n, t) = (
+        &dots[..SCAN_LANES],
+        &norms[..SCAN_LANES],
+        &bounds[..SCAN_LANES],
+    );
+    let mut mask = 0u32;
+    for l in 0..SCAN_LANES {
+        let lhs = row_norm + n[l] - 2.0 * d[l];
+        mask |= u32::from((lhs < row_bound) | (lhs < t[l])) << l;
+    }
+    mask
 }
 
 /// Plain Rust, for CPUs without the x86 extensions below.
@@ -338,6 +394,11 @@ impl MicroKernel for PortableKernel {
     #[inline(always)]
     fn exact_sq_dist(x: &[f32], y: &[f32]) -> f64 {
         exact_sq_dist(x, y)
+    }
+
+    #[inline(always)]
+    fn candidate_mask(d: &[f32], n: &[f32], t: &[f32], row_norm: f32, row_bound: f32) -> u32 {
+        candidate_mask_portable(d, n, t, row_norm, row_bound)
     }
 
     #[inline(always)]
@@ -404,6 +465,12 @@ mod x86 {
         }
 
         #[inline(always)]
+        fn candidate_mask(d: &[f32], n: &[f32], t: &[f32], row_norm: f32, row_bound: f32) -> u32 {
+            // SAFETY: only reached through `scan_tile_avx2`, whose callers checked AVX2+FMA.
+            unsafe { mask_avx2(d, n, t, row_norm, row_bound) }
+        }
+
+        #[inline(always)]
         fn block(a: &[f32], roff: usize, b: &[f32], coff: usize, out: &mut [f32], first: bool) {
             // SAFETY: only reached through `scan_tile_avx2`, whose callers checked AVX2+FMA.
             unsafe { block_avx2(a, roff, b, coff, out, first) }
@@ -465,6 +532,12 @@ mod x86 {
         }
 
         #[inline(always)]
+        fn candidate_mask(d: &[f32], n: &[f32], t: &[f32], row_norm: f32, row_bound: f32) -> u32 {
+            // SAFETY: only reached through `scan_tile_avx512`, whose callers checked AVX-512F.
+            unsafe { mask_avx512(d, n, t, row_norm, row_bound) }
+        }
+
+        #[inline(always)]
         fn block(a: &[f32], roff: usize, b: &[f32], coff: usize, out: &mut [f32], first: bool) {
             // SAFETY: only reached through `scan_tile_avx512`, whose callers checked AVX-512F.
             unsafe { block_avx512(a, roff, b, coff, out, first) }
@@ -509,6 +582,51 @@ mod x86 {
                 _mm512_storeu_ps(o, lo);
                 _mm512_storeu_ps(o.add(16), hi);
             }
+        }
+    }
+
+    /// [`MicroKernel::candidate_mask`] with two 8-lane registers.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn mask_avx2(d: &[f32], n: &[f32], t: &[f32], row_norm: f32, row_bound: f32) -> u32 {
+        assert!(d.len() >= 16 && n.len() >= 16 && t.len() >= 16);
+        let rn = _mm256_set1_ps(row_norm);
+        let rb = _mm256_set1_ps(row_bound);
+        let mut mask = 0u32;
+        for half in 0..2 {
+            // SAFETY: `8 * half + 8 <= 16 <=` every slice's length, asserted above.
+            unsafe {
+                let dv = _mm256_loadu_ps(d.as_ptr().add(8 * half));
+                let nv = _mm256_loadu_ps(n.as_ptr().add(8 * half));
+                let tv = _mm256_loadu_ps(t.as_ptr().add(8 * half));
+                let lhs = _mm256_sub_ps(_mm256_add_ps(rn, nv), _mm256_add_ps(dv, dv));
+                let hit = _mm256_or_ps(
+                    _mm256_cmp_ps::<_CMP_LT_OQ>(lhs, rb),
+                    _mm256_cmp_ps::<_CMP_LT_OQ>(lhs, tv),
+                );
+                mask |= (_mm256_movemask_ps(hit) as u32) << (8 * half);
+            }
+        }
+        mask
+    }
+
+    /// [`MicroKernel::candidate_mask`] with one 16-lane register.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[inline]
+    fn mask_avx512(d: &[f32], n: &[f32], t: &[f32], row_norm: f32, row_bound: f32) -> u32 {
+        assert!(d.len() >= 16 && n.len() >= 16 && t.len() >= 16);
+        // SAFETY: every slice holds at least 16 values, asserted above.
+        unsafe {
+            let dv = _mm512_loadu_ps(d.as_ptr());
+            let nv = _mm512_loadu_ps(n.as_ptr());
+            let tv = _mm512_loadu_ps(t.as_ptr());
+            let lhs = _mm512_sub_ps(
+                _mm512_add_ps(_mm512_set1_ps(row_norm), nv),
+                _mm512_add_ps(dv, dv),
+            );
+            let below_row = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(lhs, _mm512_set1_ps(row_bound));
+            let below_col = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(lhs, tv);
+            u32::from(below_row | below_col)
         }
     }
 
@@ -611,6 +729,10 @@ fn scan_tile_with<V: PairVisitor, K: MicroKernel>(job: &TileJob, visitor: &mut V
         k0 += kc;
     }
 
+    if job.upper_only {
+        seed_diagonal(a, row0, rows_here, buf, visitor);
+    }
+
     // Columns beyond the tile's last panel keep stale dots, but their norm term is +inf.
     let mut col_norm = [f32::INFINITY; TILE];
     let mut col_bound = [f32::NEG_INFINITY; TILE];
@@ -618,37 +740,70 @@ fn scan_tile_with<V: PairVisitor, K: MicroKernel>(job: &TileJob, visitor: &mut V
     for (jj, bound) in col_bound.iter_mut().enumerate().take(cols_here) {
         *bound = visitor.col_bound(col0 + jj);
     }
+    let mut hits = [0u16; TILE];
     for ii in 0..rows_here {
         let i = row0 + ii;
         let row_norm = a.norm_lo[i];
         let row_bound = visitor.row_bound(i);
         let dots = &buf[ii * TILE..(ii + 1) * TILE];
+        // Pass 1: the candidate columns of the row, from one bit mask per chunk.
+        let mut hit_count = 0;
         for c in (0..TILE).step_by(SCAN_LANES) {
-            let d = &dots[c..c + SCAN_LANES];
-            let n = &col_norm[c..c + SCAN_LANES];
-            let t = &col_bound[c..c + SCAN_LANES];
-            let mut any = false;
-            for l in 0..SCAN_LANES {
-                let lhs = row_norm + n[l] - 2.0 * d[l];
-                any |= (lhs < row_bound) | (lhs < t[l]);
+            let mut mask = K::candidate_mask(
+                &dots[c..c + SCAN_LANES],
+                &col_norm[c..c + SCAN_LANES],
+                &col_bound[c..c + SCAN_LANES],
+                row_norm,
+                row_bound,
+            );
+            while mask != 0 {
+                hits[hit_count] = (c + mask.trailing_zeros() as usize) as u16;
+                hit_count += 1;
+                mask &= mask - 1;
             }
-            if any {
-                for l in 0..SCAN_LANES {
-                    let lhs = row_norm + n[l] - 2.0 * d[l];
-                    let j = col0 + c + l;
-                    if ((lhs < row_bound) | (lhs < t[l])) && (!job.upper_only || j > i) {
-                        visitor.visit(i, j, K::exact_sq_dist(a.set.row(i), b.set.row(j)));
-                    }
-                }
+        }
+        // Pass 2: exact distances of the candidates.
+        let x = a.set.row(i);
+        for &jj in &hits[..hit_count] {
+            let j = col0 + usize::from(jj);
+            if !job.upper_only || j > i {
+                visitor.visit(i, j, K::exact_sq_dist(x, b.set.row(j)));
             }
         }
     }
 }
 
-/// Shared progress counter.
+/// Hands every row of a diagonal tile the upper bounds of its distances to its tile-mates
+/// (see [`PairVisitor::seed_row`]); `buf` holds the tile's dot products.
+#[inline(always)]
+fn seed_diagonal<V: PairVisitor>(
+    set: &Packed,
+    row0: usize,
+    rows_here: usize,
+    buf: &[f32],
+    visitor: &mut V,
+) {
+    let mut upper = [0f32; TILE];
+    for ii in 0..rows_here {
+        let hi_i = set.norm_hi[row0 + ii];
+        let dots = &buf[ii * TILE..ii * TILE + rows_here];
+        let mut count = 0;
+        for (jj, dot) in dots.iter().enumerate() {
+            if jj != ii {
+                upper[count] = hi_i + set.norm_hi[row0 + jj] - 2.0 * dot;
+                count += 1;
+            }
+        }
+        visitor.seed_row(row0 + ii, &mut upper[..count]);
+    }
+}
+
+/// Shared progress counter. Reports are serialised and strictly increasing, whichever worker
+/// finishes a tile.
 pub(crate) struct Progress<'c> {
     callback: Option<&'c ProgressFn<'c>>,
     done: AtomicU64,
+    reported: Mutex<u64>,
     total: u64,
 }
 
@@ -657,20 +812,31 @@ impl<'c> Progress<'c> {
         Self {
             callback,
             done: AtomicU64::new(0),
+            reported: Mutex::new(0),
             total,
         }
     }
 
     fn add(&self, units: u64) {
         if let Some(cb) = self.callback {
-            let done = self.done.fetch_add(units, Ordering::Relaxed) + units;
-            cb(done.min(self.total), self.total);
+            let done = (self.done.fetch_add(units, Ordering::Relaxed) + units).min(self.total);
+            self.report(cb, done);
         }
     }
 
+    fn report(&self, cb: &ProgressFn, done: u64) {
+        // A poisoned lock only means another report panicked; the counter is still valid.
+        let mut reported = self.reported.lock().unwrap_or_else(|e| e.into_inner());
+        if done > *reported {
+            *reported = done;
+            cb(done, self.total);
+        }
+    }
+
+    /// Reports completion (once, if not already reported).
     pub(crate) fn finish(&self) {
         if let Some(cb) = self.callback {
-            cb(self.total, self.total);
+            self.report(cb, self.total);
         }
     }
 }
@@ -767,7 +933,7 @@ where
 }
 
 /// Visits every pair `(i, j)` of `rows x cols` that may lie within the visitors' bounds (see
-/// [`self_pass`]).
+/// [`off_diagonal_pass`]).
 pub(crate) fn cross_pass<V, Make, Merge>(
     isa: Isa,
     rows: &Packed,

@@ -620,8 +620,9 @@ pub fn write_safetensors(path: &Path, set: &Embeddings, name: &str) -> Result<()
 // CSV
 // ---------------------------------------------------------------------------------------------
 
-/// Reads a CSV file of numbers, one sample per line; a first line that does not parse as
-/// numbers is taken as a header and skipped.
+/// Reads a CSV file of numbers, one sample per line. A first line with a cell that does not
+/// parse as a number is taken as a header and skipped (a header of numbers cannot be told from
+/// data). Cells are trimmed; blank lines and lines starting with `#` are ignored.
 pub fn read_csv(path: &Path) -> Result<Embeddings> {
     let bytes = read_file(path)?;
     parse_csv(&bytes)

@@ -2,8 +2,8 @@
 //!
 //! What it owns:
 //! - P-precision / P-recall (Park & Kim, ICCV 2023) in [`ppr`], and the k-NN baselines of the
-//!   `prdc` package (precision, recall, density, coverage; Naeem et al. 2020) in [`prdc`];
-//! - the combined [`evaluate`] that computes all six with three distance passes and reports
+//!   `prdc` package (precision, recall, density, coverage; Naeem et al. 2020) in [`prdc`](mod@prdc);
+//! - the combined [`evaluate()`] that computes all six with three distance passes and reports
 //!   progress;
 //! - embedding matrices and their files (`.npy`, `.safetensors`, CSV, raw f32) in
 //!   [`embeddings`].
@@ -14,13 +14,15 @@
 //!   only parts that touch the database.
 //!
 //! The metric code is pure computation: no I/O other than the embedding readers and writers,
-//! no clock, no printing. Distances are Euclidean and exact to f64 rounding: the distance
-//! engine ([`distance`]) finds candidate pairs with blocked f32 arithmetic and a proven error
-//! bound, then recomputes every pair that can fall inside a radius in f64, so no comparison
-//! depends on f32 rounding. No N x M matrix is ever held; memory is linear in N + M.
+//! no clock, no printing. Distances are Euclidean and exact to f64 rounding: the private
+//! distance engine (`distance.rs`) finds candidate pairs with blocked f32 SIMD arithmetic and
+//! a proven error bound, then recomputes in f64 every pair that can fall inside a radius, so
+//! no comparison depends on f32 rounding. No N x M matrix is ever held; memory is linear in
+//! N + M. Results are deterministic: they do not depend on the thread count or on the order of
+//! the samples (sums are fixed-point or taken in sorted order).
 
 mod cross;
-pub mod distance;
+mod distance;
 pub mod embeddings;
 pub mod encoders;
 mod evaluate;
@@ -31,12 +33,13 @@ pub mod prdc;
 pub mod store;
 pub mod toy;
 
+pub use distance::{Isa, ProgressFn};
 pub use embeddings::{
     Embeddings, encode_npy, load_embeddings, parse_csv, parse_npy, parse_raw_f32,
     parse_safetensors, read_csv, read_npy, read_raw_f32, read_safetensors, write_csv, write_npy,
     write_raw_f32, write_safetensors,
 };
-pub use evaluate::{AllScores, Params, ProgressFn, evaluate};
+pub use evaluate::{AllScores, Params, evaluate};
 pub use knn::knn_radii;
 pub use ppr::{PprScores, p_precision_recall};
 pub use prdc::{PrdcScores, prdc};

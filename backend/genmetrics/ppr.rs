@@ -13,8 +13,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::cross::{CrossTotals, PprRadii, hit_probability};
-use super::evaluate::{Request, compute};
+use super::cross::{CrossRequest, CrossTotals, PprRadii, hit_probability, order_independent_mean};
+use super::evaluate::{Pipeline, check_a};
 use super::{Embeddings, Result};
 
 /// P-precision and P-recall, with the parameters that produced them (results are sensitive to
@@ -42,27 +42,27 @@ pub fn p_precision_recall(
     a: f64,
     k: usize,
 ) -> Result<PprScores> {
-    let request = Request {
-        ppr: Some((a, k)),
-        prdc_k: None,
-    };
-    let (scores, _) = compute(real, fake, &request, None, None)?;
-    scores.ok_or_else(|| unreachable_scores("PP&PR"))
-}
-
-pub(crate) fn unreachable_scores(what: &str) -> super::GenMetricsError {
-    super::GenMetricsError::InvalidParam(format!("internal error: {what} was not computed"))
+    check_a(a)?;
+    let pipeline = Pipeline::new(real, fake, &[k], None, None)?;
+    let (real_lists, fake_lists) = pipeline.neighbours(k);
+    let radii = PprRadii::from_lists(a, k, &real_lists, &fake_lists);
+    drop((real_lists, fake_lists));
+    let totals = pipeline.cross(&CrossRequest {
+        ppr: Some(radii),
+        prdc: None,
+    });
+    Ok(finish_ppr(&totals, radii, a, k))
 }
 
 /// Turns the pass's log-sums into the scores.
 pub(crate) fn finish_ppr(totals: &CrossTotals, radii: PprRadii, a: f64, k: usize) -> PprScores {
-    let mean = |logs: &[f64], zeros: &[bool]| {
-        let sum: f64 = logs
+    let mean = |logs: &[i128], zeros: &[bool]| {
+        let scores = logs
             .iter()
             .zip(zeros)
             .map(|(l, z)| hit_probability(*l, *z))
-            .sum();
-        (sum / logs.len() as f64).clamp(0.0, 1.0)
+            .collect();
+        order_independent_mean(scores).clamp(0.0, 1.0)
     };
     PprScores {
         p_precision: mean(&totals.fake_log, &totals.fake_zero),

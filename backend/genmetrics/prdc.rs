@@ -2,8 +2,8 @@
 //! and coverage.
 //!
 //! What it owns: the score type, the public entry point for the baselines alone, and the step
-//! from the real x fake pass's per-sample flags and counts to the scores. With r_X[i] the
-//! distance from real i to its k-th nearest other real, r_Y[j] likewise for fakes, and strict
+//! from the real x fake pass's per-sample flags and counts to the scores. With `r_X[i]` the
+//! distance from real i to its k-th nearest other real, `r_Y[j]` likewise for fakes, and strict
 //! comparisons throughout:
 //! precision = share of fakes inside some real ball, recall = share of reals inside some fake
 //! ball, density = (1/k) mean over fakes of the number of real balls containing it, coverage =
@@ -11,9 +11,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::cross::CrossTotals;
-use super::evaluate::{Request, compute};
-use super::ppr::unreachable_scores;
+use super::cross::{CrossRequest, CrossTotals, PrdcRadii};
+use super::evaluate::Pipeline;
 use super::{Embeddings, Result};
 
 /// The four prdc scores and their `k`.
@@ -33,12 +32,15 @@ pub struct PrdcScores {
 
 /// The prdc scores of `fake` against `real` with `k` nearest neighbours (prdc's default: 5).
 pub fn prdc(real: &Embeddings, fake: &Embeddings, k: usize) -> Result<PrdcScores> {
-    let request = Request {
+    let pipeline = Pipeline::new(real, fake, &[k], None, None)?;
+    let (real_lists, fake_lists) = pipeline.neighbours(k);
+    let radii = PrdcRadii::from_lists(k, &real_lists, &fake_lists);
+    drop((real_lists, fake_lists));
+    let totals = pipeline.cross(&CrossRequest {
         ppr: None,
-        prdc_k: Some(k),
-    };
-    let (_, scores) = compute(real, fake, &request, None, None)?;
-    scores.ok_or_else(|| unreachable_scores("prdc"))
+        prdc: Some(&radii),
+    });
+    Ok(finish_prdc(&totals, k))
 }
 
 /// Turns the pass's flags and counts into the scores.
