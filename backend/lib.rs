@@ -6,6 +6,7 @@
 pub mod accounts;
 pub mod charts;
 pub mod cli;
+pub mod compression;
 pub mod db;
 pub mod genmetrics;
 pub mod jobs;
@@ -14,5 +15,7 @@ pub mod web;
 
 /// Every job kind this build can run, with its handler.
 pub fn job_registry() -> jobs::Registry {
-    genmetrics::jobs::register(jobs::Registry::new())
+    let registry = jobs::Registry::new();
+    let registry = genmetrics::jobs::register(registry);
+    compression::jobs::register(registry)
 }

@@ -79,6 +79,42 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Prune a CNN with one method at one ratio and measure it.
+    Prune {
+        /// Checkpoint (.safetensors from `elite train`, PyTorch names), or `demo[:EPOCHS]`.
+        #[arg(long)]
+        model: String,
+        /// l1, random, neuron-merging, reprune-filter or reprune-kernel.
+        #[arg(long)]
+        method: String,
+        /// Share of channels removed, in [0, 1).
+        #[arg(long)]
+        ratio: f64,
+        /// `synthetic[:N]`, or a CIFAR-10/100 binary folder or an image folder (class/x.png).
+        #[arg(long)]
+        data: String,
+        #[arg(long, default_value_t = 0)]
+        finetune_epochs: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Train a base CNN on CPU and save it as safetensors.
+    Train {
+        /// vgg16, resnet20, resnet56, resnet110 or resnet18.
+        #[arg(long)]
+        arch: String,
+        /// Channel width multiplier (1.0 = the published widths).
+        #[arg(long, default_value_t = 1.0)]
+        width: f64,
+        #[arg(long)]
+        data: String,
+        #[arg(long, default_value_t = 30)]
+        epochs: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Write a tiny random-weight encoder (for trying `embed` without a checkpoint).
     MakeTinyEncoder {
         /// vgg16, dinov2 or clip.
@@ -259,6 +295,45 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 tokio::task::spawn_blocking(move || cli::genmetrics::embed(&images, &choice, &out))
                     .await??;
             println!("wrote {rows} embeddings of dimension {dim}");
+            Ok(())
+        }
+        Command::Prune {
+            model,
+            method,
+            ratio,
+            data,
+            finetune_epochs,
+            json,
+        } => {
+            let result = tokio::task::spawn_blocking(move || {
+                cli::compression::prune(&model, &data, &method, ratio, finetune_epochs)
+            })
+            .await??;
+            if json {
+                println!("{}", serde_json::to_string(&result)?);
+            } else {
+                println!("{}", cli::compression::describe(&result));
+            }
+            Ok(())
+        }
+        Command::Train {
+            arch,
+            width,
+            data,
+            epochs,
+            seed,
+            out,
+        } => {
+            let target = out.clone();
+            let accuracy = tokio::task::spawn_blocking(move || {
+                cli::compression::train_base(&arch, width, &data, epochs, seed, &out)
+            })
+            .await??;
+            println!(
+                "saved {} (test accuracy {:.2}%)",
+                target.display(),
+                accuracy * 100.0
+            );
             Ok(())
         }
         Command::MakeTinyEncoder { encoder, out, seed } => {

@@ -1,6 +1,7 @@
 //! What the CLI shows beyond wiring: progress bars on stderr (indicatif) and the output of
 //! the computational commands (`ppr`, `embed`). `main.rs` parses arguments and calls these.
 
+pub mod compression;
 pub mod genmetrics;
 
 use indicatif::{ProgressBar, ProgressStyle};

@@ -1,16 +1,14 @@
 //! Job handlers of the generative-metrics area: compute PP&PR for two stored sets, and run a
 //! toy demonstration. Both are idempotent: a result already stored for the same key is kept.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
 use super::store::{self, StoreError};
 use super::toy::{ToyExperiment, ToyParams, run_toy};
 use super::{Params, evaluate};
-use crate::jobs::{JobContext, JobError, Registry};
+use crate::jobs::{JobContext, JobError, ProgressRelay, Registry};
 
 pub const PPR_JOB: &str = "genmetrics.ppr";
 pub const TOY_JOB: &str = "genmetrics.toy";
@@ -45,48 +43,6 @@ impl From<StoreError> for JobError {
             StoreError::Sql(e) => JobError::Retryable(format!("database: {e}")),
             other => JobError::Permanent(other.to_string()),
         }
-    }
-}
-
-/// Relays (done, total) counters written by compute threads to the job row twice a second.
-struct ProgressRelay {
-    done: Arc<AtomicU64>,
-    total: Arc<AtomicU64>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl ProgressRelay {
-    fn start(ctx: &JobContext, message: &'static str) -> Self {
-        let (done, total) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-        let (d, t, ctx) = (done.clone(), total.clone(), ctx.clone());
-        let task = tokio::spawn(async move {
-            let mut last = (u64::MAX, u64::MAX);
-            loop {
-                let now = (d.load(Ordering::Relaxed), t.load(Ordering::Relaxed));
-                if now != last && now.1 > 0 {
-                    let _ = ctx
-                        .progress(now.0 as i64, now.1 as i64, Some(message))
-                        .await;
-                    last = now;
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        });
-        ProgressRelay { done, total, task }
-    }
-
-    fn callback(&self) -> impl Fn(u64, u64) + Sync + Send + 'static {
-        let (d, t) = (self.done.clone(), self.total.clone());
-        move |done, total| {
-            d.store(done, Ordering::Relaxed);
-            t.store(total, Ordering::Relaxed);
-        }
-    }
-}
-
-impl Drop for ProgressRelay {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 

@@ -9,6 +9,10 @@
 
 mod worker;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
 use serde::Serialize;
 use sqlx::PgPool;
 use time::OffsetDateTime;
@@ -247,4 +251,48 @@ pub async fn fail_exhausted(pool: &PgPool) -> Result<u64, sqlx::Error> {
     .execute(pool)
     .await?
     .rows_affected())
+}
+
+/// Relays (done, total) counters written by blocking compute threads to the job row (and its
+/// event stream) twice a second; stops when dropped.
+pub struct ProgressRelay {
+    done: Arc<AtomicU64>,
+    total: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ProgressRelay {
+    pub fn start(ctx: &JobContext, message: &'static str) -> Self {
+        let (done, total) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let (d, t, ctx) = (done.clone(), total.clone(), ctx.clone());
+        let task = tokio::spawn(async move {
+            let mut last = (u64::MAX, u64::MAX);
+            loop {
+                let now = (d.load(Ordering::Relaxed), t.load(Ordering::Relaxed));
+                if now != last && now.1 > 0 {
+                    let _ = ctx
+                        .progress(now.0 as i64, now.1 as i64, Some(message))
+                        .await;
+                    last = now;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+        ProgressRelay { done, total, task }
+    }
+
+    /// The callback to hand to computation code (any thread).
+    pub fn callback(&self) -> impl Fn(u64, u64) + Sync + Send + 'static {
+        let (d, t) = (self.done.clone(), self.total.clone());
+        move |done, total| {
+            d.store(done, Ordering::Relaxed);
+            t.store(total, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for ProgressRelay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }

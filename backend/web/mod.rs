@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod compression;
 pub mod error;
 pub mod events;
 pub mod genmetrics;
@@ -167,6 +168,7 @@ pub fn app(state: AppState) -> (Router, Vec<RouteInfo>) {
     let routes = pages::routes(routes);
     let routes = api::routes(routes);
     let routes = genmetrics::routes(routes, state.config.upload_limit);
+    let routes = compression::routes(routes, state.config.upload_limit);
     let Routes {
         router, mut table, ..
     } = routes;

@@ -30,7 +30,6 @@ pub(crate) fn routes(routes: Routes) -> Routes {
         .get("/", ANNOTATOR, get(dashboard))
         .get("/safety", RESEARCHER, get(safety_area))
         .get("/annotation", ANNOTATOR, get(annotation_area))
-        .get("/compression", RESEARCHER, get(compression_area))
         .get("/account", ANNOTATOR, get(account_page))
         .post("/account/tokens", ANNOTATOR, post(create_token))
         .post("/account/tokens/{id}/revoke", ANNOTATOR, post(revoke_token))
@@ -239,16 +238,6 @@ async fn annotation_area(CurrentUser(user): CurrentUser, csrf: CsrfToken) -> Are
         "annotation",
         "Annotation",
         "Annotation queues, agreement between annotators and evaluator alignment.",
-        user,
-        &csrf,
-    )
-}
-
-async fn compression_area(CurrentUser(user): CurrentUser, csrf: CsrfToken) -> AreaPage {
-    area_page(
-        "compression",
-        "Compression",
-        "Pruned-model accuracy against parameter and FLOP reductions.",
         user,
         &csrf,
     )

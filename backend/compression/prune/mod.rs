@@ -1,0 +1,709 @@
+//! Structured (filter / neuron) pruning: pure functions from a [`Network`] and
+//! [`PruneOptions`] to a smaller [`Network`] with the same input and output shapes.
+//!
+//! # Where pruning happens ("sites")
+//! A *site* is a producer (conv or linear layer) whose output channels can be removed
+//! together with the matching batch-norm entries and the matching input channels of the
+//! consumer (the next conv or linear layer). In a plain sequential network a site is
+//! `producer [batch norm] (relu | pool | flatten)* consumer`; through a flatten, each
+//! channel owns `H*W` consecutive input features of the consumer.
+//!
+//! **Residual networks: only the inner convolution of each basic block is pruned**
+//! (`conv1`/`bn1` of the block, consumed by `conv2`). The block outputs, the stem and the
+//! shortcut paths keep their widths, so every residual addition still adds tensors of the
+//! same shape; this is the usual choice of the pruning papers for ResNets.
+//! The last linear layer (the classifier) is never pruned.
+//!
+//! # Layer-wise ratios
+//! A global ratio `r` becomes per-site ratios through [`LayerRatios`]:
+//! - `Uniform`: every site loses `floor(r * n)` of its `n` channels (at least one is kept);
+//!   this is what SFP/FPGM-style comparisons and both REPrune papers use.
+//! - `PaperDefault`: for VGG-16 the scheme of Li et al. (2017) "VGG-16-pruned-A", used by the
+//!   Neuron Merging paper for its VGG-16 / CIFAR-10 result: prune conv 1 and convs 8-13 at
+//!   ratio `r` and keep convs 2-7 intact (r = 0.5 removes 64% of the parameters); uniform
+//!   for every other architecture.
+//! - `PerSite` / `KeepCounts`: explicit ratios or absolute widths, one entry per site in
+//!   [`prune_sites`] order.
+//!
+//! Baselines and methods share the same resolved per-site widths, so a comparison at one
+//! ratio compares networks of identical size.
+//!
+//! # Methods
+//! [`l1`] (keep the largest-L1 filters), [`random`] (seeded), [`neuron_merging`]
+//! (data-free compensation), [`reprune_filter`] (filter clustering, one representative per
+//! cluster) and [`reprune_kernel`] (per-channel kernel clustering + maximum cluster
+//! coverage). Each module documents the variant it implements.
+
+pub mod clustering;
+pub mod l1;
+pub mod neuron_merging;
+pub mod random;
+pub mod reprune_filter;
+pub mod reprune_kernel;
+
+use std::str::FromStr;
+
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::model::{Layer, Network};
+use super::{CompressionError, Result};
+
+pub use neuron_merging::NeuronMergingOptions;
+pub use reprune_filter::{Election, RepruneFilterOptions};
+pub use reprune_kernel::RepruneKernelOptions;
+
+/// How a method ranks filters by magnitude.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SelectionCriterion {
+    /// Sum of absolute weights of the filter (Li et al. 2017).
+    #[default]
+    L1Norm,
+    /// Euclidean norm of the filter.
+    L2Norm,
+}
+
+/// A pruning method and its hyper-parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "method", rename_all = "snake_case")]
+pub enum PruneMethod {
+    /// Keep the filters with the largest L1 norm ("smaller norm, less important").
+    L1,
+    /// Keep a uniformly random subset of filters.
+    Random { seed: u64 },
+    /// Neuron Merging (Kim et al., NeurIPS 2020).
+    NeuronMerging(NeuronMergingOptions),
+    /// REPrune v1: filter clustering with representative election.
+    RepruneFilter(RepruneFilterOptions),
+    /// REPrune (AAAI 2024): kernel clustering per channel + maximum cluster coverage.
+    RepruneKernel(RepruneKernelOptions),
+}
+
+impl PruneMethod {
+    /// Stable short name (`l1`, `random`, `neuron-merging`, `reprune-filter`,
+    /// `reprune-kernel`), accepted back by [`PruneMethod::from_str`].
+    pub fn name(&self) -> &'static str {
+        match self {
+            PruneMethod::L1 => "l1",
+            PruneMethod::Random { .. } => "random",
+            PruneMethod::NeuronMerging(_) => "neuron-merging",
+            PruneMethod::RepruneFilter(_) => "reprune-filter",
+            PruneMethod::RepruneKernel(_) => "reprune-kernel",
+        }
+    }
+
+    /// Every method with default options (random with seed 0).
+    pub fn all_defaults() -> Vec<PruneMethod> {
+        vec![
+            PruneMethod::L1,
+            PruneMethod::Random { seed: 0 },
+            PruneMethod::NeuronMerging(NeuronMergingOptions::default()),
+            PruneMethod::RepruneFilter(RepruneFilterOptions::default()),
+            PruneMethod::RepruneKernel(RepruneKernelOptions::default()),
+        ]
+    }
+}
+
+impl FromStr for PruneMethod {
+    type Err = CompressionError;
+
+    /// Parses a method name (case-insensitive, `_` or `-`) into the method with defaults.
+    fn from_str(s: &str) -> Result<Self> {
+        let key = s.trim().to_ascii_lowercase().replace('_', "-");
+        match key.as_str() {
+            "l1" | "l1-norm" => Ok(PruneMethod::L1),
+            "random" => Ok(PruneMethod::Random { seed: 0 }),
+            "neuron-merging" | "nm" => Ok(PruneMethod::NeuronMerging(Default::default())),
+            "reprune-filter" | "reprune-v1" => Ok(PruneMethod::RepruneFilter(Default::default())),
+            "reprune-kernel" | "reprune" => Ok(PruneMethod::RepruneKernel(Default::default())),
+            _ => Err(CompressionError::UnknownMethod(s.to_string())),
+        }
+    }
+}
+
+/// How the global ratio becomes per-site ratios (see the module documentation).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(tag = "kind", content = "values", rename_all = "snake_case")]
+pub enum LayerRatios {
+    #[default]
+    Uniform,
+    PaperDefault,
+    /// One ratio in `[0, 1)` per site.
+    PerSite(Vec<f64>),
+    /// One absolute kept width (1..=width) per site; the global ratio is ignored.
+    KeepCounts(Vec<usize>),
+}
+
+/// Options of a pruning run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PruneOptions {
+    pub method: PruneMethod,
+    /// Global pruning ratio in `[0, 1)`: the share of channels removed.
+    pub ratio: f64,
+    pub layer_ratios: LayerRatios,
+}
+
+impl PruneOptions {
+    /// `method` at `ratio` with uniform layer ratios.
+    pub fn new(method: PruneMethod, ratio: f64) -> Self {
+        PruneOptions {
+            method,
+            ratio,
+            layer_ratios: LayerRatios::Uniform,
+        }
+    }
+}
+
+/// Where a site sits in the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SiteLocation {
+    /// Top-level layers: producer, optional batch norm, consumer (indices into `layers`).
+    Sequential {
+        producer: usize,
+        batch_norm: Option<usize>,
+        consumer: usize,
+    },
+    /// The inner convolution of the basic block at this index of `layers`.
+    Block { layer: usize },
+}
+
+/// A prunable group of channels.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PruneSite {
+    /// Name of the producer layer, e.g. `features.0` or `layer1.0.conv1`.
+    pub producer: String,
+    /// Name of the consumer layer.
+    pub consumer: String,
+    /// Current number of output channels (or neurons) of the producer.
+    pub width: usize,
+    /// Whether the producer is a convolution (otherwise a linear layer).
+    pub is_conv: bool,
+    pub location: SiteLocation,
+}
+
+/// The prunable sites of `network`, in traversal order.
+pub fn prune_sites(network: &Network) -> Vec<PruneSite> {
+    let layers = &network.layers;
+    let mut sites = Vec::new();
+    for (i, layer) in layers.iter().enumerate() {
+        match layer {
+            Layer::Conv2d(_) | Layer::Linear(_) => {
+                let mut j = i + 1;
+                let mut batch_norm = None;
+                if let Some(Layer::BatchNorm(_)) = layers.get(j) {
+                    batch_norm = Some(j);
+                    j += 1;
+                }
+                while let Some(
+                    Layer::Relu
+                    | Layer::MaxPool2d { .. }
+                    | Layer::AvgPool2d { .. }
+                    | Layer::GlobalAvgPool
+                    | Layer::Flatten,
+                ) = layers.get(j)
+                {
+                    j += 1;
+                }
+                let consumer = match layers.get(j) {
+                    Some(Layer::Conv2d(c)) => c.name.clone(),
+                    Some(Layer::Linear(l)) => l.name.clone(),
+                    _ => continue,
+                };
+                let (producer, width, is_conv) = match layer {
+                    Layer::Conv2d(c) => (c.name.clone(), c.out_channels(), true),
+                    Layer::Linear(l) => (l.name.clone(), l.out_features(), false),
+                    _ => continue,
+                };
+                sites.push(PruneSite {
+                    producer,
+                    consumer,
+                    width,
+                    is_conv,
+                    location: SiteLocation::Sequential {
+                        producer: i,
+                        batch_norm,
+                        consumer: j,
+                    },
+                });
+            }
+            Layer::BasicBlock(b) => sites.push(PruneSite {
+                producer: b.conv1.name.clone(),
+                consumer: b.conv2.name.clone(),
+                width: b.conv1.out_channels(),
+                is_conv: true,
+                location: SiteLocation::Block { layer: i },
+            }),
+            _ => {}
+        }
+    }
+    sites
+}
+
+/// Kept width of an `n`-channel site at `ratio`: `n - floor(ratio * n)`, at least 1.
+pub fn kept_width(n: usize, ratio: f64) -> usize {
+    let pruned = (ratio * n as f64 + 1e-9).floor() as usize;
+    n.saturating_sub(pruned).max(1)
+}
+
+fn check_ratio(ratio: f64) -> Result<()> {
+    if !(ratio.is_finite() && (0.0..1.0).contains(&ratio)) {
+        return Err(CompressionError::InvalidRatio(ratio));
+    }
+    Ok(())
+}
+
+/// Resolves the kept width of every site (in [`prune_sites`] order).
+pub fn resolve_keep_counts(network: &Network, options: &PruneOptions) -> Result<Vec<usize>> {
+    let sites = prune_sites(network);
+    let check_len = |len: usize| {
+        if len != sites.len() {
+            Err(CompressionError::Config(format!(
+                "{len} per-site values given but {} has {} prunable sites",
+                network.architecture,
+                sites.len()
+            )))
+        } else {
+            Ok(())
+        }
+    };
+    match &options.layer_ratios {
+        LayerRatios::Uniform => {
+            check_ratio(options.ratio)?;
+            Ok(sites
+                .iter()
+                .map(|s| kept_width(s.width, options.ratio))
+                .collect())
+        }
+        LayerRatios::PaperDefault => {
+            check_ratio(options.ratio)?;
+            let conv_sites = sites.iter().filter(|s| s.is_conv).count();
+            let is_vgg16 = network.architecture.starts_with("vgg16") && conv_sites == 13;
+            let mut conv_index = 0usize;
+            Ok(sites
+                .iter()
+                .map(|s| {
+                    if !is_vgg16 {
+                        return kept_width(s.width, options.ratio);
+                    }
+                    if !s.is_conv {
+                        return s.width;
+                    }
+                    let idx = conv_index;
+                    conv_index += 1;
+                    if idx == 0 || idx >= 7 {
+                        kept_width(s.width, options.ratio)
+                    } else {
+                        s.width
+                    }
+                })
+                .collect())
+        }
+        LayerRatios::PerSite(ratios) => {
+            check_len(ratios.len())?;
+            ratios
+                .iter()
+                .zip(&sites)
+                .map(|(&r, s)| check_ratio(r).map(|_| kept_width(s.width, r)))
+                .collect()
+        }
+        LayerRatios::KeepCounts(counts) => {
+            check_len(counts.len())?;
+            counts
+                .iter()
+                .zip(&sites)
+                .map(|(&k, s)| {
+                    if k == 0 || k > s.width {
+                        Err(CompressionError::Config(format!(
+                            "site {} has {} channels; cannot keep {k}",
+                            s.producer, s.width
+                        )))
+                    } else {
+                        Ok(k)
+                    }
+                })
+                .collect()
+        }
+    }
+}
+
+/// The producer-side view of a site that the selection rules work on.
+#[derive(Debug, Clone)]
+pub struct SiteWeights {
+    pub producer: String,
+    /// Number of output channels `n`.
+    pub width: usize,
+    /// Row-major `n x d` filters (`d = in * kh * kw` for convs, `in` for linear layers).
+    pub filters: Vec<f32>,
+    pub dim: usize,
+    /// Producer bias, if any.
+    pub bias: Option<Vec<f32>>,
+    /// Inference-time batch-norm affine map `(scale, shift)` after the producer, if any.
+    pub batch_norm: Option<(Vec<f32>, Vec<f32>)>,
+    /// `(in_channels, kernel_area)` such that `d = in_channels * kernel_area` (linear layers:
+    /// `(in, 1)`).
+    pub kernel_layout: (usize, usize),
+}
+
+impl SiteWeights {
+    /// Filter `i` as a slice of length `dim`.
+    pub fn filter(&self, i: usize) -> &[f32] {
+        &self.filters[i * self.dim..(i + 1) * self.dim]
+    }
+}
+
+/// What a method decided for one site.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Selection {
+    /// Kept channel indices, strictly increasing.
+    pub keep: Vec<usize>,
+    /// Merges `(pruned channel, position in keep, positive scale)`: the consumer's input
+    /// weights of the pruned channel, times the scale, are added to those of the kept one.
+    pub merges: Vec<(usize, usize, f32)>,
+}
+
+impl Selection {
+    /// Plain pruning keeping `keep` (sorted and deduplicated here).
+    pub fn keep_only(mut keep: Vec<usize>) -> Self {
+        keep.sort_unstable();
+        keep.dedup();
+        Selection {
+            keep,
+            merges: Vec::new(),
+        }
+    }
+}
+
+/// Prunes `network` with `options`; the result has the same input and output shapes.
+pub fn prune(network: &Network, options: &PruneOptions) -> Result<Network> {
+    let keep_counts = resolve_keep_counts(network, options)?;
+    let sites = prune_sites(network);
+    let mut rng_state = match options.method {
+        PruneMethod::Random { seed } => Some(random::site_rng(seed)),
+        _ => None,
+    };
+    let mut selections = Vec::with_capacity(sites.len());
+    for (site, &keep) in sites.iter().zip(&keep_counts) {
+        let weights = site_weights(network, site)?;
+        let selection = if keep >= site.width {
+            Selection::keep_only((0..site.width).collect())
+        } else {
+            match &options.method {
+                PruneMethod::L1 => l1::select(&weights, keep),
+                PruneMethod::Random { .. } => match rng_state.as_mut() {
+                    Some(rng) => random::select(&weights, keep, rng),
+                    None => unreachable_rng()?,
+                },
+                PruneMethod::NeuronMerging(o) => neuron_merging::select(&weights, keep, o)?,
+                PruneMethod::RepruneFilter(o) => reprune_filter::select(&weights, keep, o)?,
+                PruneMethod::RepruneKernel(o) => reprune_kernel::select(&weights, keep, o)?,
+            }
+        };
+        check_selection(&selection, site, keep)?;
+        selections.push(selection);
+    }
+    let mut pruned = network.clone();
+    // Apply back to front so that indices of untouched layers stay valid (they never move
+    // anyway: pruning changes tensors, not the layer list).
+    for (site, selection) in sites.iter().zip(&selections) {
+        apply_selection(&mut pruned, site, selection)?;
+    }
+    pruned.validate()?;
+    Ok(pruned)
+}
+
+fn unreachable_rng() -> Result<Selection> {
+    Err(CompressionError::Config(
+        "random method without a seed".into(),
+    ))
+}
+
+fn check_selection(selection: &Selection, site: &PruneSite, keep: usize) -> Result<()> {
+    let sorted = selection.keep.windows(2).all(|w| w[0] < w[1]);
+    let in_range = selection.keep.iter().all(|&k| k < site.width);
+    let merges_ok = selection
+        .merges
+        .iter()
+        .all(|&(n, p, s)| n < site.width && p < selection.keep.len() && s.is_finite() && s >= 0.0);
+    if selection.keep.len() != keep || !sorted || !in_range || !merges_ok {
+        return Err(CompressionError::Shape(format!(
+            "internal selection error at site {}: kept {} of {} (wanted {keep})",
+            site.producer,
+            selection.keep.len(),
+            site.width
+        )));
+    }
+    Ok(())
+}
+
+/// Extracts the producer weights (and bias / batch-norm map) of a site.
+pub fn site_weights(network: &Network, site: &PruneSite) -> Result<SiteWeights> {
+    let (weight, bias, bn) = match site.location {
+        SiteLocation::Sequential {
+            producer,
+            batch_norm,
+            ..
+        } => {
+            let (w, b) = match &network.layers[producer] {
+                Layer::Conv2d(c) => (&c.weight, &c.bias),
+                Layer::Linear(l) => (&l.weight, &l.bias),
+                other => {
+                    return Err(CompressionError::Shape(format!(
+                        "site {} points at a {} layer",
+                        site.producer,
+                        other.kind()
+                    )));
+                }
+            };
+            let bn = match batch_norm.map(|i| &network.layers[i]) {
+                Some(Layer::BatchNorm(bn)) => Some(bn.folded_scale_shift()?),
+                _ => None,
+            };
+            (w, b, bn)
+        }
+        SiteLocation::Block { layer } => match &network.layers[layer] {
+            Layer::BasicBlock(b) => (
+                &b.conv1.weight,
+                &b.conv1.bias,
+                Some(b.bn1.folded_scale_shift()?),
+            ),
+            other => {
+                return Err(CompressionError::Shape(format!(
+                    "site {} points at a {} layer",
+                    site.producer,
+                    other.kind()
+                )));
+            }
+        },
+    };
+    let dims = weight.dims().to_vec();
+    let width = dims[0];
+    let dim: usize = dims[1..].iter().product();
+    let kernel_layout = if dims.len() == 4 {
+        (dims[1], dims[2] * dims[3])
+    } else {
+        (dims[1], 1)
+    };
+    Ok(SiteWeights {
+        producer: site.producer.clone(),
+        width,
+        filters: weight.flatten_all()?.to_vec1::<f32>()?,
+        dim,
+        bias: match bias {
+            Some(b) => Some(b.to_vec1::<f32>()?),
+            None => None,
+        },
+        batch_norm: bn,
+        kernel_layout,
+    })
+}
+
+fn index_tensor(indices: &[usize]) -> Result<Tensor> {
+    let idx: Vec<u32> = indices.iter().map(|&i| i as u32).collect();
+    Ok(Tensor::from_vec(idx, indices.len(), &Device::Cpu)?)
+}
+
+fn select_rows(t: &Tensor, keep: &Tensor) -> Result<Tensor> {
+    Ok(t.index_select(keep, 0)?.contiguous()?)
+}
+
+/// New consumer weight: input channel groups restricted to `keep`, with merged
+/// contributions added. `weight` is `out x (n * group)` (linear) or `out x n x kh x kw`.
+fn merge_consumer_weight(weight: &Tensor, n: usize, selection: &Selection) -> Result<Tensor> {
+    let dims = weight.dims().to_vec();
+    let out = dims[0];
+    let total: usize = dims[1..].iter().product();
+    if n == 0 || total % n != 0 {
+        return Err(CompressionError::Shape(format!(
+            "consumer weight {dims:?} cannot be split into {n} input channels"
+        )));
+    }
+    let group = total / n;
+    let kept = selection.keep.len();
+    let mut new_dims = dims.clone();
+    if dims.len() == 4 {
+        new_dims[1] = kept;
+    } else {
+        new_dims[1] = kept * group;
+    }
+    let w3 = weight.reshape((out, n, group))?;
+    if selection.merges.is_empty() {
+        let keep = index_tensor(&selection.keep)?;
+        return Ok(w3
+            .index_select(&keep, 1)?
+            .reshape(new_dims.as_slice())?
+            .contiguous()?);
+    }
+    // Z (n x kept): one-hot rows for kept channels, scales for merged ones.
+    let mut z = vec![0f32; n * kept];
+    for (pos, &k) in selection.keep.iter().enumerate() {
+        z[k * kept + pos] = 1.0;
+    }
+    for &(pruned, pos, scale) in &selection.merges {
+        z[pruned * kept + pos] += scale;
+    }
+    let z = Tensor::from_vec(z, (n, kept), &Device::Cpu)?;
+    let merged = w3
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((out * group, n))?
+        .matmul(&z)?
+        .reshape((out, group, kept))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape(new_dims.as_slice())?;
+    Ok(merged)
+}
+
+fn apply_selection(network: &mut Network, site: &PruneSite, selection: &Selection) -> Result<()> {
+    if selection.keep.len() == site.width && selection.merges.is_empty() {
+        return Ok(());
+    }
+    let keep = index_tensor(&selection.keep)?;
+    match site.location {
+        SiteLocation::Sequential {
+            producer,
+            batch_norm,
+            consumer,
+        } => {
+            match &mut network.layers[producer] {
+                Layer::Conv2d(c) => {
+                    c.weight = select_rows(&c.weight, &keep)?;
+                    if let Some(b) = c.bias.as_mut() {
+                        *b = select_rows(b, &keep)?;
+                    }
+                }
+                Layer::Linear(l) => {
+                    l.weight = select_rows(&l.weight, &keep)?;
+                    if let Some(b) = l.bias.as_mut() {
+                        *b = select_rows(b, &keep)?;
+                    }
+                }
+                _ => {}
+            }
+            if let Some(i) = batch_norm
+                && let Layer::BatchNorm(bn) = &mut network.layers[i]
+            {
+                select_bn(bn, &keep)?;
+            }
+            match &mut network.layers[consumer] {
+                Layer::Conv2d(c) => {
+                    c.weight = merge_consumer_weight(&c.weight, site.width, selection)?
+                }
+                Layer::Linear(l) => {
+                    l.weight = merge_consumer_weight(&l.weight, site.width, selection)?
+                }
+                _ => {}
+            }
+        }
+        SiteLocation::Block { layer } => {
+            if let Layer::BasicBlock(b) = &mut network.layers[layer] {
+                b.conv1.weight = select_rows(&b.conv1.weight, &keep)?;
+                if let Some(bias) = b.conv1.bias.as_mut() {
+                    *bias = select_rows(bias, &keep)?;
+                }
+                select_bn(&mut b.bn1, &keep)?;
+                b.conv2.weight = merge_consumer_weight(&b.conv2.weight, site.width, selection)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn select_bn(bn: &mut super::model::BatchNorm, keep: &Tensor) -> Result<()> {
+    bn.weight = select_rows(&bn.weight, keep)?;
+    bn.bias = select_rows(&bn.bias, keep)?;
+    bn.running_mean = select_rows(&bn.running_mean, keep)?;
+    bn.running_var = select_rows(&bn.running_var, keep)?;
+    Ok(())
+}
+
+/// Norms of every filter of a site under `criterion`.
+pub(crate) fn filter_norms(weights: &SiteWeights, criterion: SelectionCriterion) -> Vec<f32> {
+    (0..weights.width)
+        .map(|i| {
+            let f = weights.filter(i);
+            match criterion {
+                SelectionCriterion::L1Norm => f.iter().map(|v| v.abs()).sum(),
+                SelectionCriterion::L2Norm => f.iter().map(|v| v * v).sum::<f32>().sqrt(),
+            }
+        })
+        .collect()
+}
+
+/// Indices of the `keep` largest scores (ties: lower index first), sorted ascending.
+pub(crate) fn top_k(scores: &[f32], keep: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+    order.truncate(keep);
+    order.sort_unstable();
+    order
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kept_width_rule() {
+        assert_eq!(kept_width(64, 0.5), 32);
+        assert_eq!(kept_width(10, 0.3), 7);
+        assert_eq!(kept_width(10, 0.7), 3);
+        assert_eq!(kept_width(3, 0.99), 1);
+        assert_eq!(kept_width(16, 0.0), 16);
+    }
+
+    #[test]
+    fn method_names_round_trip() {
+        for m in PruneMethod::all_defaults() {
+            let parsed: PruneMethod = m.name().parse().unwrap();
+            assert_eq!(parsed.name(), m.name());
+        }
+        assert!(matches!(
+            "magnitude".parse::<PruneMethod>(),
+            Err(CompressionError::UnknownMethod(_))
+        ));
+    }
+
+    #[test]
+    fn ratio_out_of_range_is_an_error() {
+        let net = Network::vgg16_bn_cifar(1.0 / 16.0, 10, 0).unwrap();
+        for r in [1.0, -0.1, f64::NAN] {
+            let err = prune(&net, &PruneOptions::new(PruneMethod::L1, r)).unwrap_err();
+            assert!(matches!(err, CompressionError::InvalidRatio(_)));
+        }
+    }
+
+    #[test]
+    fn sites_of_resnet_are_inner_convs() {
+        let net = Network::resnet_cifar(20, 0.25, 10, 0).unwrap();
+        let sites = prune_sites(&net);
+        assert_eq!(sites.len(), 9);
+        assert!(
+            sites
+                .iter()
+                .all(|s| s.producer.ends_with("conv1") && s.producer.contains('.'))
+        );
+    }
+
+    #[test]
+    fn paper_default_for_vgg16_is_li_et_al_scheme() {
+        let net = Network::vgg16_bn_cifar(1.0, 10, 0).unwrap();
+        let mut options = PruneOptions::new(PruneMethod::L1, 0.5);
+        options.layer_ratios = LayerRatios::PaperDefault;
+        let counts = resolve_keep_counts(&net, &options).unwrap();
+        assert_eq!(
+            counts,
+            vec![
+                32, 64, 128, 128, 256, 256, 256, 256, 256, 256, 256, 256, 256
+            ]
+        );
+        let pruned = prune(&net, &options).unwrap();
+        let before = crate::compression::count_cost(&net, 32, 32).unwrap().params as f64;
+        let after = crate::compression::count_cost(&pruned, 32, 32)
+            .unwrap()
+            .params as f64;
+        let reduction = 1.0 - after / before;
+        assert!((0.63..0.65).contains(&reduction), "{reduction}");
+    }
+}

@@ -1,0 +1,177 @@
+//! Where an experiment's model and data come from: a safetensors checkpoint or a demo model
+//! trained on the spot; CIFAR-10/100 binary folders, image folders, or the seeded synthetic
+//! set. Resolution reads files but computes nothing else.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    Cifar100Label, CompressionError, Dataset, Network, Normalization, Result, SyntheticConfig,
+    TrainConfig, TrainEvent, load_cifar10, load_cifar100, load_image_folder, synthetic_dataset,
+    train,
+};
+
+/// A data set specification, as typed on the command line or in a form:
+/// `synthetic`, `synthetic:N` (N images per class), or a directory holding CIFAR-10 batches
+/// (`data_batch_1.bin` ... `test_batch.bin`), CIFAR-100 (`train.bin`, `test.bin`), or images
+/// as `class/xxx.png` (with `train/` and `test/` subfolders, or one folder used for both).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum DataSource {
+    Synthetic { images_per_class: usize, seed: u64 },
+    Cifar10 { dir: PathBuf },
+    Cifar100 { dir: PathBuf },
+    Folder { dir: PathBuf },
+}
+
+impl FromStr for DataSource {
+    type Err = CompressionError;
+    fn from_str(text: &str) -> Result<Self> {
+        let text = text.trim();
+        if let Some(rest) = text.strip_prefix("synthetic") {
+            let images_per_class = match rest.strip_prefix(':') {
+                Some(n) => n.parse().map_err(|_| {
+                    CompressionError::Config(format!(
+                        "synthetic:{n}: expected a number of images per class"
+                    ))
+                })?,
+                None if rest.is_empty() => 60,
+                None => {
+                    return Err(CompressionError::Config(format!(
+                        "unknown data source {text:?}"
+                    )));
+                }
+            };
+            return Ok(DataSource::Synthetic {
+                images_per_class,
+                seed: 0,
+            });
+        }
+        let dir = PathBuf::from(text);
+        if !dir.is_dir() {
+            return Err(CompressionError::MissingFile(dir));
+        }
+        Ok(if dir.join("data_batch_1.bin").exists() {
+            DataSource::Cifar10 { dir }
+        } else if dir.join("train.bin").exists() && dir.join("test.bin").exists() {
+            DataSource::Cifar100 { dir }
+        } else {
+            DataSource::Folder { dir }
+        })
+    }
+}
+
+impl DataSource {
+    /// A short name for tables: `synthetic`, `cifar10`, `cifar100`, or the folder's name.
+    pub fn label(&self) -> String {
+        match self {
+            DataSource::Synthetic { .. } => "synthetic".into(),
+            DataSource::Cifar10 { .. } => "cifar10".into(),
+            DataSource::Cifar100 { .. } => "cifar100".into(),
+            DataSource::Folder { dir } => dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "images".into()),
+        }
+    }
+
+    /// Load (train, test).
+    pub fn load(&self) -> Result<(Dataset, Dataset)> {
+        match self {
+            DataSource::Synthetic {
+                images_per_class,
+                seed,
+            } => {
+                let make = |seed| {
+                    synthetic_dataset(&SyntheticConfig {
+                        images_per_class: *images_per_class,
+                        seed,
+                        ..Default::default()
+                    })
+                };
+                // Disjoint seeds: the test images are never seen in training.
+                Ok((make(*seed)?, make(seed.wrapping_add(1_000_003))?))
+            }
+            DataSource::Cifar10 { dir } => load_cifar10(dir),
+            DataSource::Cifar100 { dir } => load_cifar100(dir, Cifar100Label::Fine),
+            DataSource::Folder { dir } => {
+                let (train_dir, test_dir) = (dir.join("train"), dir.join("test"));
+                if train_dir.is_dir() && test_dir.is_dir() {
+                    let train = load_image_folder(&train_dir, Normalization::default())?;
+                    let test = load_image_folder(&test_dir, Normalization::default())?;
+                    Ok((train, test))
+                } else {
+                    let all = load_image_folder(dir, Normalization::default())?;
+                    Ok((all.clone(), all))
+                }
+            }
+        }
+    }
+}
+
+/// The model to prune.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ModelSource {
+    /// A checkpoint written by `elite train` or converted from PyTorch (usual parameter names).
+    Checkpoint { path: PathBuf },
+    /// A narrow VGG-16-BN trained here for `epochs` on the experiment's training set.
+    Demo { epochs: usize, seed: u64 },
+}
+
+impl ModelSource {
+    /// `demo` / `demo:EPOCHS`, or a checkpoint path.
+    pub fn parse(text: &str) -> Result<Self> {
+        let text = text.trim();
+        if let Some(rest) = text.strip_prefix("demo") {
+            let epochs = match rest.strip_prefix(':') {
+                Some(n) => n.parse().map_err(|_| {
+                    CompressionError::Config(format!("demo:{n}: expected a number of epochs"))
+                })?,
+                None if rest.is_empty() => 4,
+                None => return Err(CompressionError::Config(format!("unknown model {text:?}"))),
+            };
+            return Ok(ModelSource::Demo { epochs, seed: 0 });
+        }
+        Ok(ModelSource::Checkpoint {
+            path: PathBuf::from(text),
+        })
+    }
+
+    pub fn label(&self) -> String {
+        match self {
+            ModelSource::Checkpoint { path } => path
+                .file_stem()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "model".into()),
+            ModelSource::Demo { epochs, .. } => format!("demo VGG-16-BN x1/8 ({epochs} epochs)"),
+        }
+    }
+
+    /// Load or train the network.
+    pub fn load(&self, train_set: &Dataset, progress: &dyn Fn(TrainEvent)) -> Result<Network> {
+        match self {
+            ModelSource::Checkpoint { path } => load_checkpoint(path),
+            ModelSource::Demo { epochs, seed } => {
+                let network = Network::vgg16_bn_cifar(0.125, train_set.num_classes(), *seed)?;
+                let config = TrainConfig {
+                    epochs: *epochs,
+                    batch_size: 64,
+                    learning_rate: 0.05,
+                    seed: *seed,
+                    ..TrainConfig::default()
+                };
+                train(&network, train_set, &config, progress)
+            }
+        }
+    }
+}
+
+fn load_checkpoint(path: &Path) -> Result<Network> {
+    if !path.is_file() {
+        return Err(CompressionError::MissingFile(path.to_path_buf()));
+    }
+    Network::load_safetensors(path)
+}
