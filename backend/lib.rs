@@ -10,6 +10,7 @@ pub mod compression;
 pub mod db;
 pub mod genmetrics;
 pub mod jobs;
+pub mod safety;
 pub mod server;
 pub mod web;
 

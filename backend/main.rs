@@ -79,6 +79,11 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// ELITE judge tools.
+    Judge {
+        #[command(subcommand)]
+        command: JudgeCommand,
+    },
     /// Prune a CNN with one method at one ratio and measure it.
     Prune {
         /// Checkpoint (.safetensors from `elite train`, PyTorch names), or `demo[:EPOCHS]`.
@@ -203,6 +208,25 @@ impl WorkerArgs {
 }
 
 #[derive(Subcommand)]
+enum JudgeCommand {
+    /// Parse one saved judge reply with the rubric and print r, t, c, s, the ELITE and
+    /// StrongREJECT scores and the verdict, or why the reply is unscored (exit 0 either way).
+    Score {
+        /// File holding the judge's reply.
+        #[arg(long)]
+        reply: PathBuf,
+        /// A judge template (JSON) instead of the default.
+        #[arg(long)]
+        template: Option<PathBuf>,
+        /// ELITE score at or above which a response is unsafe.
+        #[arg(long, default_value_t = elite::safety::rubric::DEFAULT_UNSAFE_THRESHOLD)]
+        threshold: f64,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum DbCommand {
     /// Apply pending migrations.
     Migrate,
@@ -295,6 +319,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 tokio::task::spawn_blocking(move || cli::genmetrics::embed(&images, &choice, &out))
                     .await??;
             println!("wrote {rows} embeddings of dimension {dim}");
+            Ok(())
+        }
+        Command::Judge {
+            command:
+                JudgeCommand::Score {
+                    reply,
+                    template,
+                    threshold,
+                    json,
+                },
+        } => {
+            let text = std::fs::read_to_string(&reply)
+                .with_context(|| format!("reading {}", reply.display()))?;
+            let template = match template {
+                Some(path) => elite::safety::template::JudgeTemplate::load(&path)?,
+                None => elite::safety::template::JudgeTemplate::default_elite(),
+            };
+            let report = elite::safety::judge_cli::score_reply(&text, &template, threshold);
+            if json {
+                println!("{}", report.to_json());
+            } else {
+                println!("{}", report.to_text());
+            }
             Ok(())
         }
         Command::Prune {
