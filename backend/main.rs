@@ -79,6 +79,11 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Import a benchmark.
+    Import {
+        #[command(subcommand)]
+        command: ImportCommand,
+    },
     /// ELITE judge tools.
     Judge {
         #[command(subcommand)]
@@ -208,6 +213,23 @@ impl WorkerArgs {
 }
 
 #[derive(Subcommand)]
+enum ImportCommand {
+    /// The ELITE release CSV plus an image root ({root}/{taxonomy}/{image} or {root}/{code}/{image}).
+    EliteCsv {
+        #[arg(long)]
+        csv: PathBuf,
+        /// Image root; without it every item is imported as missing its image.
+        #[arg(long)]
+        images: Option<PathBuf>,
+        /// Benchmark name (a new version is added when it exists).
+        #[arg(long, default_value = "ELITE")]
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum JudgeCommand {
     /// Parse one saved judge reply with the rubric and print r, t, c, s, the ELITE and
     /// StrongREJECT scores and the verdict, or why the reply is unscored (exit 0 either way).
@@ -319,6 +341,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 tokio::task::spawn_blocking(move || cli::genmetrics::embed(&images, &choice, &out))
                     .await??;
             println!("wrote {rows} embeddings of dimension {dim}");
+            Ok(())
+        }
+        Command::Import {
+            command:
+                ImportCommand::EliteCsv {
+                    csv,
+                    images,
+                    name,
+                    json,
+                },
+        } => {
+            let db = db::open_and_migrate(&source, 4).await?;
+            let result = cli::safety::import_elite(&db.pool, &csv, images.as_deref(), &name).await;
+            db.shutdown().await;
+            let summary = result?;
+            if json {
+                println!("{}", serde_json::to_string(&summary)?);
+            } else {
+                println!("{}", cli::safety::describe_import(&summary));
+            }
             Ok(())
         }
         Command::Judge {

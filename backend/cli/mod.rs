@@ -3,6 +3,7 @@
 
 pub mod compression;
 pub mod genmetrics;
+pub mod safety;
 
 use indicatif::{ProgressBar, ProgressStyle};
 

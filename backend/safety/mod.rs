@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod paper;
 pub mod parse;
 pub mod rubric;
+pub mod store;
 pub mod taxonomy;
 pub mod template;
 

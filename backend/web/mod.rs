@@ -10,6 +10,7 @@ pub mod error;
 pub mod events;
 pub mod genmetrics;
 pub mod pages;
+pub mod safety;
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -169,6 +170,7 @@ pub fn app(state: AppState) -> (Router, Vec<RouteInfo>) {
     let routes = api::routes(routes);
     let routes = genmetrics::routes(routes, state.config.upload_limit);
     let routes = compression::routes(routes, state.config.upload_limit);
+    let routes = safety::routes(routes);
     let Routes {
         router, mut table, ..
     } = routes;

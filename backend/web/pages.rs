@@ -28,7 +28,6 @@ pub(crate) fn routes(routes: Routes) -> Routes {
         .post("/login", PUBLIC, post(login))
         .post("/logout", ANNOTATOR, post(logout))
         .get("/", ANNOTATOR, get(dashboard))
-        .get("/safety", RESEARCHER, get(safety_area))
         .get("/annotation", ANNOTATOR, get(annotation_area))
         .get("/account", ANNOTATOR, get(account_page))
         .post("/account/tokens", ANNOTATOR, post(create_token))
@@ -221,16 +220,6 @@ fn area_page(
         summary,
         status_note: "This area's pages arrive with its own issue; its data model and jobs run on the foundation you see here.",
     }
-}
-
-async fn safety_area(CurrentUser(user): CurrentUser, csrf: CsrfToken) -> AreaPage {
-    area_page(
-        "safety",
-        "Safety",
-        "Benchmarks, runs of target VLMs and their judgements by the ELITE evaluator.",
-        user,
-        &csrf,
-    )
 }
 
 async fn annotation_area(CurrentUser(user): CurrentUser, csrf: CsrfToken) -> AreaPage {

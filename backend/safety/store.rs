@@ -1,0 +1,322 @@
+//! Storage of the safety area: benchmarks (versioned by name), their items, and the
+//! content-addressed images they point to. An import is one transaction: a benchmark version
+//! appears whole or not at all.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+use sqlx::PgPool;
+use time::OffsetDateTime;
+
+use super::import::{BenchmarkRow, ImportReport, ParsedFile};
+
+/// Errors of the area's storage.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("cannot read image {path}: {reason}")]
+    Image { path: String, reason: String },
+    #[error(transparent)]
+    Sql(#[from] sqlx::Error),
+}
+
+/// What `elite import elite-csv --json` prints (and the API returns).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ImportSummary {
+    pub benchmark: BenchmarkRef,
+    pub items: usize,
+    /// Category code -> number of items.
+    pub by_category: BTreeMap<String, usize>,
+    /// Image names that were not found under the image root.
+    pub images_missing: Vec<String>,
+    /// Image names that were found but could not be decoded, with the reason.
+    pub images_unreadable: Vec<(String, String)>,
+    pub images_stored: usize,
+    /// Rows repeating an earlier (image, question) pair: kept, and counted here.
+    pub duplicates: usize,
+    /// Rows that could not be parsed (line and reason); the rest were imported.
+    pub rejected: Vec<(u64, String)>,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct BenchmarkRef {
+    pub id: i64,
+    pub name: String,
+    pub version: i32,
+}
+
+/// A benchmark as listed.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct Benchmark {
+    pub id: i64,
+    pub name: String,
+    pub version: i32,
+    pub source: String,
+    pub items: i64,
+    pub items_without_image: i64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+/// An item as browsed.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct Item {
+    pub id: i64,
+    pub position: i32,
+    pub category_code: String,
+    pub category_name: String,
+    pub text: String,
+    pub image_name: Option<String>,
+    pub image_sha256: Option<String>,
+    pub image_status: String,
+    pub source_dataset: Option<String>,
+    pub pair_type: Option<String>,
+}
+
+/// Store an ELITE release import (rows plus the checked images) as a new benchmark version.
+pub async fn import_elite(
+    pool: &PgPool,
+    name: &str,
+    source: &str,
+    parsed: &ParsedFile<BenchmarkRow>,
+    report: &ImportReport,
+    created_by: Option<i64>,
+) -> Result<ImportSummary, StoreError> {
+    if name.trim().is_empty() || name.chars().count() > 200 {
+        return Err(StoreError::Invalid(
+            "a benchmark needs a name of 1-200 characters".into(),
+        ));
+    }
+    if parsed.rows.is_empty() {
+        return Err(StoreError::Invalid(
+            "the file holds no importable rows".into(),
+        ));
+    }
+    let missing: HashMap<&str, ()> = report
+        .images_missing
+        .iter()
+        .map(|m| (m.image.as_str(), ()))
+        .collect();
+    let unreadable: HashMap<&str, ()> = report
+        .images_unreadable
+        .iter()
+        .map(|u| (u.image.as_str(), ()))
+        .collect();
+
+    let mut tx = pool.begin().await?;
+    // Serialise versions of one name.
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+    let version: i32 =
+        sqlx::query_scalar("SELECT coalesce(max(version), 0) + 1 FROM benchmarks WHERE name = $1")
+            .bind(name)
+            .fetch_one(&mut *tx)
+            .await?;
+    let report_json = serde_json::json!({
+        "rows": report.rows,
+        "distinct_images": report.distinct_images,
+        "duplicates": report.duplicates.len(),
+        "images_missing": report.images_missing.len(),
+        "images_unreadable": report.images_unreadable.len(),
+        "rejected": report.rejected.len(),
+    });
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO benchmarks (name, version, source, report, created_by) VALUES ($1, $2, $3, $4, $5) RETURNING id",
+    )
+    .bind(name)
+    .bind(version)
+    .bind(source)
+    .bind(report_json)
+    .bind(created_by)
+    .fetch_one(&mut *tx)
+    .await?;
+
+    let mut stored = 0;
+    let mut hashes: HashMap<&str, &str> = HashMap::new();
+    for (image_name, resolved) in &report.images_resolved {
+        let Some(path) = &resolved.path else { continue };
+        let bytes = tokio::fs::read(path).await.map_err(|e| StoreError::Image {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        let inserted = sqlx::query(
+            "INSERT INTO images (sha256, data, width, height, format) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (sha256) DO NOTHING",
+        )
+        .bind(&resolved.content_hash)
+        .bind(&bytes)
+        .bind(resolved.info.width as i32)
+        .bind(resolved.info.height as i32)
+        .bind(&resolved.info.format)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        stored += inserted as usize;
+        hashes.insert(image_name.as_str(), resolved.content_hash.as_str());
+    }
+
+    for (position, row) in parsed.rows.iter().enumerate() {
+        let (sha, status) = match hashes.get(row.image_name.as_str()) {
+            Some(sha) => (Some(*sha), "ok"),
+            None if unreadable.contains_key(row.image_name.as_str()) => (None, "unreadable"),
+            None => {
+                debug_assert!(
+                    missing.contains_key(row.image_name.as_str()) || !report.images_checked
+                );
+                (None, "missing")
+            }
+        };
+        sqlx::query(
+            "INSERT INTO items (benchmark_id, position, category_code, text, image_name, image_sha256, image_status,
+                 source_dataset, line)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(id)
+        .bind(position as i32)
+        .bind(row.category.code())
+        .bind(&row.question)
+        .bind(&row.image_name)
+        .bind(sha)
+        .bind(status)
+        .bind(&row.dataset)
+        .bind(row.line as i32)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+
+    Ok(ImportSummary {
+        benchmark: BenchmarkRef {
+            id,
+            name: name.to_string(),
+            version,
+        },
+        items: parsed.rows.len(),
+        by_category: report
+            .by_category
+            .iter()
+            .map(|(c, n)| (c.code().to_string(), *n))
+            .collect(),
+        images_missing: report
+            .images_missing
+            .iter()
+            .map(|m| m.image.clone())
+            .collect(),
+        images_unreadable: report
+            .images_unreadable
+            .iter()
+            .map(|u| (u.image.clone(), u.reason.clone()))
+            .collect(),
+        images_stored: stored,
+        duplicates: report.duplicates.len(),
+        rejected: report
+            .rejected
+            .iter()
+            .map(|r| (r.line, r.reason.clone()))
+            .collect(),
+    })
+}
+
+pub async fn list_benchmarks(pool: &PgPool) -> Result<Vec<Benchmark>, StoreError> {
+    Ok(sqlx::query_as::<_, Benchmark>(
+        "SELECT b.id, b.name, b.version, b.source, b.created_at,
+                count(i.id) AS items, count(i.id) FILTER (WHERE i.image_status <> 'ok') AS items_without_image
+         FROM benchmarks b LEFT JOIN items i ON i.benchmark_id = b.id
+         GROUP BY b.id ORDER BY b.name, b.version DESC",
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
+pub async fn get_benchmark(pool: &PgPool, id: i64) -> Result<Option<Benchmark>, StoreError> {
+    Ok(sqlx::query_as::<_, Benchmark>(
+        "SELECT b.id, b.name, b.version, b.source, b.created_at,
+                count(i.id) AS items, count(i.id) FILTER (WHERE i.image_status <> 'ok') AS items_without_image
+         FROM benchmarks b LEFT JOIN items i ON i.benchmark_id = b.id
+         WHERE b.id = $1 GROUP BY b.id",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await?)
+}
+
+/// Filters of the item browser.
+#[derive(Debug, Clone, Default, serde::Deserialize, utoipa::IntoParams)]
+pub struct ItemFilter {
+    /// Category code (S1..S11).
+    pub category: Option<String>,
+    /// Source data set (e.g. FigStep).
+    pub source: Option<String>,
+    /// Case-insensitive substring of the text.
+    pub q: Option<String>,
+    pub limit: Option<i64>,
+    pub offset: Option<i64>,
+}
+
+pub async fn list_items(
+    pool: &PgPool,
+    benchmark: i64,
+    filter: &ItemFilter,
+) -> Result<(Vec<Item>, i64), StoreError> {
+    let category = filter.category.as_deref().filter(|c| !c.is_empty());
+    let source = filter.source.as_deref().filter(|s| !s.is_empty());
+    let q = filter.q.as_deref().filter(|s| !s.is_empty()).map(|s| {
+        format!(
+            "%{}%",
+            s.replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_")
+        )
+    });
+    let limit = filter.limit.unwrap_or(50).clamp(1, 500);
+    let offset = filter.offset.unwrap_or(0).max(0);
+    let conditions = "i.benchmark_id = $1 AND ($2::text IS NULL OR i.category_code = $2)
+         AND ($3::text IS NULL OR i.source_dataset = $3) AND ($4::text IS NULL OR i.text ILIKE $4)";
+    let items = sqlx::query_as::<_, Item>(sqlx::AssertSqlSafe(format!(
+        "SELECT i.id, i.position, i.category_code, c.name AS category_name, i.text, i.image_name, i.image_sha256,
+                i.image_status, i.source_dataset, i.pair_type
+         FROM items i JOIN categories c ON c.code = i.category_code
+         WHERE {conditions} ORDER BY i.position LIMIT $5 OFFSET $6"
+    )))
+    .bind(benchmark)
+    .bind(category)
+    .bind(source)
+    .bind(&q)
+    .bind(limit)
+    .bind(offset)
+    .fetch_all(pool)
+    .await?;
+    let total: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM items i WHERE {conditions}"
+    )))
+    .bind(benchmark)
+    .bind(category)
+    .bind(source)
+    .bind(&q)
+    .fetch_one(pool)
+    .await?;
+    Ok((items, total))
+}
+
+/// Distinct source data sets of a benchmark (for the filter).
+pub async fn sources(pool: &PgPool, benchmark: i64) -> Result<Vec<String>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT DISTINCT source_dataset FROM items WHERE benchmark_id = $1 AND source_dataset IS NOT NULL ORDER BY 1",
+    )
+    .bind(benchmark)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// An image's bytes and format.
+pub async fn image(pool: &PgPool, sha256: &str) -> Result<Option<(Vec<u8>, String)>, StoreError> {
+    Ok(
+        sqlx::query_as("SELECT data, format FROM images WHERE sha256 = $1")
+            .bind(sha256)
+            .fetch_optional(pool)
+            .await?,
+    )
+}

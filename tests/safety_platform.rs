@@ -1,0 +1,267 @@
+//! The safety area's stored side: `elite import elite-csv` on the real release file with a
+//! generated image root, then the benchmark list, the item browser and the image route.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::Command;
+
+use axum::http::{StatusCode, header};
+use common::*;
+use elite::accounts::Role;
+use serde_json::Value;
+
+fn release_csv() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/elite/ELITE-benchmark.csv")
+}
+
+/// Images for the first `n` distinct image names, in the `{root}/{taxonomy}/{name}` layout, plus
+/// one corrupt file; returns the names written.
+fn image_root(root: &std::path::Path, n: usize) -> (BTreeSet<String>, String) {
+    let parsed = elite::safety::import::read_elite_csv(&release_csv()).unwrap();
+    let mut written = BTreeSet::new();
+    let mut corrupt = String::new();
+    for row in &parsed.rows {
+        if written.contains(&row.image_name) || row.image_name == corrupt {
+            continue;
+        }
+        let dir = root.join(&row.taxonomy);
+        std::fs::create_dir_all(&dir).unwrap();
+        if corrupt.is_empty() {
+            std::fs::write(dir.join(&row.image_name), b"\x89PNG\r\n\x1a\n truncated").unwrap();
+            corrupt = row.image_name.clone();
+            continue;
+        }
+        let seed = written.len() as u8;
+        let img =
+            image::RgbImage::from_fn(40, 30, |x, y| image::Rgb([x as u8 ^ seed, y as u8, seed]));
+        let mut bytes = Vec::new();
+        img.write_to(
+            &mut std::io::Cursor::new(&mut bytes),
+            image::ImageFormat::Png,
+        )
+        .unwrap();
+        std::fs::write(dir.join(&row.image_name), bytes).unwrap();
+        written.insert(row.image_name.clone());
+        if written.len() == n {
+            break;
+        }
+    }
+    (written, corrupt)
+}
+
+#[tokio::test]
+async fn the_elite_release_imports_and_can_be_browsed() {
+    let (url, pool) = fresh_database().await;
+    let root = tempfile::tempdir().unwrap();
+    let (written, corrupt) = image_root(root.path(), 30);
+    let out = Command::new(env!("CARGO_BIN_EXE_elite"))
+        .args([
+            "import",
+            "elite-csv",
+            "--csv",
+            release_csv().to_str().unwrap(),
+            "--images",
+            root.path().to_str().unwrap(),
+            "--json",
+        ])
+        .env("DATABASE_URL", &url)
+        .env("ELITE_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    assert_eq!(summary["items"], 4587);
+    assert_eq!(summary["benchmark"]["version"], 1);
+    let by_category = summary["by_category"].as_object().unwrap();
+    assert_eq!(by_category.len(), 11);
+    assert_eq!(
+        by_category
+            .values()
+            .map(|v| v.as_u64().unwrap())
+            .sum::<u64>(),
+        4587
+    );
+    assert_eq!(summary["duplicates"], 44);
+    assert_eq!(summary["images_stored"], 30);
+    let missing = summary["images_missing"].as_array().unwrap();
+    assert_eq!(missing.len(), 4419 - 30 - 1);
+    assert!(
+        missing
+            .iter()
+            .all(|m| !written.contains(m.as_str().unwrap()))
+    );
+    assert_eq!(summary["images_unreadable"][0][0], corrupt.as_str());
+
+    // Items keep their text byte for byte and mark their image status.
+    let stored: Vec<(String, String)> =
+        sqlx::query_as("SELECT image_status, count(*)::text FROM items GROUP BY 1 ORDER BY 1")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(stored.len(), 3, "{stored:?}");
+    let multiline: String =
+        sqlx::query_scalar("SELECT text FROM items WHERE text LIKE '%Auschwitz%' LIMIT 1")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(multiline.contains('\n'));
+
+    // A second import of the same name is version 2; the first stays.
+    let out = Command::new(env!("CARGO_BIN_EXE_elite"))
+        .args([
+            "import",
+            "elite-csv",
+            "--csv",
+            release_csv().to_str().unwrap(),
+            "--json",
+        ])
+        .env("DATABASE_URL", &url)
+        .output()
+        .unwrap();
+    let second: Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    assert_eq!(second["benchmark"]["version"], 2);
+    assert_eq!(
+        second["images_missing"].as_array().unwrap().len(),
+        0,
+        "no image root: nothing is looked up"
+    );
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM items")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(count, 2 * 4587);
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn benchmark_pages_and_api_show_items_and_images() {
+    let app = TestApp::new().await;
+    let root = tempfile::tempdir().unwrap();
+    image_root(root.path(), 5);
+    let parsed = elite::safety::import::read_elite_csv(&release_csv()).unwrap();
+    let report =
+        elite::safety::import::check_elite_import(&parsed, Some(root.path()), Default::default());
+    let summary = elite::safety::store::import_elite(
+        &app.pool,
+        "ELITE <test>",
+        "test",
+        &parsed,
+        &report,
+        None,
+    )
+    .await
+    .unwrap();
+    let id = summary.benchmark.id;
+    let user = app.user("uma", Role::Researcher).await;
+    let token = app.token(&user).await;
+
+    let list = body_json(
+        app.send(api("GET", "/api/v1/benchmarks", Some(&token), None))
+            .await,
+    )
+    .await;
+    assert_eq!(list[0]["items"], 4587);
+    let page = body_json(
+        app.send(api(
+            "GET",
+            &format!("/api/v1/benchmarks/{id}/items?category=S8&limit=5"),
+            Some(&token),
+            None,
+        ))
+        .await,
+    )
+    .await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 5);
+    assert!(
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["category_code"] == "S8")
+    );
+    let expected_s8 = parsed
+        .rows
+        .iter()
+        .filter(|r| r.category.code() == "S8")
+        .count() as i64;
+    assert_eq!(page["total"].as_i64(), Some(expected_s8));
+    let search = body_json(
+        app.send(api(
+            "GET",
+            &format!("/api/v1/benchmarks/{id}/items?q=auschwitz"),
+            Some(&token),
+            None,
+        ))
+        .await,
+    )
+    .await;
+    assert!(search["total"].as_i64().unwrap() >= 1);
+
+    let with_image = body_json(
+        app.send(api(
+            "GET",
+            &format!("/api/v1/benchmarks/{id}/items?limit=3"),
+            Some(&token),
+            None,
+        ))
+        .await,
+    )
+    .await;
+    let sha = with_image["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|i| i["image_sha256"].as_str())
+        .unwrap()
+        .to_string();
+    let browser = app.browser(&user).await;
+    let image = app
+        .send(get(&format!("/images/{sha}"), Some(&browser)))
+        .await;
+    assert_eq!(image.status(), StatusCode::OK);
+    assert_eq!(image.headers()[header::CONTENT_TYPE], "image/png");
+    assert!(
+        image.headers()[header::CACHE_CONTROL]
+            .to_str()
+            .unwrap()
+            .contains("immutable")
+    );
+    assert_eq!(
+        app.send(get(&format!("/images/{}", "0".repeat(64)), Some(&browser)))
+            .await
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        app.send(get("/images/..%2F..%2Fetc", Some(&browser)))
+            .await
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+
+    let html = body_text(app.send(get("/safety", Some(&browser))).await).await;
+    assert!(
+        html.contains("ELITE &#60;test&#62;") || html.contains("ELITE &lt;test&gt;"),
+        "benchmark name escaped"
+    );
+    let html = body_text(
+        app.send(get(
+            &format!("/safety/benchmarks/{id}?category=S1"),
+            Some(&browser),
+        ))
+        .await,
+    )
+    .await;
+    assert!(
+        html.contains(&format!("/images/{sha}")),
+        "thumbnails link to the image route"
+    );
+    assert!(html.contains("id=\"next-page\""));
+    assert_eq!(html.matches("<tr>").count(), 51, "header + 50 rows");
+}
