@@ -9,6 +9,7 @@ pub mod cli;
 pub mod compression;
 pub mod db;
 pub mod genmetrics;
+pub mod inference;
 pub mod jobs;
 pub mod safety;
 pub mod server;

@@ -79,6 +79,11 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// The model registry: targets and judges.
+    Model {
+        #[command(subcommand)]
+        command: ModelCommand,
+    },
     /// Import a benchmark.
     Import {
         #[command(subcommand)]
@@ -213,6 +218,70 @@ impl WorkerArgs {
 }
 
 #[derive(Subcommand)]
+enum ModelCommand {
+    /// Register a model (or update the one with this name).
+    Add {
+        name: String,
+        /// local (family from config.json), qwen3_vl, llava, paligemma, qwen3, or openai.
+        #[arg(long)]
+        adapter: String,
+        /// Local model directory (or .gguf file, or hf:org/name).
+        #[arg(long)]
+        path: Option<String>,
+        /// OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1.
+        #[arg(long)]
+        base_url: Option<String>,
+        /// Model id at the endpoint.
+        #[arg(long)]
+        model_id: Option<String>,
+        /// Name of the environment variable holding the API key (the key is never stored).
+        #[arg(long)]
+        api_key_env: Option<String>,
+        #[arg(long)]
+        max_in_flight: Option<usize>,
+        #[arg(long)]
+        requests_per_minute: Option<u32>,
+        #[arg(long)]
+        timeout_secs: Option<f64>,
+        #[arg(long)]
+        max_new_tokens: Option<usize>,
+        #[arg(long)]
+        temperature: Option<f64>,
+        /// Price per 1M input tokens.
+        #[arg(long)]
+        price_in: Option<f64>,
+        /// Price per 1M output tokens.
+        #[arg(long)]
+        price_out: Option<f64>,
+    },
+    /// List registered models.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask a model one question (about an image) and print the answer with tokens/s.
+    Test {
+        name: String,
+        #[arg(long)]
+        image: Option<PathBuf>,
+        #[arg(long)]
+        prompt: String,
+        #[arg(long)]
+        max_new_tokens: Option<usize>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a tiny random-weight model (qwen3_vl, llava, llava_next, paligemma, qwen3,
+    /// qwen3_gguf) to a directory, to try the pipeline offline.
+    MakeTiny {
+        arch: String,
+        dir: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+}
+
+#[derive(Subcommand)]
 enum ImportCommand {
     /// The ELITE release CSV plus an image root ({root}/{taxonomy}/{image} or {root}/{code}/{image}).
     EliteCsv {
@@ -343,6 +412,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("wrote {rows} embeddings of dimension {dim}");
             Ok(())
         }
+        Command::Model { command } => model_command(command, &source).await,
         Command::Import {
             command:
                 ImportCommand::EliteCsv {
@@ -547,6 +617,99 @@ async fn user_command_inner(command: UserCommand, pool: &sqlx::PgPool) -> anyhow
     Ok(())
 }
 
+async fn model_command(command: ModelCommand, source: &DbSource) -> anyhow::Result<()> {
+    if let ModelCommand::MakeTiny { arch, dir, seed } = &command {
+        elite::inference::make_tiny_model(arch, dir, *seed)?;
+        println!("wrote a tiny random {arch} model to {}", dir.display());
+        return Ok(());
+    }
+    let db = db::open_and_migrate(source, 2).await?;
+    let result = model_command_inner(command, &db.pool).await;
+    db.shutdown().await;
+    result
+}
+
+async fn model_command_inner(command: ModelCommand, pool: &sqlx::PgPool) -> anyhow::Result<()> {
+    use elite::inference::{AdapterKind, ModelSpec, store};
+    match command {
+        ModelCommand::Add {
+            name,
+            adapter,
+            path,
+            base_url,
+            model_id,
+            api_key_env,
+            max_in_flight,
+            requests_per_minute,
+            timeout_secs,
+            max_new_tokens,
+            temperature,
+            price_in,
+            price_out,
+        } => {
+            let adapter: AdapterKind = adapter.parse()?;
+            let mut spec = if adapter.is_local() {
+                ModelSpec::local(&name, adapter, path.unwrap_or_default())
+            } else {
+                ModelSpec::remote(
+                    &name,
+                    base_url.unwrap_or_default(),
+                    model_id.unwrap_or_default(),
+                )
+            };
+            spec.api_key_env = api_key_env;
+            spec.max_in_flight = max_in_flight;
+            spec.requests_per_minute = requests_per_minute;
+            spec.timeout_secs = timeout_secs;
+            spec.generation.max_new_tokens = max_new_tokens;
+            spec.generation.temperature = temperature;
+            spec.price_input_per_million = price_in;
+            spec.price_output_per_million = price_out;
+            let (model, replaced) = store::upsert(pool, &spec, None).await?;
+            println!(
+                "{} {} ({})",
+                if replaced { "updated" } else { "registered" },
+                model.name,
+                model.adapter
+            );
+        }
+        ModelCommand::List { json } => {
+            let models = store::list(pool).await?;
+            if json {
+                println!("{}", serde_json::to_string(&models)?);
+            } else {
+                for m in models {
+                    let place = m
+                        .spec
+                        .local_path
+                        .clone()
+                        .or(m.spec.base_url.clone())
+                        .unwrap_or_default();
+                    println!("{}\t{}\t{}", m.name, m.adapter, place);
+                }
+            }
+        }
+        ModelCommand::Test {
+            name,
+            image,
+            prompt,
+            max_new_tokens,
+            json,
+        } => {
+            let report =
+                cli::models::test_model(pool, &name, image.as_deref(), &prompt, max_new_tokens)
+                    .await?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!("{}", report.describe());
+            }
+        }
+        ModelCommand::MakeTiny { .. } => {}
+    }
+    Ok(())
+}
+
 fn ppr_command(args: PprArgs) -> anyhow::Result<()> {
     let source = |file: Option<PathBuf>, images: Option<PathBuf>| match (file, images) {
         (Some(path), _) => SetSource::File {
@@ -555,7 +718,11 @@ fn ppr_command(args: PprArgs) -> anyhow::Result<()> {
             tensor: args.tensor.clone(),
         },
         (None, Some(dir)) => SetSource::Images { dir },
-        (None, None) => unreachable!("clap requires one of them"),
+        (None, None) => SetSource::File {
+            path: PathBuf::new(),
+            dim: None,
+            tensor: None,
+        },
     };
     let real = source(args.real.clone(), args.real_images.clone());
     let fake = source(args.fake.clone(), args.fake_images.clone());

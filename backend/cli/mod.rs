@@ -3,6 +3,7 @@
 
 pub mod compression;
 pub mod genmetrics;
+pub mod models;
 pub mod safety;
 
 use indicatif::{ProgressBar, ProgressStyle};

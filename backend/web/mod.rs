@@ -9,6 +9,7 @@ pub mod compression;
 pub mod error;
 pub mod events;
 pub mod genmetrics;
+pub mod models;
 pub mod pages;
 pub mod safety;
 
@@ -171,6 +172,7 @@ pub fn app(state: AppState) -> (Router, Vec<RouteInfo>) {
     let routes = genmetrics::routes(routes, state.config.upload_limit);
     let routes = compression::routes(routes, state.config.upload_limit);
     let routes = safety::routes(routes);
+    let routes = models::routes(routes);
     let Routes {
         router, mut table, ..
     } = routes;
