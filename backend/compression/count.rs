@@ -122,7 +122,7 @@ fn out_size(
     padding: usize,
     name: &str,
 ) -> Result<usize> {
-    if stride == 0 || size + 2 * padding < kernel {
+    if stride == 0 || kernel == 0 || size + 2 * padding < kernel {
         return Err(CompressionError::Shape(format!(
             "{name}: kernel {kernel} (stride {stride}, padding {padding}) does not fit input size {size}"
         )));
@@ -201,6 +201,12 @@ pub fn count_cost(network: &Network, height: usize, width: usize) -> Result<Mode
                 let a = counter.bn(&block.bn2, a)?;
                 let shortcut = match &block.shortcut {
                     Shortcut::Identity => act,
+                    Shortcut::ZeroPad { stride: 0 } => {
+                        return Err(CompressionError::Shape(format!(
+                            "block {}: zero-pad shortcut with stride 0",
+                            block.name
+                        )));
+                    }
                     Shortcut::ZeroPad { stride } => match act {
                         Activation::Map { c, h, w } => {
                             let Activation::Map { c: out, .. } = a else {

@@ -118,9 +118,16 @@ impl Dataset {
         self.normalization
     }
 
-    /// Normalised image `i` (CHW, 3072 values).
-    pub fn image(&self, i: usize) -> &[f32] {
-        &self.images[i * IMAGE_LEN..(i + 1) * IMAGE_LEN]
+    /// Normalised image `i` (CHW, 3072 values), or `None` past the end.
+    pub fn image(&self, i: usize) -> Option<&[f32]> {
+        self.images.get(i * IMAGE_LEN..(i + 1) * IMAGE_LEN)
+    }
+
+    /// Image `i` for indices already checked against `len()`.
+    pub(crate) fn image_checked(&self, i: usize) -> Result<&[f32]> {
+        self.image(i).ok_or_else(|| {
+            CompressionError::Dataset(format!("index {i} out of range for {} images", self.len()))
+        })
     }
 
     /// All images as an `N x 3 x 32 x 32` tensor.
@@ -146,13 +153,7 @@ impl Dataset {
         let mut images = Vec::with_capacity(indices.len() * IMAGE_LEN);
         let mut labels = Vec::with_capacity(indices.len());
         for &i in indices {
-            if i >= self.len() {
-                return Err(CompressionError::Dataset(format!(
-                    "index {i} out of range for {} images",
-                    self.len()
-                )));
-            }
-            images.extend_from_slice(self.image(i));
+            images.extend_from_slice(self.image_checked(i)?);
             labels.push(self.labels[i]);
         }
         Ok((
@@ -170,13 +171,7 @@ impl Dataset {
         let mut images = Vec::with_capacity(indices.len() * IMAGE_LEN);
         let mut labels = Vec::with_capacity(indices.len());
         for &i in indices {
-            if i >= self.len() {
-                return Err(CompressionError::Dataset(format!(
-                    "index {i} out of range for {} images",
-                    self.len()
-                )));
-            }
-            images.extend_from_slice(self.image(i));
+            images.extend_from_slice(self.image_checked(i)?);
             labels.push(self.labels[i]);
         }
         Ok(Dataset {

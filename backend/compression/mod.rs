@@ -7,11 +7,11 @@
 //!   tensors), its forward pass, safetensors load/save with PyTorch parameter names, and
 //!   constructors for CIFAR VGG (with batch norm), CIFAR ResNet-20/56/110 and ResNet-18;
 //! - [`count`]: exact parameter and multiply-accumulate (MAC) counts;
-//! - [`prune`]: the pruning methods, each a pure function from a network and
+//! - [`mod@prune`]: the pruning methods, each a pure function from a network and
 //!   [`PruneOptions`] to a smaller network with the same input/output interface
 //!   (L1-norm, random, Neuron Merging, REPrune filter clustering, REPrune kernel clustering);
 //! - [`data`]: CIFAR-10/100 binary batches, image folders and a seeded synthetic 10-class set;
-//! - [`train`]: SGD training and top-1 evaluation on the CPU;
+//! - [`mod@train`]: SGD training and top-1 evaluation on the CPU;
 //! - [`experiment`]: one method at one ratio on a model and a data set, measured.
 //!
 //! - [`sources`]: where an experiment's model and data come from (checkpoint or demo model;

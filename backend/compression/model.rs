@@ -10,7 +10,7 @@
 //! checkpoint into the topology of a constructed network, taking the widths from the file.
 //!
 //! Everything runs on the CPU in `f32`. Tensors are immutable values: cloning a network is
-//! cheap and never aliases mutable state, except inside [`crate::compression::train`], which
+//! cheap and never aliases mutable state, except inside [`crate::compression::train()`], which
 //! updates its own private copy in place.
 
 use std::collections::{BTreeMap, HashMap};
@@ -173,6 +173,18 @@ impl VggConfig {
         }
     }
 
+    /// A three-conv VGG (64, 128, 256 channels before the width multiplier, each followed by
+    /// a max pool, linear classifier on the flattened 4x4 map) for tests and quick demos.
+    pub fn tiny() -> Self {
+        use VggItem::{Conv, MaxPool};
+        VggConfig {
+            items: vec![Conv(64), MaxPool, Conv(128), MaxPool, Conv(256), MaxPool],
+            batch_norm: true,
+            classifier_hidden: Vec::new(),
+            global_pool: false,
+        }
+    }
+
     /// VGG-11 for 32x32 inputs.
     pub fn vgg11() -> Self {
         use VggItem::{Conv, MaxPool};
@@ -239,8 +251,11 @@ impl Conv2d {
         )
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?;
+    fn forward(&self, x: &Tensor, mode: &Mode<'_>) -> Result<Tensor> {
+        let y = match mode {
+            Mode::Eval => x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?,
+            Mode::Train(_) => conv2d_gather(x, &self.weight, self.padding, self.stride)?,
+        };
         match &self.bias {
             Some(b) => Ok(y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?)?),
             None => Ok(y),
@@ -301,15 +316,30 @@ impl BatchNorm {
                     .broadcast_add(&shift.reshape(shape.as_slice())?)?)
             }
             Mode::Train(stats) => {
-                let reduce: Vec<usize> = (0..x.rank()).filter(|&d| d != 1).collect();
-                let count = reduce.iter().map(|&d| x.dims()[d]).product::<usize>();
-                let mean = x.mean_keepdim(reduce.as_slice())?;
-                let centered = x.broadcast_sub(&mean)?;
-                let var = centered.sqr()?.mean_keepdim(reduce.as_slice())?;
-                let normed = centered.broadcast_div(&(var.affine(1.0, self.eps)?.sqrt()?))?;
-                let y = normed
-                    .broadcast_mul(&self.weight.reshape(shape.as_slice())?)?
-                    .broadcast_add(&self.bias.reshape(shape.as_slice())?)?;
+                // Statistics over every dimension but the channel one; reducing a
+                // contiguous `N x C x HW` view dimension by dimension is much faster on the
+                // CPU than candle's multi-dimension reduction.
+                let dims = x.dims().to_vec();
+                let (n, c) = (dims[0], self.channels());
+                let spatial: usize = dims[2..].iter().product();
+                let count = n * spatial;
+                let flat = x.reshape((n, c, spatial))?;
+                let mean = flat
+                    .sum_keepdim(2)?
+                    .sum_keepdim(0)?
+                    .affine(1.0 / count as f64, 0.0)?;
+                let centered = flat.broadcast_sub(&mean)?;
+                let var = centered
+                    .sqr()?
+                    .sum_keepdim(2)?
+                    .sum_keepdim(0)?
+                    .affine(1.0 / count as f64, 0.0)?;
+                let inv_std = var.affine(1.0, self.eps)?.sqrt()?.recip()?;
+                let scale = inv_std.broadcast_mul(&self.weight.reshape((1, c, 1))?)?;
+                let y = centered
+                    .broadcast_mul(&scale)?
+                    .broadcast_add(&self.bias.reshape((1, c, 1))?)?
+                    .reshape(dims.as_slice())?;
                 let correction = if count > 1 {
                     count as f64 / (count - 1) as f64
                 } else {
@@ -343,24 +373,76 @@ impl Linear {
 
 impl BasicBlock {
     fn forward(&self, x: &Tensor, mode: &mut Mode<'_>) -> Result<Tensor> {
-        let out = self.conv1.forward(x)?;
+        let out = self.conv1.forward(x, mode)?;
         let out = self.bn1.forward(&out, mode)?.relu()?;
-        let out = self.conv2.forward(&out)?;
+        let out = self.conv2.forward(&out, mode)?;
         let out = self.bn2.forward(&out, mode)?;
         let identity = match &self.shortcut {
             Shortcut::Identity => x.clone(),
             Shortcut::ZeroPad { stride } => {
                 zero_pad_shortcut(x, *stride, self.conv2.out_channels())?
             }
-            Shortcut::Projection { conv, bn } => bn.forward(&conv.forward(x)?, mode)?,
+            Shortcut::Projection { conv, bn } => {
+                let projected = conv.forward(x, mode)?;
+                bn.forward(&projected, mode)?
+            }
         };
         Ok((out + identity)?.relu()?)
     }
 }
 
+/// Convolution as gather (im2col through `index_select`) + batched matmul. Same result as
+/// `Tensor::conv2d`, but its backward pass (scatter-add + matmul) is several times faster on
+/// the CPU than candle's direct transposed convolution for the small layers trained here.
+fn conv2d_gather(x: &Tensor, weight: &Tensor, padding: usize, stride: usize) -> Result<Tensor> {
+    let (b, c, h, w) = x.dims4()?;
+    let (o, ci, kh, kw) = weight.dims4()?;
+    if ci != c {
+        return Err(CompressionError::Shape(format!(
+            "convolution expects {ci} input channels, got {c}"
+        )));
+    }
+    let padded = if padding > 0 {
+        x.pad_with_zeros(2, padding, padding)?
+            .pad_with_zeros(3, padding, padding)?
+    } else {
+        x.clone()
+    };
+    let (hp, wp) = (h + 2 * padding, w + 2 * padding);
+    if hp < kh || wp < kw || stride == 0 {
+        return Err(CompressionError::Shape(format!(
+            "kernel {kh}x{kw} (stride {stride}) does not fit input {hp}x{wp}"
+        )));
+    }
+    let ho = (hp - kh) / stride + 1;
+    let wo = (wp - kw) / stride + 1;
+    let mut index = Vec::with_capacity(kh * kw * ho * wo);
+    for ky in 0..kh {
+        for kx in 0..kw {
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    index.push(((oy * stride + ky) * wp + ox * stride + kx) as u32);
+                }
+            }
+        }
+    }
+    let index = Tensor::from_vec(index, kh * kw * ho * wo, x.device())?;
+    let columns = padded
+        .reshape((b, c, hp * wp))?
+        .index_select(&index, 2)?
+        .reshape((b, c * kh * kw, ho * wo))?;
+    let kernel = weight.reshape((o, c * kh * kw))?.broadcast_left(b)?;
+    Ok(kernel.matmul(&columns)?.reshape((b, o, ho, wo))?)
+}
+
 /// Option-A shortcut: `x[:, :, ::stride, ::stride]`, then zero channels to `out_channels`.
 fn zero_pad_shortcut(x: &Tensor, stride: usize, out_channels: usize) -> Result<Tensor> {
     let (_, c, h, w) = x.dims4()?;
+    if stride == 0 {
+        return Err(CompressionError::Shape(
+            "zero-pad shortcut with stride 0".into(),
+        ));
+    }
     let mut y = x.clone();
     if stride > 1 {
         let rows: Vec<u32> = (0..h).step_by(stride).map(|i| i as u32).collect();
@@ -397,7 +479,7 @@ fn max_pool_padded(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> 
 impl Layer {
     fn forward(&self, x: &Tensor, mode: &mut Mode<'_>) -> Result<Tensor> {
         match self {
-            Layer::Conv2d(c) => c.forward(x),
+            Layer::Conv2d(c) => c.forward(x, mode),
             Layer::BatchNorm(bn) => bn.forward(x, mode),
             Layer::Relu => Ok(x.relu()?),
             Layer::MaxPool2d {
@@ -450,6 +532,9 @@ impl Network {
     }
 
     pub(crate) fn forward_mode(&self, x: &Tensor, mode: &mut Mode<'_>) -> Result<Tensor> {
+        // A cheap walk over the layer shapes: malformed hand-built networks become errors
+        // here instead of panics deeper down.
+        self.validate()?;
         let dims = x.dims();
         if dims.len() != 4 || dims[1..] != self.input_size[..] {
             return Err(CompressionError::Shape(format!(
@@ -750,7 +835,7 @@ impl Network {
     ) -> Result<Network> {
         check_width(width_multiplier)?;
         check_classes(num_classes)?;
-        if depth < 8 || (depth - 2) % 6 != 0 {
+        if depth < 8 || !(depth - 2).is_multiple_of(6) {
             return Err(CompressionError::Config(format!(
                 "CIFAR ResNet depth must be 6n + 2 with n >= 1 (20, 56, 110, ...), got {depth}"
             )));

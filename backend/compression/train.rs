@@ -178,7 +178,8 @@ pub fn train_epochs(
     let mut net = network.clone();
     let mut vars = Vec::new();
     for t in net.trainable_tensors_mut() {
-        let var = Var::from_tensor(&t.contiguous()?)?;
+        // `detach` makes sure `from_tensor` copies: the caller's network is never mutated.
+        let var = Var::from_tensor(&t.detach())?;
         *t = var.as_tensor().clone();
         vars.push(var);
     }
@@ -317,10 +318,7 @@ fn augmented_batch(
     let mut images = vec![0f32; indices.len() * IMAGE_LEN];
     let mut labels = Vec::with_capacity(indices.len());
     for (b, &i) in indices.iter().enumerate() {
-        if i >= data.len() {
-            return Err(CompressionError::Dataset(format!("index {i} out of range")));
-        }
-        let src = data.image(i);
+        let src = data.image_checked(i)?;
         let dst = &mut images[b * IMAGE_LEN..(b + 1) * IMAGE_LEN];
         let oy = rng.random_range(0..=2 * CROP_PADDING) as isize - CROP_PADDING as isize;
         let ox = rng.random_range(0..=2 * CROP_PADDING) as isize - CROP_PADDING as isize;

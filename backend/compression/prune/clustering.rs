@@ -75,10 +75,10 @@ pub fn ward_dendrogram(points: &[f32], n: usize, dim: usize) -> Vec<(usize, usiz
     let mut chain: Vec<usize> = Vec::with_capacity(n);
     let mut merges = Vec::with_capacity(n.saturating_sub(1));
     while remaining > 1 {
-        if chain.is_empty() {
-            if let Some(first) = (0..n).find(|&i| active[i]) {
-                chain.push(first);
-            }
+        if chain.is_empty()
+            && let Some(first) = (0..n).find(|&i| active[i])
+        {
+            chain.push(first);
         }
         let a = chain[chain.len() - 1];
         let prev = if chain.len() >= 2 {

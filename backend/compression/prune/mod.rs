@@ -376,6 +376,7 @@ impl Selection {
 
 /// Prunes `network` with `options`; the result has the same input and output shapes.
 pub fn prune(network: &Network, options: &PruneOptions) -> Result<Network> {
+    network.validate()?;
     let keep_counts = resolve_keep_counts(network, options)?;
     let sites = prune_sites(network);
     let mut rng_state = match options.method {
@@ -402,9 +403,9 @@ pub fn prune(network: &Network, options: &PruneOptions) -> Result<Network> {
         check_selection(&selection, site, keep)?;
         selections.push(selection);
     }
+    // Selections were all computed on the original weights; applying them changes tensors
+    // only, never the layer list, so site locations stay valid.
     let mut pruned = network.clone();
-    // Apply back to front so that indices of untouched layers stay valid (they never move
-    // anyway: pruning changes tensors, not the layer list).
     for (site, selection) in sites.iter().zip(&selections) {
         apply_selection(&mut pruned, site, selection)?;
     }
@@ -513,7 +514,7 @@ fn merge_consumer_weight(weight: &Tensor, n: usize, selection: &Selection) -> Re
     let dims = weight.dims().to_vec();
     let out = dims[0];
     let total: usize = dims[1..].iter().product();
-    if n == 0 || total % n != 0 {
+    if n == 0 || !total.is_multiple_of(n) {
         return Err(CompressionError::Shape(format!(
             "consumer weight {dims:?} cannot be split into {n} input channels"
         )));

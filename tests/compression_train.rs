@@ -1,0 +1,233 @@
+//! Training, pruning of trained models and experiments on the synthetic data set. One tiny
+//! VGG is trained once (a few seconds) and shared by the tests of this file.
+
+use std::sync::OnceLock;
+
+use elite::compression::*;
+
+struct Fixture {
+    trained: Network,
+    train_set: Dataset,
+    test_set: Dataset,
+    accuracy: f64,
+}
+
+fn fixture() -> &'static Fixture {
+    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let train_set = synthetic_dataset(&SyntheticConfig {
+            images_per_class: 50,
+            seed: 1,
+            noise: 0.08,
+        })
+        .unwrap();
+        let test_set = synthetic_dataset(&SyntheticConfig {
+            images_per_class: 30,
+            seed: 2,
+            noise: 0.08,
+        })
+        .unwrap();
+        // Width 1/8 of the tiny VGG: 8, 16, 32 channels.
+        let net = Network::vgg_cifar(&VggConfig::tiny(), 0.125, 10, 0).unwrap();
+        let config = TrainConfig {
+            epochs: 4,
+            batch_size: 16,
+            learning_rate: 0.05,
+            augment: false,
+            seed: 0,
+            ..Default::default()
+        };
+        let trained = train(&net, &train_set, &config, &|_| {}).unwrap();
+        let accuracy = evaluate(&trained, &test_set, 300).unwrap();
+        Fixture {
+            trained,
+            train_set,
+            test_set,
+            accuracy,
+        }
+    })
+}
+
+#[test]
+fn tiny_vgg_learns_the_synthetic_set() {
+    let f = fixture();
+    // Chance is 0.10.
+    assert!(f.accuracy > 0.5, "test accuracy {}", f.accuracy);
+}
+
+#[test]
+fn training_is_deterministic_and_reports_progress() {
+    let data = synthetic_dataset(&SyntheticConfig {
+        images_per_class: 4,
+        seed: 5,
+        noise: 0.05,
+    })
+    .unwrap();
+    let net = Network::vgg_cifar(&VggConfig::tiny(), 1.0 / 16.0, 10, 3).unwrap();
+    let config = TrainConfig {
+        epochs: 2,
+        batch_size: 8,
+        learning_rate: 0.05,
+        seed: 9,
+        ..Default::default()
+    };
+    let events = std::cell::RefCell::new(Vec::new());
+    let a = train(&net, &data, &config, &|e| events.borrow_mut().push(e)).unwrap();
+    let b = train(&net, &data, &config, &|_| {}).unwrap();
+    let x = data.images_tensor().unwrap();
+    let ya = a
+        .forward(&x)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let yb = b
+        .forward(&x)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let diff = ya
+        .iter()
+        .zip(&yb)
+        .map(|(p, q)| (p - q).abs())
+        .fold(0f32, f32::max);
+    assert!(diff < 1e-4, "two runs with one seed differ by {diff}");
+    let events = events.into_inner();
+    let finished = events
+        .iter()
+        .filter(|e| matches!(e, TrainEvent::EpochFinished { .. }))
+        .count();
+    let batches = events
+        .iter()
+        .filter(|e| matches!(e, TrainEvent::BatchFinished { .. }))
+        .count();
+    assert_eq!(finished, 2);
+    assert_eq!(batches, 2 * 5);
+}
+
+#[test]
+fn every_method_on_the_trained_model_has_hand_computed_size_and_runs() {
+    let f = fixture();
+    // 8, 16, 32 channels; classifier on 32 * 4 * 4. At 50%: 4, 8, 16 kept.
+    let expected_params = (4 * 27 + 8) + (8 * 4 * 9 + 16) + (16 * 8 * 9 + 32) + (16 * 16 * 10 + 10);
+    let expected_macs = 4 * 27 * 1024 + 8 * 4 * 9 * 256 + 16 * 8 * 9 * 64 + 16 * 16 * 10;
+    for method in PruneMethod::all_defaults() {
+        let pruned = prune(&f.trained, &PruneOptions::new(method.clone(), 0.5)).unwrap();
+        let cost = count_cost(&pruned, 32, 32).unwrap();
+        assert_eq!(cost.params, expected_params as u64, "{}", method.name());
+        assert_eq!(cost.macs, expected_macs as u64, "{}", method.name());
+        let accuracy = evaluate(&pruned, &f.test_set, 300).unwrap();
+        assert!((0.0..=1.0).contains(&accuracy));
+    }
+}
+
+#[test]
+fn neuron_merging_keeps_more_accuracy_than_l1_without_fine_tuning() {
+    let f = fixture();
+    let mut nm_total = 0.0;
+    let mut l1_total = 0.0;
+    for ratio in [0.3, 0.5] {
+        let l1 = prune(&f.trained, &PruneOptions::new(PruneMethod::L1, ratio)).unwrap();
+        let nm = prune(
+            &f.trained,
+            &PruneOptions::new(PruneMethod::NeuronMerging(Default::default()), ratio),
+        )
+        .unwrap();
+        // Same widths, so the comparison is at equal size.
+        assert_eq!(l1.layer_widths(), nm.layer_widths());
+        l1_total += evaluate(&l1, &f.test_set, 300).unwrap();
+        nm_total += evaluate(&nm, &f.test_set, 300).unwrap();
+    }
+    assert!(
+        nm_total > l1_total,
+        "neuron merging {nm_total:.3} vs l1 {l1_total:.3} (sum over ratios 0.3, 0.5)"
+    );
+}
+
+#[test]
+fn experiment_reports_sizes_accuracies_and_times() {
+    let f = fixture();
+    let mut config = ExperimentConfig::new(PruneMethod::RepruneKernel(Default::default()), 0.5);
+    config.fine_tune = Some(TrainConfig {
+        epochs: 1,
+        batch_size: 16,
+        learning_rate: 0.01,
+        augment: false,
+        ..Default::default()
+    });
+    config.baseline_accuracy = Some(f.accuracy);
+    let small_train = f.train_set.take(160).unwrap();
+    let outcome = run_experiment(&f.trained, &small_train, &f.test_set, &config, &|_| {}).unwrap();
+    let r = &outcome.result;
+    assert_eq!(r.method, "reprune-kernel");
+    assert!(r.params_after < r.params_before && r.macs_after < r.macs_before);
+    assert!(r.param_reduction > 0.5 && r.param_reduction < 0.8);
+    assert_eq!(r.accuracy_before, f.accuracy);
+    assert!(r.accuracy_fine_tuned.is_some());
+    assert!(r.prune_seconds >= 0.0 && r.total_seconds >= r.prune_seconds);
+    let json = serde_json::to_string(r).unwrap();
+    let back: ExperimentResult = serde_json::from_str(&json).unwrap();
+    assert_eq!(&back, r);
+}
+
+#[test]
+fn progressive_schedule_reaches_the_final_widths() {
+    let f = fixture();
+    let mut config = ExperimentConfig::new(PruneMethod::RepruneKernel(Default::default()), 0.5);
+    config.schedule = PruneSchedule::Progressive { stages: 2 };
+    config.fine_tune = Some(TrainConfig {
+        epochs: 2,
+        batch_size: 32,
+        learning_rate: 0.01,
+        augment: true,
+        ..Default::default()
+    });
+    config.baseline_accuracy = Some(f.accuracy);
+    let small_train = f.train_set.take(64).unwrap();
+    let outcome = run_experiment(&f.trained, &small_train, &f.test_set, &config, &|_| {}).unwrap();
+    let fine_tuned = outcome.fine_tuned.unwrap();
+    assert_eq!(fine_tuned.layer_widths(), outcome.pruned.layer_widths());
+    // Without fine-tuning epochs a progressive schedule is a configuration error.
+    config.fine_tune = None;
+    assert!(run_experiment(&f.trained, &small_train, &f.test_set, &config, &|_| {}).is_err());
+}
+
+#[test]
+fn safetensors_round_trip_of_trained_and_pruned_models() {
+    let f = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let pruned = prune(
+        &f.trained,
+        &PruneOptions::new(PruneMethod::NeuronMerging(Default::default()), 0.5),
+    )
+    .unwrap();
+    let x = f.test_set.take(8).unwrap().images_tensor().unwrap();
+    for (name, net) in [("trained", &f.trained), ("pruned", &pruned)] {
+        let path = dir.path().join(format!("{name}.safetensors"));
+        net.save_safetensors(&path).unwrap();
+        let loaded = Network::load_safetensors(&path).unwrap();
+        assert_eq!(loaded.layer_widths(), net.layer_widths());
+        let a = net
+            .forward(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let b = loaded
+            .forward(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(a, b, "{name}");
+        // A pruned PyTorch-style checkpoint also loads into the unpruned skeleton.
+        let skeleton = Network::vgg_cifar(&VggConfig::tiny(), 0.125, 10, 99).unwrap();
+        let into_skeleton = skeleton.with_weights_from(&path).unwrap();
+        assert_eq!(into_skeleton.layer_widths(), net.layer_widths());
+    }
+}
