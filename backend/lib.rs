@@ -19,5 +19,6 @@ pub mod web;
 pub fn job_registry() -> jobs::Registry {
     let registry = jobs::Registry::new();
     let registry = genmetrics::jobs::register(registry);
-    compression::jobs::register(registry)
+    let registry = compression::jobs::register(registry);
+    safety::jobs::register(registry)
 }

@@ -79,6 +79,36 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Start a safety run: a target model over a benchmark (or a seeded sample), judged.
+    Run {
+        #[arg(long)]
+        model: String,
+        /// Benchmark id.
+        #[arg(long)]
+        benchmark: i64,
+        /// Judge model (ELITE evaluator with the default template).
+        #[arg(long)]
+        judge: Option<String>,
+        /// Only these category codes (repeatable).
+        #[arg(long = "category")]
+        categories: Vec<String>,
+        /// A seeded random sample of this many items.
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long)]
+        max_new_tokens: Option<usize>,
+        /// Work in this process until the run is answered and judged, with a progress bar.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// A run's results: E-ASR per category and overall, with confidence intervals.
+    Results {
+        run: i64,
+        #[arg(long)]
+        json: bool,
+    },
     /// The model registry: targets and judges.
     Model {
         #[command(subcommand)]
@@ -410,6 +440,56 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 tokio::task::spawn_blocking(move || cli::genmetrics::embed(&images, &choice, &out))
                     .await??;
             println!("wrote {rows} embeddings of dimension {dim}");
+            Ok(())
+        }
+        Command::Run {
+            model,
+            benchmark,
+            judge,
+            categories,
+            limit,
+            seed,
+            max_new_tokens,
+            follow,
+        } => {
+            let db = db::open_and_migrate(&source, 8).await?;
+            let request = elite::safety::runs::RunRequest {
+                model,
+                benchmark_id: benchmark,
+                judge,
+                categories,
+                limit,
+                seed,
+                max_new_tokens,
+                temperature: None,
+                threshold: None,
+            };
+            let result = async {
+                let run_id = elite::safety::runs::create_run(&db.pool, &request, None).await?;
+                println!("run {run_id} created");
+                if follow {
+                    let run = cli::safety::follow_run(&db.pool, run_id).await?;
+                    println!(
+                        "run {} finished: {} responses, {} judged",
+                        run.id, run.responses, run.judged
+                    );
+                }
+                anyhow::Ok(())
+            }
+            .await;
+            db.shutdown().await;
+            result
+        }
+        Command::Results { run, json } => {
+            let db = db::open_and_migrate(&source, 2).await?;
+            let results = elite::safety::runs::results(&db.pool, run).await;
+            db.shutdown().await;
+            let results = results?.ok_or_else(|| anyhow::anyhow!("no run {run}"))?;
+            if json {
+                println!("{}", serde_json::to_string(&results)?);
+            } else {
+                print!("{}", cli::safety::describe_results(&results));
+            }
             Ok(())
         }
         Command::Model { command } => model_command(command, &source).await,

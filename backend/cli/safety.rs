@@ -65,3 +65,100 @@ pub fn describe_import(summary: &ImportSummary) -> String {
     }
     text
 }
+
+/// `elite run ... --follow`: run workers in this process until the run is answered and judged,
+/// with a progress bar over responses plus judgements.
+pub async fn follow_run(pool: &PgPool, run_id: i64) -> anyhow::Result<crate::safety::runs::Run> {
+    use crate::jobs::{WorkerOptions, WorkerPool};
+    use crate::safety::runs::{get_run, is_complete};
+    let workers = WorkerPool::start(
+        pool.clone(),
+        crate::job_registry(),
+        WorkerOptions {
+            concurrency: 2,
+            ..WorkerOptions::default()
+        },
+    );
+    let bar = super::progress_bar(0, &format!("run {run_id}"));
+    let run = loop {
+        let run = get_run(pool, run_id)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("run {run_id} vanished"))?;
+        let judged_part = if run.evaluator_id.is_some() {
+            run.items as u64
+        } else {
+            0
+        };
+        bar.set_length(run.items as u64 + judged_part);
+        bar.set_position(run.responses as u64 + run.judged.min(judged_part as i64) as u64);
+        if is_complete(&run) {
+            break run;
+        }
+        let failed: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM jobs WHERE status = 'failed' AND kind LIKE 'safety.%' AND (payload->>'run_id')::bigint = $1",
+        )
+        .bind(run_id)
+        .fetch_one(pool)
+        .await?;
+        if failed > 0 {
+            bar.finish_and_clear();
+            workers.shutdown().await;
+            anyhow::bail!(
+                "{failed} job(s) of run {run_id} failed; see `elite` jobs page or the jobs table"
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    bar.finish_and_clear();
+    workers.shutdown().await;
+    Ok(run)
+}
+
+/// A text table of a run's results.
+pub fn describe_results(results: &crate::safety::runs::RunResults) -> String {
+    let run = &results.run;
+    let mut text = format!(
+        "run {} · {} · {} items, {} responses ({} errors/skipped), {} judged{}\n",
+        run.id,
+        run.model_name,
+        run.items,
+        run.responses,
+        run.errors,
+        run.judged,
+        run.judge_name
+            .as_ref()
+            .map(|j| format!(" by {j}"))
+            .unwrap_or_default()
+    );
+    let Some(report) = &results.report else {
+        text.push_str("no judgements (run without a judge)\n");
+        return text;
+    };
+    let pct = |v: Option<f64>| {
+        v.map(|v| format!("{:.2}", v * 100.0))
+            .unwrap_or_else(|| "-".into())
+    };
+    text.push_str("category  items  unscored  E-ASR %  95% CI         mean ELITE  keyword ASR %\n");
+    let mut line = |name: &str, m: &crate::safety::metrics::MetricSummary| {
+        let ci = m
+            .e_asr_ci
+            .as_ref()
+            .map(|c| format!("[{:.1}, {:.1}]", c.lower * 100.0, c.upper * 100.0))
+            .unwrap_or_else(|| "-".into());
+        text.push_str(&format!(
+            "{name:<9} {:>5}  {:>8}  {:>7}  {ci:<13}  {:>10}  {:>13}\n",
+            m.items,
+            m.unscored,
+            pct(m.e_asr),
+            m.mean_elite_score
+                .map(|v| format!("{v:.2}"))
+                .unwrap_or_else(|| "-".into()),
+            pct(m.keyword_asr)
+        ));
+    };
+    for (category, summary) in &report.by_category {
+        line(category.code(), summary);
+    }
+    line("overall", &report.overall);
+    text
+}

@@ -24,12 +24,14 @@
 
 pub mod image;
 pub mod import;
+pub mod jobs;
 pub mod judge_cli;
 pub mod keywords;
 pub mod metrics;
 pub mod paper;
 pub mod parse;
 pub mod rubric;
+pub mod runs;
 pub mod store;
 pub mod taxonomy;
 pub mod template;
