@@ -56,15 +56,8 @@ fn screenshot_dir() -> PathBuf {
     dir
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_user_signs_in_through_the_form_and_sees_the_dashboard() {
-    let app = TestApp::new().await;
-    app.user("olga", Role::Researcher).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let router = app.router.clone();
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-
+/// A headless Chromium session (the driver and profile live as long as the returned guard).
+async fn browser_session() -> (fantoccini::Client, ChromeDriver, tempfile::TempDir) {
     let driver = ChromeDriver::start();
     let profile = tempfile::tempdir().unwrap();
     let mut caps = serde_json::Map::new();
@@ -86,6 +79,47 @@ async fn a_user_signs_in_through_the_form_and_sees_the_dashboard() {
         .connect(&format!("http://127.0.0.1:{}", driver.port))
         .await
         .expect("connect to chromedriver");
+    (client, driver, profile)
+}
+
+async fn serve(app: &TestApp) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let router = app.router.clone();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    base
+}
+
+async fn sign_in(
+    client: &fantoccini::Client,
+    base: &str,
+    username: &str,
+) -> Result<(), fantoccini::error::CmdError> {
+    client.goto(&format!("{base}/login")).await?;
+    client
+        .find(Locator::Id("username"))
+        .await?
+        .send_keys(username)
+        .await?;
+    client
+        .find(Locator::Id("password"))
+        .await?
+        .send_keys(PASSWORD)
+        .await?;
+    client.find(Locator::Id("sign-in")).await?.click().await?;
+    client
+        .wait()
+        .for_element(Locator::Id("dashboard-title"))
+        .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_signs_in_through_the_form_and_sees_the_dashboard() {
+    let app = TestApp::new().await;
+    app.user("olga", Role::Researcher).await;
+    let base = serve(&app).await;
+    let (client, _driver, _profile) = browser_session().await;
 
     let result = async {
         // Not signed in: the dashboard sends us to the login form.
@@ -145,4 +179,115 @@ async fn a_user_signs_in_through_the_form_and_sees_the_dashboard() {
         .await
         .unwrap();
     assert_eq!(sessions, 1);
+}
+
+/// A target model answers with script and image-onerror payloads; the run page shows them as
+/// text: no dialog opens and the DOM holds no such elements.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn model_responses_are_shown_as_text_never_as_html() {
+    use axum::Json;
+    use axum::routing::post;
+    use serde_json::{Value, json};
+    const PAYLOAD: &str = "<script>alert('xss')</script><img src=x onerror=\"alert('img')\"> done";
+    async fn evil(Json(_): Json<Value>) -> Json<Value> {
+        Json(
+            json!({"id": "e", "object": "chat.completion", "model": "evil",
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": PAYLOAD}}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10}}),
+        )
+    }
+    let app = TestApp::new().await;
+    app.user("xavier", Role::Researcher).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = format!("http://{}/v1", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            axum::Router::new().route("/v1/chat/completions", post(evil)),
+        )
+        .await
+        .unwrap()
+    });
+    let spec = elite::inference::ModelSpec::remote("evil", target, "evil");
+    elite::inference::store::upsert(&app.pool, &spec, None)
+        .await
+        .unwrap();
+
+    // A one-category slice of the real benchmark with generated images.
+    let csv = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/elite/ELITE-benchmark.csv");
+    let parsed = elite::safety::import::read_elite_csv(&csv).unwrap();
+    let images = tempfile::tempdir().unwrap();
+    for row in parsed.rows.iter().filter(|r| r.taxonomy_code == "S4") {
+        let path = images.path().join(&row.taxonomy).join(&row.image_name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let mut bytes = Vec::new();
+        image::RgbImage::from_pixel(8, 8, image::Rgb([200, 10, 10]))
+            .write_to(
+                &mut std::io::Cursor::new(&mut bytes),
+                image::ImageFormat::Png,
+            )
+            .unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+    let report =
+        elite::safety::import::check_elite_import(&parsed, Some(images.path()), Default::default());
+    let benchmark =
+        elite::safety::store::import_elite(&app.pool, "ELITE", "test", &parsed, &report, None)
+            .await
+            .unwrap()
+            .benchmark
+            .id;
+    let request = elite::safety::runs::RunRequest {
+        model: "evil".into(),
+        benchmark_id: benchmark,
+        judge: None,
+        categories: vec!["S4".into()],
+        limit: Some(3),
+        seed: 0,
+        max_new_tokens: None,
+        temperature: None,
+        threshold: None,
+    };
+    let run_id = elite::safety::runs::create_run(&app.pool, &request, None)
+        .await
+        .unwrap();
+    let workers =
+        elite::jobs::WorkerPool::start(app.pool.clone(), elite::job_registry(), Default::default());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !elite::safety::runs::is_complete(
+        &elite::safety::runs::get_run(&app.pool, run_id)
+            .await
+            .unwrap()
+            .unwrap(),
+    ) {
+        assert!(Instant::now() < deadline, "run did not finish");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    workers.shutdown().await;
+
+    let base = serve(&app).await;
+    let (client, _driver, _profile) = browser_session().await;
+    let result = async {
+        sign_in(&client, &base, "xavier").await?;
+        client.goto(&format!("{base}/safety/runs/{run_id}")).await?;
+        client.wait().for_element(Locator::Id("responses")).await?;
+        assert!(client.get_alert_text().await.is_err(), "a dialog opened");
+        let injected = client
+            .find_all(Locator::Css("td.response img, td.response script"))
+            .await?;
+        assert!(injected.is_empty(), "model output became markup");
+        let cells = client.find_all(Locator::Css("td.response")).await?;
+        assert!(!cells.is_empty());
+        for cell in cells {
+            let text = cell.text().await?;
+            assert!(text.contains("<script>alert('xss')</script>"), "{text}");
+        }
+        let png = client.screenshot().await?;
+        std::fs::write(screenshot_dir().join("run-responses.png"), &png).unwrap();
+        Ok::<(), fantoccini::error::CmdError>(())
+    }
+    .await;
+    let _ = client.close().await;
+    result.expect("browser session");
 }

@@ -289,3 +289,52 @@ pub async fn results(pool: &PgPool, run_id: i64) -> Result<Option<RunResults>, S
     };
     Ok(Some(RunResults { run, report }))
 }
+
+/// One response as the run page and the export show it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct ResponseRow {
+    pub item_id: i64,
+    pub position: i32,
+    pub category_code: String,
+    pub prompt: String,
+    pub image_sha256: Option<String>,
+    pub text: Option<String>,
+    pub error: Option<String>,
+    pub prompt_tokens: Option<i32>,
+    pub completion_tokens: Option<i32>,
+    pub latency_ms: Option<f64>,
+    pub judgement_status: Option<String>,
+    pub refused: Option<i16>,
+    pub toxicity: Option<i16>,
+    pub convincing: Option<i16>,
+    pub specific: Option<i16>,
+    pub elite_score: Option<f64>,
+    pub is_unsafe: Option<bool>,
+    #[schema(value_type = Object)]
+    pub reasonings: Option<serde_json::Value>,
+    pub unscored_reason: Option<String>,
+    pub raw_reply: Option<String>,
+}
+
+/// A run's responses with their judgements (by the run's evaluator), in run order.
+pub async fn responses(
+    pool: &PgPool,
+    run_id: i64,
+    limit: i64,
+    offset: i64,
+) -> Result<Vec<ResponseRow>, StoreError> {
+    Ok(sqlx::query_as::<_, ResponseRow>(
+        "SELECT i.id AS item_id, ri.position, i.category_code, i.text AS prompt, i.image_sha256, s.text, s.error,
+                s.prompt_tokens, s.completion_tokens, s.latency_ms, j.status AS judgement_status, j.refused, j.toxicity,
+                j.convincing, j.specific, j.elite_score, j.is_unsafe, j.reasonings, j.unscored_reason, j.raw_reply
+         FROM run_items ri JOIN runs r ON r.id = ri.run_id JOIN items i ON i.id = ri.item_id
+         JOIN responses s ON s.run_id = ri.run_id AND s.item_id = ri.item_id
+         LEFT JOIN judgements j ON j.response_id = s.id AND j.evaluator_id = r.evaluator_id
+         WHERE ri.run_id = $1 ORDER BY ri.position LIMIT $2 OFFSET $3",
+    )
+    .bind(run_id)
+    .bind(limit.clamp(1, 10_000))
+    .bind(offset.max(0))
+    .fetch_all(pool)
+    .await?)
+}

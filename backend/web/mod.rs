@@ -11,6 +11,7 @@ pub mod events;
 pub mod genmetrics;
 pub mod models;
 pub mod pages;
+pub mod runs;
 pub mod safety;
 
 use std::sync::{Arc, OnceLock};
@@ -173,6 +174,7 @@ pub fn app(state: AppState) -> (Router, Vec<RouteInfo>) {
     let routes = compression::routes(routes, state.config.upload_limit);
     let routes = safety::routes(routes);
     let routes = models::routes(routes);
+    let routes = runs::routes(routes);
     let Routes {
         router, mut table, ..
     } = routes;

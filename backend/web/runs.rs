@@ -1,0 +1,360 @@
+//! Safety runs in the browser and under `/api/v1/runs`: start a run, follow it, read its
+//! results per category and every response with the judge's answers. Responses are
+//! attacker-controlled text: they reach the page only through askama's escaping.
+
+use askama::Template;
+use askama_web::WebTemplate;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+
+use super::auth::{CsrfToken, CurrentUser};
+use super::error::{ApiJson, AppForm, AppPath, AppQuery};
+use super::pages::PageCtx;
+use super::{AppError, AppState, RESEARCHER, Routes};
+use crate::accounts::Role;
+use crate::safety::metrics::MetricSummary;
+use crate::safety::runs::{self, ResponseRow, Run, RunRequest, RunResults};
+use crate::safety::store;
+
+pub(crate) fn routes(routes: Routes) -> Routes {
+    routes
+        .get("/safety/runs", RESEARCHER, get(runs_page))
+        .post("/safety/runs", RESEARCHER, post(start_page))
+        .get("/safety/runs/{id}", RESEARCHER, get(run_page))
+        .get("/api/v1/runs", RESEARCHER, get(list_api))
+        .post("/api/v1/runs", RESEARCHER, post(start_api))
+        .get("/api/v1/runs/{id}/results", RESEARCHER, get(results_api))
+        .get("/api/v1/runs/{id}/responses", RESEARCHER, get(export_api))
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "safety/runs.html")]
+struct RunsPage {
+    ctx: PageCtx,
+    runs: Vec<Run>,
+    models: Vec<String>,
+    benchmarks: Vec<(i64, String)>,
+}
+
+async fn runs_page(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+    csrf: CsrfToken,
+) -> Result<RunsPage, AppError> {
+    let models = crate::inference::store::list(&state.pool)
+        .await?
+        .into_iter()
+        .map(|m| m.name)
+        .collect();
+    let benchmarks = store::list_benchmarks(&state.pool)
+        .await?
+        .into_iter()
+        .map(|b| {
+            (
+                b.id,
+                format!("{} v{} ({} items)", b.name, b.version, b.items),
+            )
+        })
+        .collect();
+    Ok(RunsPage {
+        ctx: PageCtx::new("Runs", "safety", Some(user), &csrf),
+        runs: runs::list_runs(&state.pool).await?,
+        models,
+        benchmarks,
+    })
+}
+
+#[derive(Deserialize)]
+struct RunForm {
+    model: String,
+    judge: Option<String>,
+    benchmark_id: i64,
+    limit: Option<String>,
+    seed: Option<String>,
+}
+
+async fn start_page(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+    AppForm(form): AppForm<RunForm>,
+) -> Result<Redirect, AppError> {
+    let number = |text: Option<String>, field: &str| -> Result<Option<u64>, AppError> {
+        match text.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
+            Some(t) => t
+                .parse()
+                .map(Some)
+                .map_err(|_| AppError::Invalid(format!("{field}: {t:?} is not a whole number"))),
+            None => Ok(None),
+        }
+    };
+    let request = RunRequest {
+        model: form.model,
+        benchmark_id: form.benchmark_id,
+        judge: form.judge.filter(|j| !j.is_empty()),
+        categories: Vec::new(),
+        limit: number(form.limit, "sample size")?.map(|n| n as usize),
+        seed: number(form.seed, "seed")?.unwrap_or(0),
+        max_new_tokens: None,
+        temperature: None,
+        threshold: None,
+    };
+    let id = runs::create_run(&state.pool, &request, Some(user.id)).await?;
+    Ok(Redirect::to(&format!("/safety/runs/{id}")))
+}
+
+/// A results row, formatted for the table.
+struct ResultRow {
+    name: String,
+    items: usize,
+    unscored: usize,
+    e_asr: String,
+    ci: String,
+    mean_score: String,
+    non_refusal: String,
+    strongreject: String,
+    keyword: String,
+}
+
+fn result_row(name: String, m: &MetricSummary) -> ResultRow {
+    let pct = |v: Option<f64>| {
+        v.map(|v| format!("{:.1}%", v * 100.0))
+            .unwrap_or_else(|| "-".into())
+    };
+    ResultRow {
+        name,
+        items: m.items,
+        unscored: m.unscored,
+        e_asr: pct(m.e_asr),
+        ci: m
+            .e_asr_ci
+            .as_ref()
+            .map(|c| format!("{:.1}-{:.1}%", c.lower * 100.0, c.upper * 100.0))
+            .unwrap_or_else(|| "-".into()),
+        mean_score: m
+            .mean_elite_score
+            .map(|v| format!("{v:.2}"))
+            .unwrap_or_else(|| "-".into()),
+        non_refusal: pct(m.non_refusal_rate),
+        strongreject: m
+            .strongreject_mean
+            .map(|v| format!("{v:.2}"))
+            .unwrap_or_else(|| "-".into()),
+        keyword: pct(m.keyword_asr),
+    }
+}
+
+/// A response, formatted for the table (all text still escaped by the template).
+struct ResponseView {
+    position: i32,
+    image_sha256: Option<String>,
+    category_code: String,
+    prompt: String,
+    text: Option<String>,
+    error: Option<String>,
+    rubric: String,
+    score: String,
+    reasoning: String,
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "safety/run.html")]
+struct RunPage {
+    ctx: PageCtx,
+    run: Run,
+    complete: bool,
+    rows: Vec<ResultRow>,
+    paper_e_asr: Option<String>,
+    responses: Vec<ResponseView>,
+}
+
+async fn run_page(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+    csrf: CsrfToken,
+    AppPath(id): AppPath<i64>,
+) -> Result<RunPage, AppError> {
+    let RunResults { run, report } = runs::results(&state.pool, id)
+        .await?
+        .ok_or(AppError::NotFound)?;
+    let mut rows = Vec::new();
+    if let Some(report) = &report {
+        for (category, summary) in &report.by_category {
+            rows.push(result_row(
+                format!("{} {}", category.code(), category.name()),
+                summary,
+            ));
+        }
+        rows.push(result_row("overall".into(), &report.overall));
+    }
+    let responses = runs::responses(&state.pool, id, 500, 0)
+        .await?
+        .into_iter()
+        .map(|r: ResponseRow| ResponseView {
+            rubric: match (r.refused, r.toxicity, r.convincing, r.specific) {
+                (Some(a), Some(b), Some(c), Some(d)) => format!("{a}, {b}, {c}, {d}"),
+                _ => r
+                    .unscored_reason
+                    .clone()
+                    .map(|u| format!("unscored: {u}"))
+                    .unwrap_or_default(),
+            },
+            score: r
+                .elite_score
+                .map(|s| {
+                    format!(
+                        "{s:.1}{}",
+                        if r.is_unsafe == Some(true) {
+                            " unsafe"
+                        } else {
+                            ""
+                        }
+                    )
+                })
+                .unwrap_or_default(),
+            reasoning: r
+                .reasonings
+                .as_ref()
+                .and_then(|v| v.as_array())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_str())
+                        .collect::<Vec<_>>()
+                        .join(" / ")
+                })
+                .unwrap_or_default(),
+            position: r.position,
+            image_sha256: r.image_sha256,
+            category_code: r.category_code,
+            prompt: r.prompt,
+            text: r.text,
+            error: r.error,
+        })
+        .collect();
+    Ok(RunPage {
+        ctx: PageCtx::new(format!("Run {id}"), "safety", Some(user), &csrf),
+        complete: runs::is_complete(&run),
+        paper_e_asr: crate::safety::paper::paper_e_asr(&run.model_name)
+            .map(|(_, v)| format!("{v:.2}")),
+        run,
+        rows,
+        responses,
+    })
+}
+
+/// Runs, newest first.
+#[utoipa::path(get, path = "/api/v1/runs", tag = "safety", responses((status = 200, body = Vec<Run>)))]
+pub(crate) async fn list_api(State(state): State<AppState>) -> Result<ApiJson<Vec<Run>>, AppError> {
+    Ok(ApiJson(runs::list_runs(&state.pool).await?))
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct StartedRun {
+    pub run_id: i64,
+}
+
+/// Start a run (its items are answered and judged by workers).
+#[utoipa::path(post, path = "/api/v1/runs", tag = "safety", request_body = RunRequest,
+    responses((status = 202, body = StartedRun), (status = 422)))]
+pub(crate) async fn start_api(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+    ApiJson(request): ApiJson<RunRequest>,
+) -> Result<(StatusCode, ApiJson<StartedRun>), AppError> {
+    let run_id = runs::create_run(&state.pool, &request, Some(user.id)).await?;
+    Ok((StatusCode::ACCEPTED, ApiJson(StartedRun { run_id })))
+}
+
+/// Progress counts and the metrics (overall and per category).
+#[utoipa::path(get, path = "/api/v1/runs/{id}/results", tag = "safety",
+    params(("id" = i64, Path, description = "run id")), responses((status = 200, body = RunResults), (status = 404)))]
+pub(crate) async fn results_api(
+    State(state): State<AppState>,
+    AppPath(id): AppPath<i64>,
+) -> Result<ApiJson<RunResults>, AppError> {
+    Ok(ApiJson(
+        runs::results(&state.pool, id)
+            .await?
+            .ok_or(AppError::NotFound)?,
+    ))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+pub struct ExportQuery {
+    /// `jsonl` (default) or `csv`.
+    format: Option<String>,
+}
+
+/// Every response with its judgement, as JSON Lines or CSV.
+#[utoipa::path(get, path = "/api/v1/runs/{id}/responses", tag = "safety",
+    params(("id" = i64, Path, description = "run id"), ExportQuery),
+    responses((status = 200, description = "JSONL or CSV"), (status = 404)))]
+pub(crate) async fn export_api(
+    State(state): State<AppState>,
+    AppPath(id): AppPath<i64>,
+    AppQuery(query): AppQuery<ExportQuery>,
+) -> Result<Response, AppError> {
+    runs::get_run(&state.pool, id)
+        .await?
+        .ok_or(AppError::NotFound)?;
+    let rows = runs::responses(&state.pool, id, 10_000, 0).await?;
+    match query.format.as_deref().unwrap_or("jsonl") {
+        "jsonl" => {
+            let mut body = String::new();
+            for row in &rows {
+                body.push_str(&serde_json::to_string(row).map_err(AppError::internal)?);
+                body.push('\n');
+            }
+            Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
+        }
+        "csv" => {
+            let mut writer = csv::Writer::from_writer(Vec::new());
+            writer
+                .write_record([
+                    "item_id",
+                    "position",
+                    "category",
+                    "prompt",
+                    "response",
+                    "error",
+                    "refused",
+                    "toxicity",
+                    "convincing",
+                    "specific",
+                    "elite_score",
+                    "unsafe",
+                    "unscored_reason",
+                ])
+                .map_err(AppError::internal)?;
+            let opt = |v: Option<String>| v.unwrap_or_default();
+            for r in rows {
+                writer
+                    .write_record([
+                        r.item_id.to_string(),
+                        r.position.to_string(),
+                        r.category_code,
+                        r.prompt,
+                        opt(r.text),
+                        opt(r.error),
+                        opt(r.refused.map(|v| v.to_string())),
+                        opt(r.toxicity.map(|v| v.to_string())),
+                        opt(r.convincing.map(|v| v.to_string())),
+                        opt(r.specific.map(|v| v.to_string())),
+                        opt(r.elite_score.map(|v| v.to_string())),
+                        opt(r.is_unsafe.map(|v| v.to_string())),
+                        opt(r.unscored_reason),
+                    ])
+                    .map_err(AppError::internal)?;
+            }
+            let bytes = writer
+                .into_inner()
+                .map_err(|e| AppError::internal(anyhow::anyhow!(e.to_string())))?;
+            Ok(([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], bytes).into_response())
+        }
+        other => Err(AppError::Invalid(format!(
+            "unknown export format {other:?}: jsonl or csv"
+        ))),
+    }
+}
