@@ -25,8 +25,8 @@ if [ -z "${DATABASE_URL:-}" ] && [ -z "${ELITE_TEST_DATA_DIR:-}" ]; then
 fi
 
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --locked --all-targets --no-fail-fast
+  cargo nextest run --locked --lib --bins --tests --no-fail-fast
   cargo test --locked --doc
 else
-  cargo test --locked --all-targets --no-fail-fast
+  cargo test --locked --lib --bins --tests --no-fail-fast
 fi
