@@ -102,26 +102,41 @@ fn render(
     svg
 }
 
+type XyChart<'a, 'b> = ChartContext<
+    'a,
+    SVGBackend<'b>,
+    Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+>;
+
+/// Axes, caption and grid of an x/y chart over the frame's ranges.
+fn xy_chart<'a, 'b>(
+    root: &'a DrawingArea<SVGBackend<'b>, plotters::coord::Shift>,
+    frame: &Frame,
+) -> Result<XyChart<'a, 'b>, String> {
+    let mut chart = ChartBuilder::on(root)
+        .caption(&frame.title, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(50)
+        .build_cartesian_2d(
+            frame.x_range.0..frame.x_range.1,
+            frame.y_range.0..frame.y_range.1,
+        )
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .x_desc(frame.x_label.as_str())
+        .y_desc(frame.y_label.as_str())
+        .light_line_style(RGBColor(238, 240, 244))
+        .draw()
+        .map_err(|e| e.to_string())?;
+    Ok(chart)
+}
+
 /// A scatter plot of labelled points, coloured by group, with a legend.
 pub fn scatter(frame: &Frame, points: &[LabelledPoint]) -> String {
     render(frame, |root| {
-        let mut chart = ChartBuilder::on(root)
-            .caption(&frame.title, ("sans-serif", 18))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(50)
-            .build_cartesian_2d(
-                frame.x_range.0..frame.x_range.1,
-                frame.y_range.0..frame.y_range.1,
-            )
-            .map_err(|e| e.to_string())?;
-        chart
-            .configure_mesh()
-            .x_desc(frame.x_label.as_str())
-            .y_desc(frame.y_label.as_str())
-            .light_line_style(RGBColor(238, 240, 244))
-            .draw()
-            .map_err(|e| e.to_string())?;
+        let mut chart = xy_chart(root, frame)?;
         let mut groups: Vec<&str> = Vec::new();
         for p in points {
             if !groups.contains(&p.group.as_str()) {
@@ -166,23 +181,7 @@ pub fn scatter(frame: &Frame, points: &[LabelledPoint]) -> String {
 /// Several series as lines with markers, with a legend.
 pub fn lines(frame: &Frame, series: &[Series]) -> String {
     render(frame, |root| {
-        let mut chart = ChartBuilder::on(root)
-            .caption(&frame.title, ("sans-serif", 18))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(50)
-            .build_cartesian_2d(
-                frame.x_range.0..frame.x_range.1,
-                frame.y_range.0..frame.y_range.1,
-            )
-            .map_err(|e| e.to_string())?;
-        chart
-            .configure_mesh()
-            .x_desc(frame.x_label.as_str())
-            .y_desc(frame.y_label.as_str())
-            .light_line_style(RGBColor(238, 240, 244))
-            .draw()
-            .map_err(|e| e.to_string())?;
+        let mut chart = xy_chart(root, frame)?;
         for (i, s) in series.iter().enumerate() {
             let c = color(i);
             chart

@@ -5,7 +5,7 @@
 mod common;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
@@ -13,21 +13,6 @@ use common::*;
 use elite::accounts::Role;
 use elite::jobs::{JobStatus, WorkerOptions, WorkerPool};
 use serde_json::Value;
-
-async fn wait_job(app: &TestApp, id: i64) -> elite::jobs::Job {
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let job = elite::jobs::get(&app.pool, id).await.unwrap().unwrap();
-        if job.status.is_finished() {
-            return job;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "job {id} did not finish: {job:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_experiment_runs_as_a_job_and_is_plotted() {

@@ -6,7 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
@@ -57,21 +57,6 @@ fn upload_request(path: &str, token: &str, body: Vec<u8>) -> Request<Body> {
         )
         .body(Body::from(body))
         .unwrap()
-}
-
-async fn wait_job(app: &TestApp, id: i64) -> elite::jobs::Job {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let job = elite::jobs::get(&app.pool, id).await.unwrap().unwrap();
-        if job.status.is_finished() {
-            return job;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "job {id} did not finish: {job:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 fn workers(app: &TestApp) -> WorkerPool {

@@ -222,3 +222,19 @@ pub fn init_logs() {
             .try_init();
     }
 }
+
+/// Wait until a job has finished (any final state) and return it.
+pub async fn wait_job(app: &TestApp, id: i64) -> elite::jobs::Job {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    loop {
+        let job = elite::jobs::get(&app.pool, id).await.unwrap().unwrap();
+        if job.status.is_finished() {
+            return job;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "job {id} did not finish: {job:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
