@@ -314,10 +314,100 @@ mod tests {
     }
 
     #[test]
+    fn heatmaps_label_rows_and_columns() {
+        let svg = heatmap(
+            "E-ASR",
+            &["model <a>".into(), "model b".into()],
+            &["S1".into(), "S2".into()],
+            &[vec![Some(0.25), None], vec![Some(1.0), Some(0.0)]],
+        );
+        assert!(svg.contains("model &lt;a&gt;") && svg.contains("S2"));
+        assert!(svg.contains("25.0") && svg.contains("100.0"));
+        assert_eq!(
+            svg.matches("<rect").count(),
+            4 + 1,
+            "three filled cells, one blank, one background"
+        );
+    }
+
+    #[test]
     fn ranges_are_padded() {
         let (lo, hi) = padded_range([0.2, 0.8], (0.0, 1.0));
         assert!(lo < 0.0 && hi > 1.0);
         let (lo, hi) = padded_range([5.0], (5.0, 5.0));
         assert!(hi > lo);
     }
+}
+
+/// A heatmap of values in [0, 1] (shown as percentages): one row per `rows` entry, one column
+/// per `columns` entry; `None` cells stay blank.
+pub fn heatmap(
+    title: &str,
+    rows: &[String],
+    columns: &[String],
+    values: &[Vec<Option<f64>>],
+) -> String {
+    let cell_w = 64u32;
+    let cell_h = 28u32;
+    let label_w = 200u32;
+    let frame = Frame {
+        title: title.into(),
+        x_label: String::new(),
+        y_label: String::new(),
+        x_range: (0.0, columns.len().max(1) as f64),
+        y_range: (0.0, rows.len().max(1) as f64),
+        width: label_w + cell_w * columns.len().max(1) as u32 + 20,
+        height: 70 + cell_h * rows.len().max(1) as u32,
+    };
+    render(&frame, |root| {
+        let (titled, body) = root.split_vertically(40);
+        titled
+            .titled(title, ("sans-serif", 18))
+            .map_err(|e| e.to_string())?;
+        let shade = |v: f64| {
+            // White (0%) to red (100%).
+            let v = v.clamp(0.0, 1.0);
+            RGBColor(
+                255,
+                (255.0 * (1.0 - 0.8 * v)) as u8,
+                (255.0 * (1.0 - 0.8 * v)) as u8,
+            )
+        };
+        for (c, column) in columns.iter().enumerate() {
+            let x = (label_w + c as u32 * cell_w) as i32;
+            body.draw(&Text::new(
+                column.clone(),
+                (x + 4, 2),
+                ("sans-serif", 13).into_font(),
+            ))
+            .map_err(|e| e.to_string())?;
+        }
+        for (r, row) in rows.iter().enumerate() {
+            let y = (20 + r as u32 * cell_h) as i32;
+            body.draw(&Text::new(
+                row.clone(),
+                (4, y + 7),
+                ("sans-serif", 13).into_font(),
+            ))
+            .map_err(|e| e.to_string())?;
+            for (c, value) in values.get(r).into_iter().flatten().enumerate() {
+                let x = (label_w + c as u32 * cell_w) as i32;
+                let fill = value.map(shade).unwrap_or(WHITE);
+                body.draw(&Rectangle::new(
+                    [(x, y), (x + cell_w as i32 - 2, y + cell_h as i32 - 2)],
+                    fill.filled(),
+                ))
+                .map_err(|e| e.to_string())?;
+                if let Some(v) = value {
+                    body.draw(&Text::new(
+                        format!("{:.1}", v * 100.0),
+                        (x + 10, y + 7),
+                        ("sans-serif", 12).into_font(),
+                    ))
+                    .map_err(|e| e.to_string())?;
+                }
+            }
+        }
+        Ok(())
+    })
 }

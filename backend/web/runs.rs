@@ -24,6 +24,7 @@ pub(crate) fn routes(routes: Routes) -> Routes {
         .get("/safety/runs", RESEARCHER, get(runs_page))
         .post("/safety/runs", RESEARCHER, post(start_page))
         .get("/safety/runs/{id}", RESEARCHER, get(run_page))
+        .get("/safety/leaderboard", RESEARCHER, get(leaderboard_page))
         .get("/api/v1/runs", RESEARCHER, get(list_api))
         .post("/api/v1/runs", RESEARCHER, post(start_api))
         .get("/api/v1/runs/{id}/results", RESEARCHER, get(results_api))
@@ -357,4 +358,94 @@ pub(crate) async fn export_api(
             "unknown export format {other:?}: jsonl or csv"
         ))),
     }
+}
+
+/// One model's row of the leaderboard.
+struct LeaderRow {
+    model: String,
+    benchmark: String,
+    run_id: i64,
+    items: usize,
+    e_asr: String,
+    ci: String,
+    paper: String,
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "safety/leaderboard.html")]
+struct LeaderboardPage {
+    ctx: PageCtx,
+    rows: Vec<LeaderRow>,
+    heatmap_svg: String,
+}
+
+async fn leaderboard_page(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+    csrf: CsrfToken,
+) -> Result<LeaderboardPage, AppError> {
+    use crate::safety::taxonomy::Category;
+    let benchmarks: std::collections::HashMap<i64, String> = store::list_benchmarks(&state.pool)
+        .await?
+        .into_iter()
+        .map(|b| (b.id, format!("{} v{}", b.name, b.version)))
+        .collect();
+    // The newest judged run per (model, benchmark).
+    let mut seen = std::collections::HashSet::new();
+    let mut rows = Vec::new();
+    let mut labels = Vec::new();
+    let mut cells = Vec::new();
+    for run in runs::list_runs(&state.pool)
+        .await?
+        .into_iter()
+        .filter(|r| r.evaluator_id.is_some())
+    {
+        if !seen.insert((run.model_name.clone(), run.benchmark_id)) {
+            continue;
+        }
+        let Some(RunResults {
+            run,
+            report: Some(report),
+        }) = runs::results(&state.pool, run.id).await?
+        else {
+            continue;
+        };
+        let paper = crate::safety::paper::paper_e_asr(&run.model_name);
+        let mut line: Vec<Option<f64>> = Category::ALL
+            .iter()
+            .map(|c| report.by_category.get(c).and_then(|m| m.e_asr))
+            .collect();
+        line.push(report.overall.e_asr);
+        line.push(paper.map(|(_, v)| v / 100.0));
+        labels.push(format!("{} (run {})", run.model_name, run.id));
+        cells.push(line);
+        let row = result_row(String::new(), &report.overall);
+        rows.push(LeaderRow {
+            model: run.model_name.clone(),
+            benchmark: benchmarks
+                .get(&run.benchmark_id)
+                .cloned()
+                .unwrap_or_default(),
+            run_id: run.id,
+            items: report.overall.items,
+            e_asr: row.e_asr,
+            ci: row.ci,
+            paper: paper
+                .map(|(_, v)| format!("{v:.2}%"))
+                .unwrap_or_else(|| "-".into()),
+        });
+    }
+    let mut columns: Vec<String> = Category::ALL.iter().map(|c| c.code().to_string()).collect();
+    columns.push("overall".into());
+    columns.push("paper".into());
+    Ok(LeaderboardPage {
+        ctx: PageCtx::new("Leaderboard", "safety", Some(user), &csrf),
+        heatmap_svg: crate::charts::heatmap(
+            "E-ASR (%) by hazard category",
+            &labels,
+            &columns,
+            &cells,
+        ),
+        rows,
+    })
 }
