@@ -269,76 +269,6 @@ pub fn grouped_bars(
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn charts_are_svg_with_escaped_labels() {
-        let frame = Frame::new(
-            "Fidelity <vs> diversity",
-            "PP",
-            "PR",
-            (0.0, 1.0),
-            (0.0, 1.0),
-        );
-        let svg = scatter(
-            &frame,
-            &[LabelledPoint {
-                label: "<script>alert(1)</script>".into(),
-                x: 0.5,
-                y: 0.7,
-                group: "model & co".into(),
-            }],
-        );
-        assert!(svg.starts_with("<svg"), "{svg}");
-        assert!(svg.contains("&lt;script&gt;"), "{svg}");
-        assert!(!svg.contains("<script>"));
-        assert!(svg.contains("<circle"));
-
-        let svg = lines(
-            &frame,
-            &[Series {
-                name: "PP".into(),
-                points: vec![(0.0, 0.1), (1.0, 0.9)],
-            }],
-        );
-        assert!(svg.contains("<polyline") || svg.contains("<path"), "{svg}");
-        let svg = grouped_bars(
-            &frame,
-            &["a".into(), "b".into()],
-            &["P".into(), "R".into()],
-            &[vec![0.2, 0.4], vec![0.6, 0.8]],
-        );
-        assert!(svg.matches("<rect").count() >= 4, "{svg}");
-    }
-
-    #[test]
-    fn heatmaps_label_rows_and_columns() {
-        let svg = heatmap(
-            "E-ASR",
-            &["model <a>".into(), "model b".into()],
-            &["S1".into(), "S2".into()],
-            &[vec![Some(0.25), None], vec![Some(1.0), Some(0.0)]],
-        );
-        assert!(svg.contains("model &lt;a&gt;") && svg.contains("S2"));
-        assert!(svg.contains("25.0") && svg.contains("100.0"));
-        assert_eq!(
-            svg.matches("<rect").count(),
-            4 + 1,
-            "three filled cells, one blank, one background"
-        );
-    }
-
-    #[test]
-    fn ranges_are_padded() {
-        let (lo, hi) = padded_range([0.2, 0.8], (0.0, 1.0));
-        assert!(lo < 0.0 && hi > 1.0);
-        let (lo, hi) = padded_range([5.0], (5.0, 5.0));
-        assert!(hi > lo);
-    }
-}
-
 /// A heatmap of values in [0, 1] (shown as percentages): one row per `rows` entry, one column
 /// per `columns` entry; `None` cells stay blank.
 pub fn heatmap(
@@ -410,4 +340,74 @@ pub fn heatmap(
         }
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn charts_are_svg_with_escaped_labels() {
+        let frame = Frame::new(
+            "Fidelity <vs> diversity",
+            "PP",
+            "PR",
+            (0.0, 1.0),
+            (0.0, 1.0),
+        );
+        let svg = scatter(
+            &frame,
+            &[LabelledPoint {
+                label: "<script>alert(1)</script>".into(),
+                x: 0.5,
+                y: 0.7,
+                group: "model & co".into(),
+            }],
+        );
+        assert!(svg.starts_with("<svg"), "{svg}");
+        assert!(svg.contains("&lt;script&gt;"), "{svg}");
+        assert!(!svg.contains("<script>"));
+        assert!(svg.contains("<circle"));
+
+        let svg = lines(
+            &frame,
+            &[Series {
+                name: "PP".into(),
+                points: vec![(0.0, 0.1), (1.0, 0.9)],
+            }],
+        );
+        assert!(svg.contains("<polyline") || svg.contains("<path"), "{svg}");
+        let svg = grouped_bars(
+            &frame,
+            &["a".into(), "b".into()],
+            &["P".into(), "R".into()],
+            &[vec![0.2, 0.4], vec![0.6, 0.8]],
+        );
+        assert!(svg.matches("<rect").count() >= 4, "{svg}");
+    }
+
+    #[test]
+    fn heatmaps_label_rows_and_columns() {
+        let svg = heatmap(
+            "E-ASR",
+            &["model <a>".into(), "model b".into()],
+            &["S1".into(), "S2".into()],
+            &[vec![Some(0.25), None], vec![Some(1.0), Some(0.0)]],
+        );
+        assert!(svg.contains("model &lt;a&gt;") && svg.contains("S2"));
+        assert!(svg.contains("25.0") && svg.contains("100.0"));
+        assert_eq!(
+            svg.matches("<rect").count(),
+            4 + 1,
+            "three filled cells, one blank, one background"
+        );
+    }
+
+    #[test]
+    fn ranges_are_padded() {
+        let (lo, hi) = padded_range([0.2, 0.8], (0.0, 1.0));
+        assert!(lo < 0.0 && hi > 1.0);
+        let (lo, hi) = padded_range([5.0], (5.0, 5.0));
+        assert!(hi > lo);
+    }
 }
