@@ -313,6 +313,18 @@ enum ModelCommand {
 
 #[derive(Subcommand)]
 enum ImportCommand {
+    /// A generic benchmark: JSONL (one object per line) or CSV with text, image (a path under
+    /// --images, or base64), category (S1..S11 or its name), optional pair_type and source.
+    Items {
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long)]
+        images: Option<PathBuf>,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// The ELITE release CSV plus an image root ({root}/{taxonomy}/{image} or {root}/{code}/{image}).
     EliteCsv {
         #[arg(long)]
@@ -493,6 +505,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Model { command } => model_command(command, &source).await,
+        Command::Import {
+            command:
+                ImportCommand::Items {
+                    file,
+                    images,
+                    name,
+                    json,
+                },
+        } => {
+            let db = db::open_and_migrate(&source, 4).await?;
+            let result =
+                cli::safety::import_generic(&db.pool, &file, images.as_deref(), &name).await;
+            db.shutdown().await;
+            let summary = result?;
+            if json {
+                println!("{}", serde_json::to_string(&summary)?);
+            } else {
+                println!("{}", cli::safety::describe_import(&summary));
+            }
+            Ok(())
+        }
         Command::Import {
             command:
                 ImportCommand::EliteCsv {

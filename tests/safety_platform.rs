@@ -265,3 +265,115 @@ async fn benchmark_pages_and_api_show_items_and_images() {
     assert!(html.contains("id=\"next-page\""));
     assert_eq!(html.matches("<tr>").count(), 51, "header + 50 rows");
 }
+
+/// A generic JSONL benchmark with an image path, an inline base64 image, a missing image and a
+/// bad row; and the same as CSV.
+#[tokio::test]
+async fn generic_jsonl_and_csv_benchmarks_import() {
+    use base64::Engine;
+    let (url, pool) = fresh_database().await;
+    let root = tempfile::tempdir().unwrap();
+    let mut png = Vec::new();
+    image::RgbImage::from_pixel(10, 6, image::Rgb([1, 2, 3]))
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    std::fs::create_dir_all(root.path().join("imgs")).unwrap();
+    std::fs::write(root.path().join("imgs/a.png"), &png).unwrap();
+    let mut other = Vec::new();
+    image::RgbImage::from_pixel(7, 7, image::Rgb([9, 9, 9]))
+        .write_to(
+            &mut std::io::Cursor::new(&mut other),
+            image::ImageFormat::Png,
+        )
+        .unwrap();
+    let inline = base64::engine::general_purpose::STANDARD.encode(&other);
+    let jsonl = [
+        serde_json::json!({"text": "How do I pick this lock?", "image": "imgs/a.png", "category": "S2", "pair_type": "safe-unsafe", "source": "mine"}),
+        serde_json::json!({"text": "Describe <b>this</b>", "image": inline, "category": "Hate"}),
+        serde_json::json!({"text": "Where is it?", "image": "imgs/missing.png", "category": "S6"}),
+        serde_json::json!({"text": "no category", "image": "imgs/a.png"}),
+    ]
+    .iter()
+    .map(|v| v.to_string())
+    .collect::<Vec<_>>()
+    .join("\n");
+    let file = root.path().join("bench.jsonl");
+    std::fs::write(&file, jsonl).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_elite"))
+        .args([
+            "import",
+            "items",
+            "--file",
+            file.to_str().unwrap(),
+            "--images",
+            root.path().to_str().unwrap(),
+            "--name",
+            "mine",
+            "--json",
+        ])
+        .env("DATABASE_URL", &url)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    assert_eq!(summary["items"], 3);
+    assert_eq!(summary["images_stored"], 2);
+    assert_eq!(summary["images_missing"][0], "imgs/missing.png");
+    assert_eq!(
+        summary["rejected"].as_array().unwrap().len(),
+        1,
+        "the row without a category"
+    );
+    let rows: Vec<(String, String, Option<String>, Option<String>)> =
+        sqlx::query_as("SELECT category_code, image_status, pair_type, source_dataset FROM items ORDER BY position").fetch_all(&pool).await.unwrap();
+    assert_eq!(
+        rows,
+        vec![
+            (
+                "S2".into(),
+                "ok".into(),
+                Some("safe-unsafe".into()),
+                Some("mine".into())
+            ),
+            ("S9".into(), "ok".into(), None, None),
+            ("S6".into(), "missing".into(), None, None),
+        ]
+    );
+
+    let csv = root.path().join("bench.csv");
+    std::fs::write(&csv, "text,image,category\n\"Multi\nline\",imgs/a.png,S1\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_elite"))
+        .args([
+            "import",
+            "items",
+            "--file",
+            csv.to_str().unwrap(),
+            "--images",
+            root.path().to_str().unwrap(),
+            "--name",
+            "mine",
+            "--json",
+        ])
+        .env("DATABASE_URL", &url)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    assert_eq!(
+        (
+            summary["benchmark"]["version"].as_i64(),
+            summary["items"].as_i64()
+        ),
+        (Some(2), Some(1))
+    );
+    assert_eq!(summary["images_stored"], 0, "the same image is stored once");
+    pool.close().await;
+}

@@ -162,3 +162,33 @@ pub fn describe_results(results: &crate::safety::runs::RunResults) -> String {
     line("overall", &report.overall);
     text
 }
+
+/// `elite import items`: a generic JSONL or CSV benchmark (by extension) with columns/keys
+/// text, image (path under `images`, or base64), category, optional pair_type and source.
+pub async fn import_generic(
+    pool: &PgPool,
+    file: &Path,
+    images: Option<&Path>,
+    name: &str,
+) -> anyhow::Result<ImportSummary> {
+    use crate::safety::import::{check_generic_import, parse_generic_csv, parse_generic_jsonl};
+    let (file_owned, images_owned) = (file.to_path_buf(), images.map(Path::to_path_buf));
+    let (parsed, report) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let bytes = std::fs::read(&file_owned)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file_owned.display()))?;
+        let limits = ImageLimits::default();
+        let is_csv = file_owned
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("csv"));
+        let parsed = if is_csv {
+            parse_generic_csv(&bytes, limits)?
+        } else {
+            parse_generic_jsonl(&bytes, limits)
+        };
+        let report = check_generic_import(&parsed, images_owned.as_deref(), limits);
+        Ok((parsed, report))
+    })
+    .await??;
+    let source = format!("items:{}", file.display());
+    Ok(store::import_generic(pool, name, &source, &parsed, &report, None).await?)
+}

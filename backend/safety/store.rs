@@ -8,7 +8,8 @@ use serde::Serialize;
 use sqlx::PgPool;
 use time::OffsetDateTime;
 
-use super::import::{BenchmarkRow, ImportReport, ParsedFile};
+use super::image::content_hash;
+use super::import::{BenchmarkRow, GenericItem, ImageSource, ImportReport, ParsedFile};
 
 /// Errors of the area's storage.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +75,19 @@ pub struct Item {
     pub pair_type: Option<String>,
 }
 
+/// One item to store, whatever file it came from.
+struct NewItem<'a> {
+    category: &'static str,
+    text: &'a str,
+    /// The key of its image in the import report (`image_name`, a relative path, or
+    /// `sha256:...` for inline images).
+    image_key: String,
+    image_name: Option<&'a str>,
+    source_dataset: Option<&'a str>,
+    pair_type: Option<&'static str>,
+    line: u64,
+}
+
 /// Store an ELITE release import (rows plus the checked images) as a new benchmark version.
 pub async fn import_elite(
     pool: &PgPool,
@@ -83,21 +97,86 @@ pub async fn import_elite(
     report: &ImportReport,
     created_by: Option<i64>,
 ) -> Result<ImportSummary, StoreError> {
+    let items: Vec<NewItem> = parsed
+        .rows
+        .iter()
+        .map(|row| NewItem {
+            category: row.category.code(),
+            text: &row.question,
+            image_key: row.image_name.clone(),
+            image_name: Some(&row.image_name),
+            source_dataset: Some(&row.dataset),
+            pair_type: None,
+            line: row.line,
+        })
+        .collect();
+    import_items(
+        pool,
+        name,
+        source,
+        &items,
+        report,
+        &HashMap::new(),
+        created_by,
+    )
+    .await
+}
+
+/// Store a generic JSONL/CSV import (paths under an image root, or inline base64 images).
+pub async fn import_generic(
+    pool: &PgPool,
+    name: &str,
+    source: &str,
+    parsed: &ParsedFile<GenericItem>,
+    report: &ImportReport,
+    created_by: Option<i64>,
+) -> Result<ImportSummary, StoreError> {
+    let mut inline: HashMap<String, &[u8]> = HashMap::new();
+    let items: Vec<NewItem> = parsed
+        .rows
+        .iter()
+        .map(|item| {
+            let (image_key, image_name) = match &item.image {
+                ImageSource::Path(path) => (path.clone(), Some(path.as_str())),
+                ImageSource::Inline(bytes) => {
+                    let key = format!("sha256:{}", content_hash(bytes));
+                    inline.insert(key.clone(), bytes.as_slice());
+                    (key, None)
+                }
+            };
+            NewItem {
+                category: item.category.code(),
+                text: &item.text,
+                image_key,
+                image_name,
+                source_dataset: item.source.as_deref(),
+                pair_type: item.pair_type.map(|p| p.as_str()),
+                line: item.line,
+            }
+        })
+        .collect();
+    import_items(pool, name, source, &items, report, &inline, created_by).await
+}
+
+async fn import_items(
+    pool: &PgPool,
+    name: &str,
+    source: &str,
+    items: &[NewItem<'_>],
+    report: &ImportReport,
+    inline: &HashMap<String, &[u8]>,
+    created_by: Option<i64>,
+) -> Result<ImportSummary, StoreError> {
     if name.trim().is_empty() || name.chars().count() > 200 {
         return Err(StoreError::Invalid(
             "a benchmark needs a name of 1-200 characters".into(),
         ));
     }
-    if parsed.rows.is_empty() {
+    if items.is_empty() {
         return Err(StoreError::Invalid(
             "the file holds no importable rows".into(),
         ));
     }
-    let missing: HashMap<&str, ()> = report
-        .images_missing
-        .iter()
-        .map(|m| (m.image.as_str(), ()))
-        .collect();
     let unreadable: HashMap<&str, ()> = report
         .images_unreadable
         .iter()
@@ -136,12 +215,15 @@ pub async fn import_elite(
 
     let mut stored = 0;
     let mut hashes: HashMap<&str, &str> = HashMap::new();
-    for (image_name, resolved) in &report.images_resolved {
-        let Some(path) = &resolved.path else { continue };
-        let bytes = tokio::fs::read(path).await.map_err(|e| StoreError::Image {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
+    for (key, resolved) in &report.images_resolved {
+        let bytes = match (&resolved.path, inline.get(key.as_str())) {
+            (Some(path), _) => tokio::fs::read(path).await.map_err(|e| StoreError::Image {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?,
+            (None, Some(bytes)) => bytes.to_vec(),
+            (None, None) => continue,
+        };
         let inserted = sqlx::query(
             "INSERT INTO images (sha256, data, width, height, format) VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (sha256) DO NOTHING",
@@ -155,34 +237,30 @@ pub async fn import_elite(
         .await?
         .rows_affected();
         stored += inserted as usize;
-        hashes.insert(image_name.as_str(), resolved.content_hash.as_str());
+        hashes.insert(key.as_str(), resolved.content_hash.as_str());
     }
 
-    for (position, row) in parsed.rows.iter().enumerate() {
-        let (sha, status) = match hashes.get(row.image_name.as_str()) {
+    for (position, item) in items.iter().enumerate() {
+        let (sha, status) = match hashes.get(item.image_key.as_str()) {
             Some(sha) => (Some(*sha), "ok"),
-            None if unreadable.contains_key(row.image_name.as_str()) => (None, "unreadable"),
-            None => {
-                debug_assert!(
-                    missing.contains_key(row.image_name.as_str()) || !report.images_checked
-                );
-                (None, "missing")
-            }
+            None if unreadable.contains_key(item.image_key.as_str()) => (None, "unreadable"),
+            None => (None, "missing"),
         };
         sqlx::query(
             "INSERT INTO items (benchmark_id, position, category_code, text, image_name, image_sha256, image_status,
-                 source_dataset, line)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                 source_dataset, pair_type, line)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(id)
         .bind(position as i32)
-        .bind(row.category.code())
-        .bind(&row.question)
-        .bind(&row.image_name)
+        .bind(item.category)
+        .bind(item.text)
+        .bind(item.image_name)
         .bind(sha)
         .bind(status)
-        .bind(&row.dataset)
-        .bind(row.line as i32)
+        .bind(item.source_dataset)
+        .bind(item.pair_type)
+        .bind(item.line as i32)
         .execute(&mut *tx)
         .await?;
     }
@@ -194,7 +272,7 @@ pub async fn import_elite(
             name: name.to_string(),
             version,
         },
-        items: parsed.rows.len(),
+        items: items.len(),
         by_category: report
             .by_category
             .iter()
