@@ -275,6 +275,19 @@ async fn a_killed_worker_leaves_nothing_lost_or_doubled() {
         temperature: None,
         threshold: None,
     };
+    // A run cancelled before any worker runs stores nothing; the real run follows.
+    let cancelled = create_run(&pool, &request, None).await.unwrap();
+    let queued: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE status = 'queued'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(queued, 3, "24 items in chunks of 8");
+    assert_eq!(
+        elite::safety::runs::cancel_run(&pool, cancelled)
+            .await
+            .unwrap(),
+        3
+    );
     let run_id = create_run(&pool, &request, None).await.unwrap();
     let options = WorkerOptions {
         concurrency: 2,

@@ -338,3 +338,22 @@ pub async fn responses(
     .fetch_all(pool)
     .await?)
 }
+
+/// Cancel a run: its queued and running jobs are cancelled (a running chunk stops at its next
+/// heartbeat; what it already stored stays). Returns how many jobs were cancelled.
+pub async fn cancel_run(pool: &PgPool, run_id: i64) -> Result<u64, StoreError> {
+    let ids: Vec<i64> = sqlx::query_scalar(
+        "SELECT id FROM jobs WHERE kind LIKE 'safety.%' AND status IN ('queued', 'running')
+           AND (payload->>'run_id')::bigint = $1",
+    )
+    .bind(run_id)
+    .fetch_all(pool)
+    .await?;
+    let mut cancelled = 0;
+    for id in ids {
+        if jobs::cancel(pool, id).await? {
+            cancelled += 1;
+        }
+    }
+    Ok(cancelled)
+}

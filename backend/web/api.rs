@@ -37,7 +37,7 @@ pub(crate) fn routes(routes: Routes) -> Routes {
         super::genmetrics::run_toy_api, super::compression::list_api, super::compression::run_api,
         super::compression::import_api, super::safety::list_benchmarks_api, super::safety::list_items_api,
         super::models::list_api, super::models::get_api, super::models::register_api,
-        super::runs::list_api, super::runs::start_api, super::runs::results_api, super::runs::export_api,
+        super::runs::list_api, super::runs::start_api, super::runs::results_api, super::runs::export_api, super::runs::cancel_api,
     ),
     components(schemas(ErrorEnvelope, ErrorDetail)),
     modifiers(&BearerAuth),

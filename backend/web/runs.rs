@@ -28,6 +28,7 @@ pub(crate) fn routes(routes: Routes) -> Routes {
         .get("/api/v1/runs", RESEARCHER, get(list_api))
         .post("/api/v1/runs", RESEARCHER, post(start_api))
         .get("/api/v1/runs/{id}/results", RESEARCHER, get(results_api))
+        .post("/api/v1/runs/{id}/cancel", RESEARCHER, post(cancel_api))
         .get("/api/v1/runs/{id}/responses", RESEARCHER, get(export_api))
 }
 
@@ -280,6 +281,27 @@ pub(crate) async fn results_api(
             .await?
             .ok_or(AppError::NotFound)?,
     ))
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct CancelledRun {
+    /// Jobs of the run that were queued or running and are now cancelled.
+    pub cancelled_jobs: u64,
+}
+
+/// Cancel a run's outstanding work; stored responses and judgements stay.
+#[utoipa::path(post, path = "/api/v1/runs/{id}/cancel", tag = "safety",
+    params(("id" = i64, Path, description = "run id")), responses((status = 200, body = CancelledRun), (status = 404)))]
+pub(crate) async fn cancel_api(
+    State(state): State<AppState>,
+    AppPath(id): AppPath<i64>,
+) -> Result<ApiJson<CancelledRun>, AppError> {
+    runs::get_run(&state.pool, id)
+        .await?
+        .ok_or(AppError::NotFound)?;
+    Ok(ApiJson(CancelledRun {
+        cancelled_jobs: runs::cancel_run(&state.pool, id).await?,
+    }))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
