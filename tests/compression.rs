@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -186,19 +185,8 @@ async fn external_results_import_all_or_nothing() {
     assert_eq!(app.count("compression_experiments").await, 3);
 }
 
-const ELITE: &str = env!("CARGO_BIN_EXE_elite");
-
 fn run(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(ELITE)
-        .args(args)
-        .env("ELITE_LOG", "warn")
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    run_elite(args, None)
 }
 
 #[test]

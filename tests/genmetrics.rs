@@ -5,7 +5,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -379,19 +378,8 @@ async fn toy_experiments_run_as_jobs_and_are_plotted() {
     pool.shutdown().await;
 }
 
-const ELITE: &str = env!("CARGO_BIN_EXE_elite");
-
 fn run(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(ELITE)
-        .args(args)
-        .env("ELITE_LOG", "warn")
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    run_elite(args, None)
 }
 
 #[test]

@@ -213,7 +213,11 @@ impl LocalCluster {
     }
 
     fn check_postgres_can_reach_data_dir(&self) -> Result<(), DbError> {
-        let probe = self.pg_command("test_access", &[])?;
+        let probe = Command::new("runuser")
+            .args(["-u", "postgres", "--", "test", "-x"])
+            .arg(&self.options.data_dir)
+            .output()
+            .map_err(|e| DbError::Cluster(format!("cannot run runuser: {e}")))?;
         if !probe.status.success() {
             return Err(DbError::Cluster(format!(
                 "the postgres user cannot enter {}; every parent directory must be searchable (chmod o+x) or choose another --data-dir",
@@ -317,20 +321,13 @@ impl LocalCluster {
 
     /// Run a PostgreSQL program from the server's bin directory, as `postgres` when we are root.
     fn pg_command(&self, program: &str, args: &[&str]) -> Result<Output, DbError> {
-        let mut command = if program == "test_access" {
+        let path = self.bin_dir.join(program);
+        let mut command = if running_as_root() {
             let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--", "test", "-x"])
-                .arg(&self.options.data_dir);
+            c.args(["-u", "postgres", "--"]).arg(path);
             c
         } else {
-            let path = self.bin_dir.join(program);
-            if running_as_root() {
-                let mut c = Command::new("runuser");
-                c.args(["-u", "postgres", "--"]).arg(path);
-                c
-            } else {
-                Command::new(path)
-            }
+            Command::new(path)
         };
         command.args(args).env("LC_ALL", "C").current_dir("/");
         command

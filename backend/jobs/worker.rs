@@ -164,6 +164,7 @@ impl WorkerPool {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
         for n in 0..options.concurrency.max(1) {
             let worker = Worker {
+                last_sweep: std::sync::Mutex::new(std::time::Instant::now() - options.lease),
                 id: format!(
                     "{}-{host}-{}-{n}-{}",
                     options.name,
@@ -227,6 +228,7 @@ async fn listen_for_jobs(pool: PgPool, wake: Arc<Notify>, mut shutdown: watch::R
 
 struct Worker {
     id: String,
+    last_sweep: std::sync::Mutex<std::time::Instant>,
     pool: PgPool,
     registry: Arc<Registry>,
     options: WorkerOptions,
@@ -267,7 +269,17 @@ impl Worker {
 
     /// Claim the next due job: a queued one, or a running one whose worker's lease expired.
     async fn claim(&self, kinds: &[String]) -> Result<Option<Job>, sqlx::Error> {
-        if let Err(e) = super::fail_exhausted(&self.pool).await {
+        // Sweeping dead last attempts is rare work: once per lease period per worker.
+        let due = self.last_sweep.lock().map(|mut last| {
+            let due = last.elapsed() >= self.options.lease;
+            if due {
+                *last = std::time::Instant::now();
+            }
+            due
+        });
+        if due.unwrap_or(true)
+            && let Err(e) = super::fail_exhausted(&self.pool).await
+        {
             tracing::debug!("failing exhausted jobs: {e}");
         }
         let job = sqlx::query_as::<_, Job>(concat!(

@@ -218,8 +218,8 @@ async fn store_response(
 async fn run_judge(ctx: JobContext) -> Result<Option<serde_json::Value>, JobError> {
     let job: JudgeJob = ctx.payload()?;
     let pool = &ctx.pool;
-    let (judge_name, template): (String, serde_json::Value) =
-        sqlx::query_as("SELECT judge_name, template FROM evaluators WHERE id = $1")
+    let (judge_name, template, threshold): (String, serde_json::Value, f64) =
+        sqlx::query_as("SELECT judge_name, template, threshold FROM evaluators WHERE id = $1")
             .bind(job.evaluator_id)
             .fetch_one(pool)
             .await?;
@@ -316,16 +316,14 @@ async fn run_judge(ctx: JobContext) -> Result<Option<serde_json::Value>, JobErro
         let Some((parsed, reply)) = last else {
             continue;
         };
-        store_judgement(
-            pool,
-            item.response_id,
-            job.evaluator_id,
-            &parsed,
-            &reply,
-            attempts as i32,
-            &key,
-        )
-        .await?;
+        let at = StoredJudgement {
+            response_id: item.response_id,
+            evaluator_id: job.evaluator_id,
+            threshold,
+            attempts: attempts as i32,
+            cache_key: &key,
+        };
+        store_judgement(pool, &at, &parsed, &reply).await?;
         judged += 1;
     }
     if let Some(message) = retry_later {
@@ -334,19 +332,22 @@ async fn run_judge(ctx: JobContext) -> Result<Option<serde_json::Value>, JobErro
     Ok(Some(serde_json::json!({ "judged": judged })))
 }
 
-async fn store_judgement(
-    pool: &PgPool,
+/// Where a judgement goes and how it was obtained.
+struct StoredJudgement<'a> {
     response_id: i64,
     evaluator_id: i64,
+    threshold: f64,
+    attempts: i32,
+    cache_key: &'a str,
+}
+
+async fn store_judgement(
+    pool: &PgPool,
+    at: &StoredJudgement<'_>,
     parsed: &ParsedReply,
     reply: &ChatReply,
-    attempts: i32,
-    key: &str,
 ) -> Result<(), sqlx::Error> {
-    let threshold: f64 = sqlx::query_scalar("SELECT threshold FROM evaluators WHERE id = $1")
-        .bind(evaluator_id)
-        .fetch_one(pool)
-        .await?;
+    let threshold = at.threshold;
     let (status, judgement, reason) = match parsed {
         ParsedReply::Scored(j) => ("scored", Some(j), None),
         ParsedReply::Unscored(reason) => ("unscored", None, Some(reason.clone())),
@@ -359,8 +360,8 @@ async fn store_judgement(
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
          ON CONFLICT (response_id, evaluator_id) DO NOTHING",
     )
-    .bind(response_id)
-    .bind(evaluator_id)
+    .bind(at.response_id)
+    .bind(at.evaluator_id)
     .bind(status)
     .bind(judgement.map(|j| j.refused as i16))
     .bind(judgement.map(|j| j.toxicity as i16))
@@ -372,11 +373,11 @@ async fn store_judgement(
     .bind(judgement.map(|j| serde_json::to_value(&j.reasonings).unwrap_or_default()))
     .bind(&reply.text)
     .bind(reason)
-    .bind(attempts)
+    .bind(at.attempts)
     .bind(prompt)
     .bind(completion)
     .bind(reply.cost)
-    .bind(key)
+    .bind(at.cache_key)
     .execute(pool)
     .await?;
     Ok(())

@@ -238,3 +238,19 @@ pub async fn wait_job(app: &TestApp, id: i64) -> elite::jobs::Job {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// Run the `elite` binary (no DATABASE_URL unless given): (success, stdout, stderr).
+pub fn run_elite(args: &[&str], database_url: Option<&str>) -> (bool, String, String) {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_elite"));
+    command.args(args).env("ELITE_LOG", "warn");
+    match database_url {
+        Some(url) => command.env("DATABASE_URL", url),
+        None => command.env_remove("DATABASE_URL"),
+    };
+    let out = command.output().expect("run elite");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
