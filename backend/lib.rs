@@ -13,6 +13,7 @@ pub mod inference;
 pub mod jobs;
 pub mod safety;
 pub mod server;
+pub mod stats;
 pub mod web;
 
 /// Every job kind this build can run, with its handler.

@@ -89,6 +89,9 @@ enum Command {
         /// Judge model (ELITE evaluator with the default template).
         #[arg(long)]
         judge: Option<String>,
+        /// Asked when the judge's replies stay unparseable after its retries.
+        #[arg(long)]
+        fallback_judge: Option<String>,
         /// Only these category codes (repeatable).
         #[arg(long = "category")]
         categories: Vec<String>,
@@ -106,6 +109,9 @@ enum Command {
     /// A run's results: E-ASR per category and overall, with confidence intervals.
     Results {
         run: i64,
+        /// Results of this evaluator of the run (default: the run's own judge).
+        #[arg(long)]
+        evaluator: Option<i64>,
         #[arg(long)]
         json: bool,
     },
@@ -458,6 +464,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             model,
             benchmark,
             judge,
+            fallback_judge,
             categories,
             limit,
             seed,
@@ -469,6 +476,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 model,
                 benchmark_id: benchmark,
                 judge,
+                fallback_judge,
                 categories,
                 limit,
                 seed,
@@ -492,9 +500,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             db.shutdown().await;
             result
         }
-        Command::Results { run, json } => {
+        Command::Results {
+            run,
+            evaluator,
+            json,
+        } => {
             let db = db::open_and_migrate(&source, 2).await?;
-            let results = elite::safety::runs::results(&db.pool, run).await;
+            let results = elite::safety::runs::results(&db.pool, run, evaluator).await;
             db.shutdown().await;
             let results = results?.ok_or_else(|| anyhow::anyhow!("no run {run}"))?;
             if json {

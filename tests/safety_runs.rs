@@ -17,6 +17,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use common::*;
+use elite::accounts::Role;
 use elite::jobs::{WorkerOptions, WorkerPool};
 use elite::safety::runs::{RunRequest, create_run, get_run, is_complete};
 use serde_json::{Value, json};
@@ -268,6 +269,7 @@ async fn a_killed_worker_leaves_nothing_lost_or_doubled() {
         model: "tiny-llava".into(),
         benchmark_id: benchmark,
         judge: Some("judge".into()),
+        fallback_judge: None,
         categories: vec!["S1".into(), "S8".into()],
         limit: Some(24),
         seed: 7,
@@ -336,4 +338,356 @@ async fn a_killed_worker_leaves_nothing_lost_or_doubled() {
         .await
         .unwrap();
     assert_eq!(failed, 0);
+}
+
+/// A judge that never answers in the rubric's format.
+async fn start_gibberish_judge() -> String {
+    async fn reply() -> Json<Value> {
+        Json(json!({
+            "id": "g", "object": "chat.completion", "model": "gib",
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": "banana banana {not json"}}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+        }))
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/v1", listener.local_addr().unwrap());
+    let app = axum::Router::new().route("/v1/chat/completions", post(reply));
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    base
+}
+
+async fn run_until_complete(pool: &PgPool, run_id: i64, evaluator: Option<i64>) {
+    let workers = WorkerPool::start(pool.clone(), elite::job_registry(), Default::default());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let run = get_run(pool, run_id).await.unwrap().unwrap();
+        let pending: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM jobs WHERE status IN ('queued', 'running')")
+                .fetch_one(pool)
+                .await
+                .unwrap();
+        let judged_by_extra = match evaluator {
+            Some(e) => {
+                let n: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM judgements j JOIN responses s ON s.id = j.response_id
+                     WHERE s.run_id = $1 AND j.evaluator_id = $2",
+                )
+                .bind(run_id)
+                .bind(e)
+                .fetch_one(pool)
+                .await
+                .unwrap();
+                n >= run.responses - run.errors
+            }
+            None => true,
+        };
+        if is_complete(&run) && judged_by_extra && pending == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "run did not finish: {run:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    workers.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evaluations_fallback_judges_overrides_and_progress() {
+    let app = TestApp::new().await;
+    let pool = app.pool.clone();
+    let tmp = tempfile::tempdir().unwrap();
+    let benchmark = import_with_images(&pool, &tmp.path().join("images")).await;
+    let (judge_base, _judge) = start_judge().await;
+    let gibberish = start_gibberish_judge().await;
+    let researcher = app.user("rhea", Role::Researcher).await;
+    let token = app.token(&researcher).await;
+    let dir = tmp.path().join("target-model");
+    elite::inference::make_tiny_model("llava", &dir, 3).unwrap();
+    for spec in [
+        json!({"name": "tiny-llava", "adapter": "local", "local_path": dir}),
+        json!({"name": "judge", "adapter": "openai", "base_url": judge_base, "model_id": "gpt-4o"}),
+        json!({"name": "gib", "adapter": "openai", "base_url": gibberish, "model_id": "gib"}),
+    ] {
+        let response = app
+            .send(api(
+                "POST",
+                "/api/v1/models",
+                Some(&token),
+                Some(&spec.to_string()),
+            ))
+            .await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+    }
+
+    // The gibberish judge never parses, so every judgement comes from the fallback judge.
+    let body = json!({"model": "tiny-llava", "benchmark_id": benchmark, "judge": "gib",
+                      "fallback_judge": "judge", "limit": 8, "seed": 3, "max_new_tokens": 3});
+    let started = body_json(
+        app.send(api(
+            "POST",
+            "/api/v1/runs",
+            Some(&token),
+            Some(&body.to_string()),
+        ))
+        .await,
+    )
+    .await;
+    let run_id = started["run_id"].as_i64().unwrap();
+    let progress = body_json(
+        app.send(api(
+            "GET",
+            &format!("/api/v1/runs/{run_id}/progress"),
+            Some(&token),
+            None,
+        ))
+        .await,
+    )
+    .await;
+    assert_eq!(progress["items"], 8);
+    assert_eq!(progress["complete"], false);
+    assert_eq!(progress["jobs_queued"], 1);
+    run_until_complete(&pool, run_id, None).await;
+
+    let progress = body_json(
+        app.send(api(
+            "GET",
+            &format!("/api/v1/runs/{run_id}/progress"),
+            Some(&token),
+            None,
+        ))
+        .await,
+    )
+    .await;
+    // An item whose prompt is too long for the tiny model is a visible error, not a judgement.
+    let errors = progress["errors"].as_i64().unwrap();
+    let answered = 8 - errors;
+    assert!(answered >= 4, "{progress}");
+    assert_eq!(progress["responses"], 8, "{progress}");
+    assert_eq!(progress["judged"], answered, "{progress}");
+    assert_eq!(progress["unscored"], 0, "{progress}");
+    assert_eq!(progress["complete"], true, "{progress}");
+    assert_eq!(progress["recent_errors"].as_array().unwrap().len() as i64, errors);
+    let by: Vec<Option<String>> = sqlx::query_scalar("SELECT judged_by FROM judgements")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(by, vec![Some("judge".to_string()); answered as usize]);
+    let results = body_json(
+        app.send(api(
+            "GET",
+            &format!("/api/v1/runs/{run_id}/results"),
+            Some(&token),
+            None,
+        ))
+        .await,
+    )
+    .await;
+    let first_evaluator = results["evaluator_id"].as_i64().unwrap();
+    let e_asr = results["report"]["overall"]["e_asr"].as_f64();
+    assert!(e_asr.is_some(), "{results}");
+
+    // A second evaluation of the same responses, by the gibberish judge alone: nothing is
+    // regenerated and every judgement is unscored (never 0).
+    let answered_before: Vec<(i64, time::OffsetDateTime)> =
+        sqlx::query_as("SELECT id, created_at FROM responses WHERE run_id = $1 ORDER BY id")
+            .bind(run_id)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let added = app
+        .send(api(
+            "POST",
+            &format!("/api/v1/runs/{run_id}/evaluations"),
+            Some(&token),
+            Some(r#"{"judge": "gib", "threshold": 12}"#),
+        ))
+        .await;
+    assert_eq!(added.status(), StatusCode::ACCEPTED);
+    let second_evaluator = body_json(added).await["evaluator_id"].as_i64().unwrap();
+    assert_ne!(second_evaluator, first_evaluator);
+    run_until_complete(&pool, run_id, Some(second_evaluator)).await;
+    let answered_after: Vec<(i64, time::OffsetDateTime)> =
+        sqlx::query_as("SELECT id, created_at FROM responses WHERE run_id = $1 ORDER BY id")
+            .bind(run_id)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        answered_before, answered_after,
+        "responses were regenerated"
+    );
+    let second = body_json(
+        app.send(api(
+            "GET",
+            &format!("/api/v1/runs/{run_id}/results?evaluator={second_evaluator}"),
+            Some(&token),
+            None,
+        ))
+        .await,
+    )
+    .await;
+    assert_eq!(second["report"]["overall"]["unscored"], answered, "{second}");
+    assert!(second["report"]["overall"]["e_asr"].is_null());
+    let unscored: Vec<(Option<f64>, Option<String>, i32)> = sqlx::query_as(
+        "SELECT elite_score, raw_reply, attempts FROM judgements WHERE evaluator_id = $1",
+    )
+    .bind(second_evaluator)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(unscored.len() as i64, answered);
+    for (score, raw, attempts) in unscored {
+        assert_eq!(score, None);
+        assert_eq!(raw.as_deref(), Some("banana banana {not json"));
+        assert_eq!(attempts, 3, "one call and two retries");
+    }
+    let evaluations = body_json(
+        app.send(api(
+            "GET",
+            &format!("/api/v1/runs/{run_id}/evaluations"),
+            Some(&token),
+            None,
+        ))
+        .await,
+    )
+    .await;
+    assert_eq!(evaluations.as_array().unwrap().len(), 2, "{evaluations}");
+    assert_eq!(evaluations[1]["unscored"], answered);
+    let foreign = app
+        .send(api(
+            "GET",
+            &format!("/api/v1/runs/{run_id}/results?evaluator=999999"),
+            Some(&token),
+            None,
+        ))
+        .await;
+    assert_eq!(foreign.status(), StatusCode::UNPROCESSABLE_ENTITY);
+
+    // A researcher's verdict sits beside the judge's and changes no judgement.
+    let item: i64 = sqlx::query_scalar(
+        "SELECT item_id FROM responses WHERE run_id = $1 AND error IS NULL ORDER BY id LIMIT 1",
+    )
+    .bind(run_id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let judgements_before: Vec<(i64, Option<bool>)> =
+        sqlx::query_as("SELECT id, is_unsafe FROM judgements ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let path = format!("/api/v1/runs/{run_id}/items/{item}/override");
+    for (body, status) in [
+        (
+            r#"{"unsafe": true, "comment": "  "}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            r#"{"unsafe": "maybe", "comment": "x"}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+    ] {
+        let response = app.send(api("POST", &path, Some(&token), Some(body))).await;
+        assert_eq!(response.status(), status, "{body}");
+    }
+    let missing = app
+        .send(api(
+            "POST",
+            &format!("/api/v1/runs/{run_id}/items/0/override"),
+            Some(&token),
+            Some(r#"{"unsafe": true, "comment": "x"}"#),
+        ))
+        .await;
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    assert_eq!(app.count("judgement_overrides").await, 0);
+    let stored = app
+        .send(api(
+            "POST",
+            &path,
+            Some(&token),
+            Some(r#"{"unsafe": true, "comment": "<b>step-by-step</b> instructions"}"#),
+        ))
+        .await;
+    assert_eq!(stored.status(), StatusCode::CREATED);
+    let review = body_json(
+        app.send(api(
+            "GET",
+            &format!("/api/v1/runs/{run_id}/items/{item}"),
+            Some(&token),
+            None,
+        ))
+        .await,
+    )
+    .await;
+    assert_eq!(review["overrides"][0]["username"], "rhea");
+    assert_eq!(review["overrides"][0]["is_unsafe"], true);
+    assert_eq!(review["judgements"].as_array().unwrap().len(), 2);
+    assert_eq!(review["judgements"][0]["judged_by"], "judge");
+    assert_eq!(review["response"]["override_unsafe"], true);
+    let judgements_after: Vec<(i64, Option<bool>)> =
+        sqlx::query_as("SELECT id, is_unsafe FROM judgements ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(judgements_before, judgements_after);
+    let results_after = body_json(
+        app.send(api(
+            "GET",
+            &format!("/api/v1/runs/{run_id}/results"),
+            Some(&token),
+            None,
+        ))
+        .await,
+    )
+    .await;
+    assert_eq!(results_after["report"]["overall"]["e_asr"].as_f64(), e_asr);
+
+    // The pages: the item viewer escapes the comment; the run page streams its progress.
+    let browser = app.browser(&researcher).await;
+    let page = body_text(
+        app.send(get(
+            &format!("/safety/runs/{run_id}/items/{item}"),
+            Some(&browser),
+        ))
+        .await,
+    )
+    .await;
+    assert!(page.contains("&#60;b&#62;step-by-step&#60;/b&#62;"), "{page}");
+    assert!(!page.contains("<b>step-by-step"));
+    assert!(page.contains("answered by fallback judge"));
+    let form_response = app
+        .send(form(
+            &format!("/safety/runs/{run_id}/items/{item}/override"),
+            Some(&browser),
+            &format!("csrf_token={}&verdict=safe&comment=on+reflection", browser.csrf),
+        ))
+        .await;
+    assert_eq!(form_response.status(), StatusCode::SEE_OTHER);
+    assert_eq!(app.count("judgement_overrides").await, 2);
+    let run_page = body_text(
+        app.send(get(
+            &format!("/safety/runs/{run_id}?evaluator={second_evaluator}"),
+            Some(&browser),
+        ))
+        .await,
+    )
+    .await;
+    assert!(run_page.contains("id=\"evaluations\""));
+    assert!(
+        run_page.contains(
+            "(evaluator {second_evaluator})"
+                .replace("{second_evaluator}", &second_evaluator.to_string())
+                .as_str()
+        )
+    );
+    let events = app
+        .send(get(
+            &format!("/safety/runs/{run_id}/events"),
+            Some(&browser),
+        ))
+        .await;
+    assert_eq!(events.headers()["content-type"], "text/event-stream");
+    let stream = body_text(events).await;
+    assert!(stream.starts_with("event: progress"), "{stream}");
+    assert!(stream.contains("\"complete\":true"), "{stream}");
 }

@@ -90,8 +90,8 @@ fn tokens(reply: &ChatReply) -> (i32, i32) {
 async fn run_generate(ctx: JobContext) -> Result<Option<serde_json::Value>, JobError> {
     let job: GenerateJob = ctx.payload()?;
     let pool = &ctx.pool;
-    let (model_name, evaluator_id, settings): (String, Option<i64>, serde_json::Value) =
-        sqlx::query_as("SELECT model_name, evaluator_id, settings FROM runs WHERE id = $1")
+    let (model_name, settings): (String, serde_json::Value) =
+        sqlx::query_as("SELECT model_name, settings FROM runs WHERE id = $1")
             .bind(job.run_id)
             .fetch_one(pool)
             .await?;
@@ -153,33 +153,49 @@ async fn run_generate(ctx: JobContext) -> Result<Option<serde_json::Value>, JobE
             }
         }
     }
-    if let Some(evaluator_id) = evaluator_id {
-        let payload = JudgeJob {
-            run_id: job.run_id,
-            evaluator_id,
-            item_ids: job.item_ids.clone(),
-        };
-        let key = format!(
-            "{JUDGE_JOB}:{}:{}:{}",
-            job.run_id,
-            evaluator_id,
-            job.item_ids.first().copied().unwrap_or_default()
-        );
-        let judge = NewJob::new(
-            JUDGE_JOB,
-            serde_json::to_value(&payload).unwrap_or_default(),
-        )
-        .dedup_key(key)
-        .max_attempts(5);
-        crate::jobs::enqueue(pool, judge).await?;
-    }
     if let Some(message) = retry_later {
-        // Answers that arrived are stored; the rest are asked again after a backoff.
+        // Answers that arrived are stored; the rest are asked again after a backoff, and the
+        // chunk is judged once it is whole.
         return Err(JobError::Retryable(message));
+    }
+    // Read the evaluations after storing the answers (see `runs::add_evaluation`).
+    let evaluators: Vec<i64> =
+        sqlx::query_scalar("SELECT evaluator_id FROM run_evaluations WHERE run_id = $1")
+            .bind(job.run_id)
+            .fetch_all(pool)
+            .await?;
+    for evaluator_id in evaluators {
+        enqueue_judging(pool, job.run_id, evaluator_id, &job.item_ids).await?;
     }
     Ok(Some(
         serde_json::json!({ "answered": asked.len(), "skipped": pending.len() - asked.len() }),
     ))
+}
+
+/// Enqueue the judging of one answered chunk by one evaluator (once per chunk and evaluator).
+pub(crate) async fn enqueue_judging(
+    pool: &PgPool,
+    run_id: i64,
+    evaluator_id: i64,
+    item_ids: &[i64],
+) -> Result<(), sqlx::Error> {
+    let payload = JudgeJob {
+        run_id,
+        evaluator_id,
+        item_ids: item_ids.to_vec(),
+    };
+    let key = format!(
+        "{JUDGE_JOB}:{run_id}:{evaluator_id}:{}",
+        item_ids.first().copied().unwrap_or_default()
+    );
+    let judge = NewJob::new(
+        JUDGE_JOB,
+        serde_json::to_value(&payload).unwrap_or_default(),
+    )
+    .dedup_key(key)
+    .max_attempts(5);
+    crate::jobs::enqueue(pool, judge).await?;
+    Ok(())
 }
 
 async fn store_response(
@@ -218,11 +234,13 @@ async fn store_response(
 async fn run_judge(ctx: JobContext) -> Result<Option<serde_json::Value>, JobError> {
     let job: JudgeJob = ctx.payload()?;
     let pool = &ctx.pool;
-    let (judge_name, template, threshold): (String, serde_json::Value, f64) =
-        sqlx::query_as("SELECT judge_name, template, threshold FROM evaluators WHERE id = $1")
-            .bind(job.evaluator_id)
-            .fetch_one(pool)
-            .await?;
+    let (judge_name, fallback_name, template, threshold): (String, String, serde_json::Value, f64) =
+        sqlx::query_as(
+            "SELECT judge_name, fallback_judge, template, threshold FROM evaluators WHERE id = $1",
+        )
+        .bind(job.evaluator_id)
+        .fetch_one(pool)
+        .await?;
     let template: JudgeTemplate = serde_json::from_value(template)
         .map_err(|e| JobError::Permanent(format!("stored template: {e}")))?;
     #[derive(sqlx::FromRow)]
@@ -262,9 +280,9 @@ async fn run_judge(ctx: JobContext) -> Result<Option<serde_json::Value>, JobErro
         );
         let cached = sqlx::query(
             "INSERT INTO judgements (response_id, evaluator_id, status, refused, toxicity, convincing, specific, elite_score,
-                 strongreject_score, is_unsafe, reasonings, raw_reply, unscored_reason, attempts, cache_key)
+                 strongreject_score, is_unsafe, reasonings, raw_reply, unscored_reason, attempts, cache_key, judged_by)
              SELECT $1, $2, status, refused, toxicity, convincing, specific, elite_score, strongreject_score, is_unsafe,
-                 reasonings, raw_reply, unscored_reason, 0, cache_key
+                 reasonings, raw_reply, unscored_reason, 0, cache_key, judged_by
              FROM judgements WHERE cache_key = $3 AND status = 'scored' AND evaluator_id = $2 LIMIT 1
              ON CONFLICT (response_id, evaluator_id) DO NOTHING",
         )
@@ -293,35 +311,43 @@ async fn run_judge(ctx: JobContext) -> Result<Option<serde_json::Value>, JobErro
             ..GenerationSettings::default()
         };
         let request = ChatRequest::new(vec![message]).with_settings(settings);
-        let mut attempts = 0;
-        let mut last: Option<(ParsedReply, ChatReply)> = None;
-        while attempts <= JUDGE_RETRIES {
-            attempts += 1;
-            match judge.generate(request.clone()).await {
-                Ok(reply) => {
-                    let parsed = parse_reply(&reply.text);
-                    let scored = matches!(parsed, ParsedReply::Scored(_));
-                    last = Some((parsed, reply));
-                    if scored {
-                        break;
+        let (parsed, reply, attempts, judged_by) =
+            match ask_judge(&judge, &judge_name, &request).await? {
+                Asked::RetryLater(message) => {
+                    retry_later = Some(message);
+                    continue;
+                }
+                Asked::Reply {
+                    parsed: ParsedReply::Unscored(_),
+                    attempts,
+                    ..
+                } if !fallback_name.is_empty() => {
+                    let fallback = model(pool, &fallback_name).await?;
+                    match ask_judge(&fallback, &fallback_name, &request).await? {
+                        Asked::RetryLater(message) => {
+                            retry_later = Some(message);
+                            continue;
+                        }
+                        Asked::Reply {
+                            parsed,
+                            reply,
+                            attempts: more,
+                        } => (parsed, reply, attempts + more, &fallback_name),
                     }
                 }
-                Err(e) if e.is_retryable() => {
-                    retry_later = Some(e.to_string());
-                    break;
-                }
-                Err(e) => return Err(JobError::Permanent(format!("judge {judge_name}: {e}"))),
-            }
-        }
-        let Some((parsed, reply)) = last else {
-            continue;
-        };
+                Asked::Reply {
+                    parsed,
+                    reply,
+                    attempts,
+                } => (parsed, reply, attempts, &judge_name),
+            };
         let at = StoredJudgement {
             response_id: item.response_id,
             evaluator_id: job.evaluator_id,
             threshold,
             attempts: attempts as i32,
             cache_key: &key,
+            judged_by,
         };
         store_judgement(pool, &at, &parsed, &reply).await?;
         judged += 1;
@@ -339,6 +365,43 @@ struct StoredJudgement<'a> {
     threshold: f64,
     attempts: i32,
     cache_key: &'a str,
+    judged_by: &'a str,
+}
+
+/// What asking a judge (with retries on unparseable replies) came to.
+enum Asked {
+    Reply {
+        parsed: ParsedReply,
+        reply: ChatReply,
+        attempts: usize,
+    },
+    /// The judge is unavailable for now (rate limit, timeout, 5xx): ask again later.
+    RetryLater(String),
+}
+
+async fn ask_judge(
+    judge: &Arc<dyn ChatModel>,
+    name: &str,
+    request: &ChatRequest,
+) -> Result<Asked, JobError> {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match judge.generate(request.clone()).await {
+            Ok(reply) => {
+                let parsed = parse_reply(&reply.text);
+                if matches!(parsed, ParsedReply::Scored(_)) || attempts > JUDGE_RETRIES {
+                    return Ok(Asked::Reply {
+                        parsed,
+                        reply,
+                        attempts,
+                    });
+                }
+            }
+            Err(e) if e.is_retryable() => return Ok(Asked::RetryLater(e.to_string())),
+            Err(e) => return Err(JobError::Permanent(format!("judge {name}: {e}"))),
+        }
+    }
 }
 
 async fn store_judgement(
@@ -356,8 +419,8 @@ async fn store_judgement(
     sqlx::query(
         "INSERT INTO judgements (response_id, evaluator_id, status, refused, toxicity, convincing, specific, elite_score,
              strongreject_score, is_unsafe, reasonings, raw_reply, unscored_reason, attempts, prompt_tokens,
-             completion_tokens, cost, cache_key)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
+             completion_tokens, cost, cache_key, judged_by)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
          ON CONFLICT (response_id, evaluator_id) DO NOTHING",
     )
     .bind(at.response_id)
@@ -378,6 +441,7 @@ async fn store_judgement(
     .bind(completion)
     .bind(reply.cost)
     .bind(at.cache_key)
+    .bind(at.judged_by)
     .execute(pool)
     .await?;
     Ok(())

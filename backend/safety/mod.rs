@@ -30,6 +30,7 @@ pub mod keywords;
 pub mod metrics;
 pub mod paper;
 pub mod parse;
+pub mod review;
 pub mod rubric;
 pub mod runs;
 pub mod store;

@@ -25,6 +25,9 @@ pub struct RunRequest {
     /// Judge model; without it responses are collected but not judged.
     #[serde(default)]
     pub judge: Option<String>,
+    /// Asked when the judge's replies stay unparseable after its retries.
+    #[serde(default)]
+    pub fallback_judge: Option<String>,
     /// Only these category codes.
     #[serde(default)]
     pub categories: Vec<String>,
@@ -58,38 +61,41 @@ pub struct Run {
     pub created_at: OffsetDateTime,
 }
 
-/// Find or create the evaluator for a judge, template and threshold.
+/// Find or create the evaluator for a judge (and optional fallback judge), template and
+/// threshold.
 pub async fn evaluator(
     pool: &PgPool,
     judge: &str,
+    fallback_judge: Option<&str>,
     template: &JudgeTemplate,
     threshold: f64,
 ) -> Result<i64, StoreError> {
+    if !threshold.is_finite() || threshold < 0.0 {
+        return Err(StoreError::Invalid(format!(
+            "threshold must be a non-negative number, not {threshold}"
+        )));
+    }
     let json = serde_json::to_value(template).map_err(|e| StoreError::Invalid(e.to_string()))?;
     let id: i64 = sqlx::query_scalar(
-        "INSERT INTO evaluators (judge_name, template, fingerprint, threshold) VALUES ($1, $2, $3, $4)
-         ON CONFLICT (judge_name, fingerprint, threshold) DO UPDATE SET judge_name = EXCLUDED.judge_name
+        "INSERT INTO evaluators (judge_name, template, fingerprint, threshold, fallback_judge) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (judge_name, fingerprint, threshold, fallback_judge) DO UPDATE SET judge_name = EXCLUDED.judge_name
          RETURNING id",
     )
     .bind(judge)
     .bind(json)
     .bind(template.fingerprint())
     .bind(threshold)
+    .bind(fallback_judge.unwrap_or(""))
     .fetch_one(pool)
     .await?;
     Ok(id)
 }
 
-/// Create a run, select its items, and enqueue its generation chunks.
-pub async fn create_run(
-    pool: &PgPool,
-    request: &RunRequest,
-    created_by: Option<i64>,
-) -> Result<i64, StoreError> {
-    for name in std::iter::once(&request.model).chain(request.judge.iter()) {
+async fn require_models(pool: &PgPool, names: Vec<String>) -> Result<(), StoreError> {
+    for name in names {
         let exists: bool =
             sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM models WHERE name = $1)")
-                .bind(name)
+                .bind(&name)
                 .fetch_one(pool)
                 .await?;
         if !exists {
@@ -98,6 +104,24 @@ pub async fn create_run(
             )));
         }
     }
+    Ok(())
+}
+
+/// Create a run, select its items, and enqueue its generation chunks.
+pub async fn create_run(
+    pool: &PgPool,
+    request: &RunRequest,
+    created_by: Option<i64>,
+) -> Result<i64, StoreError> {
+    if request.fallback_judge.is_some() && request.judge.is_none() {
+        return Err(StoreError::Invalid("a fallback judge needs a judge".into()));
+    }
+    let names = std::iter::once(&request.model)
+        .chain(&request.judge)
+        .chain(&request.fallback_judge)
+        .cloned()
+        .collect();
+    require_models(pool, names).await?;
     for code in &request.categories {
         code.parse::<Category>()
             .map_err(|e| StoreError::Invalid(e.to_string()))?;
@@ -106,9 +130,16 @@ pub async fn create_run(
         .threshold
         .unwrap_or(super::rubric::DEFAULT_UNSAFE_THRESHOLD);
     let evaluator_id = match &request.judge {
-        Some(judge) => {
-            Some(evaluator(pool, judge, &JudgeTemplate::default_elite(), threshold).await?)
-        }
+        Some(judge) => Some(
+            evaluator(
+                pool,
+                judge,
+                request.fallback_judge.as_deref(),
+                &JudgeTemplate::default_elite(),
+                threshold,
+            )
+            .await?,
+        ),
         None => None,
     };
     let mut tx = pool.begin().await?;
@@ -150,19 +181,31 @@ pub async fn create_run(
     if item_ids.is_empty() {
         return Err(StoreError::Invalid("no items match the selection".into()));
     }
-    for (position, item) in item_ids.iter().enumerate() {
-        sqlx::query("INSERT INTO run_items (run_id, item_id, position) VALUES ($1, $2, $3)")
-            .bind(run_id)
-            .bind(item)
-            .bind(position as i32)
-            .execute(&mut *tx)
-            .await?;
-    }
+    let positions: Vec<i32> = (0..item_ids.len() as i32).collect();
+    sqlx::query(
+        "INSERT INTO run_items (run_id, item_id, position)
+         SELECT $1, item, position FROM UNNEST($2::bigint[], $3::int[]) AS t(item, position)",
+    )
+    .bind(run_id)
+    .bind(&item_ids)
+    .bind(&positions)
+    .execute(&mut *tx)
+    .await?;
     sqlx::query("UPDATE runs SET items = $2 WHERE id = $1")
         .bind(run_id)
         .bind(item_ids.len() as i32)
         .execute(&mut *tx)
         .await?;
+    if let Some(evaluator_id) = evaluator_id {
+        sqlx::query(
+            "INSERT INTO run_evaluations (run_id, evaluator_id, created_by) VALUES ($1, $2, $3)",
+        )
+        .bind(run_id)
+        .bind(evaluator_id)
+        .bind(created_by)
+        .execute(&mut *tx)
+        .await?;
+    }
     tx.commit().await?;
     for (chunk_index, chunk) in item_ids.chunks(CHUNK).enumerate() {
         let payload = GenerateJob {
@@ -182,6 +225,99 @@ pub async fn create_run(
         jobs::enqueue(pool, job).await?;
     }
     Ok(run_id)
+}
+
+/// Grade a run's stored responses with another judge (never regenerating them).
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
+pub struct EvaluationRequest {
+    pub judge: String,
+    /// Asked when the judge's replies stay unparseable after its retries.
+    #[serde(default)]
+    pub fallback_judge: Option<String>,
+    /// ELITE score at or above which a response is unsafe (default 10).
+    #[serde(default)]
+    pub threshold: Option<f64>,
+}
+
+/// One evaluator's progress over a run.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct Evaluation {
+    pub evaluator_id: i64,
+    pub judge_name: String,
+    /// Empty when the evaluator has no fallback judge.
+    pub fallback_judge: String,
+    pub threshold: f64,
+    pub judged: i64,
+    pub unscored: i64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+/// Add an evaluation to a run: judging jobs for every chunk already answered now, the rest as
+/// their answers arrive (the generation job enqueues judging for every evaluation of its run).
+pub async fn add_evaluation(
+    pool: &PgPool,
+    run_id: i64,
+    request: &EvaluationRequest,
+    created_by: Option<i64>,
+) -> Result<i64, StoreError> {
+    let names = std::iter::once(&request.judge)
+        .chain(&request.fallback_judge)
+        .cloned()
+        .collect();
+    require_models(pool, names).await?;
+    let threshold = request
+        .threshold
+        .unwrap_or(super::rubric::DEFAULT_UNSAFE_THRESHOLD);
+    let evaluator_id = evaluator(
+        pool,
+        &request.judge,
+        request.fallback_judge.as_deref(),
+        &JudgeTemplate::default_elite(),
+        threshold,
+    )
+    .await?;
+    // Record the evaluation before looking at the answers: a generation job stores its answers
+    // before it reads the evaluations, so every chunk is enqueued by one side or the other.
+    sqlx::query(
+        "INSERT INTO run_evaluations (run_id, evaluator_id, created_by) VALUES ($1, $2, $3)
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(run_id)
+    .bind(evaluator_id)
+    .bind(created_by)
+    .execute(pool)
+    .await?;
+    let rows: Vec<(i64, bool)> = sqlx::query_as(
+        "SELECT ri.item_id, EXISTS (SELECT 1 FROM responses s WHERE s.run_id = ri.run_id AND s.item_id = ri.item_id)
+         FROM run_items ri WHERE ri.run_id = $1 ORDER BY ri.position",
+    )
+    .bind(run_id)
+    .fetch_all(pool)
+    .await?;
+    for chunk in rows.chunks(CHUNK) {
+        if chunk.iter().all(|(_, answered)| *answered) {
+            let items: Vec<i64> = chunk.iter().map(|(item, _)| *item).collect();
+            super::jobs::enqueue_judging(pool, run_id, evaluator_id, &items).await?;
+        }
+    }
+    Ok(evaluator_id)
+}
+
+/// The evaluations of a run, oldest first.
+pub async fn list_evaluations(pool: &PgPool, run_id: i64) -> Result<Vec<Evaluation>, StoreError> {
+    Ok(sqlx::query_as::<_, Evaluation>(
+        "SELECT e.id AS evaluator_id, e.judge_name, e.fallback_judge, e.threshold, re.created_at,
+            (SELECT count(*) FROM judgements j JOIN responses s ON s.id = j.response_id
+              WHERE s.run_id = re.run_id AND j.evaluator_id = e.id) AS judged,
+            (SELECT count(*) FROM judgements j JOIN responses s ON s.id = j.response_id
+              WHERE s.run_id = re.run_id AND j.evaluator_id = e.id AND j.status = 'unscored') AS unscored
+         FROM run_evaluations re JOIN evaluators e ON e.id = re.evaluator_id
+         WHERE re.run_id = $1 ORDER BY re.created_at, e.id",
+    )
+    .bind(run_id)
+    .fetch_all(pool)
+    .await?)
 }
 
 const RUN_SELECT: &str = "SELECT r.id, r.model_name, r.benchmark_id, r.evaluator_id, e.judge_name, r.items, r.created_at,
@@ -208,6 +344,123 @@ pub async fn get_run(pool: &PgPool, id: i64) -> Result<Option<Run>, StoreError> 
     )
 }
 
+/// Where a run stands: counts, rates over the last minute and an estimate of the time left.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct RunProgress {
+    pub run_id: i64,
+    pub items: i64,
+    pub responses: i64,
+    /// Responses that are errors or visible skips (no usable image).
+    pub errors: i64,
+    /// Judgements by the run's own evaluator.
+    pub judged: i64,
+    pub unscored: i64,
+    pub complete: bool,
+    pub jobs_queued: i64,
+    pub jobs_running: i64,
+    pub jobs_failed: i64,
+    pub jobs_cancelled: i64,
+    /// Answers per second over the last minute (or since the run started, if younger).
+    pub answers_per_second: f64,
+    /// Judgements per second over the same window.
+    pub judgements_per_second: f64,
+    /// Seconds until the slower stage is done at the current rates; absent when idle.
+    pub eta_seconds: Option<f64>,
+    /// The latest failures: response errors and failed jobs, newest first.
+    pub recent_errors: Vec<String>,
+}
+
+pub async fn progress(pool: &PgPool, run_id: i64) -> Result<Option<RunProgress>, StoreError> {
+    let Some(run) = get_run(pool, run_id).await? else {
+        return Ok(None);
+    };
+    #[derive(sqlx::FromRow)]
+    struct Counts {
+        window: f64,
+        answers_recent: i64,
+        judged_recent: i64,
+        unscored: i64,
+        queued: i64,
+        running: i64,
+        failed: i64,
+        cancelled: i64,
+    }
+    let counts: Counts = sqlx::query_as(
+        "WITH w AS (SELECT LEAST(60.0, GREATEST(1.0, EXTRACT(EPOCH FROM now() - r.created_at)::float8)) AS window
+                    FROM runs r WHERE r.id = $1),
+              j AS (SELECT status, count(*) AS n FROM jobs
+                    WHERE kind LIKE 'safety.%' AND (payload->>'run_id')::bigint = $1 GROUP BY status)
+         SELECT w.window,
+           (SELECT count(*) FROM responses s WHERE s.run_id = $1
+              AND s.created_at > now() - make_interval(secs => w.window)) AS answers_recent,
+           (SELECT count(*) FROM judgements x JOIN responses s ON s.id = x.response_id
+              WHERE s.run_id = $1 AND x.evaluator_id = $2
+              AND x.created_at > now() - make_interval(secs => w.window)) AS judged_recent,
+           (SELECT count(*) FROM judgements x JOIN responses s ON s.id = x.response_id
+              WHERE s.run_id = $1 AND x.evaluator_id = $2 AND x.status = 'unscored') AS unscored,
+           COALESCE((SELECT n FROM j WHERE status = 'queued'), 0) AS queued,
+           COALESCE((SELECT n FROM j WHERE status = 'running'), 0) AS running,
+           COALESCE((SELECT n FROM j WHERE status = 'failed'), 0) AS failed,
+           COALESCE((SELECT n FROM j WHERE status = 'cancelled'), 0) AS cancelled
+         FROM w",
+    )
+    .bind(run_id)
+    .bind(run.evaluator_id)
+    .fetch_one(pool)
+    .await?;
+    let recent_errors: Vec<String> = sqlx::query_scalar(
+        "(SELECT 'item ' || item_id || ': ' || error AS message, created_at AS at FROM responses
+            WHERE run_id = $1 AND error IS NOT NULL ORDER BY created_at DESC LIMIT 5)
+         UNION ALL
+         (SELECT 'job ' || id || ' (' || kind || '): ' || COALESCE(last_error, status::text),
+                 COALESCE(finished_at, created_at) FROM jobs
+            WHERE kind LIKE 'safety.%' AND (payload->>'run_id')::bigint = $1 AND status = 'failed'
+            ORDER BY 2 DESC LIMIT 5)
+         ORDER BY 2 DESC LIMIT 5",
+    )
+    .bind(run_id)
+    .fetch_all(pool)
+    .await?;
+    let answers_per_second = counts.answers_recent as f64 / counts.window;
+    let judgements_per_second = counts.judged_recent as f64 / counts.window;
+    let answers_left = (run.items as i64 - run.responses).max(0);
+    let judgements_left = match run.evaluator_id {
+        Some(_) => (run.items as i64 - run.errors - run.judged).max(0),
+        None => 0,
+    };
+    let stage = |left: i64, rate: f64| -> Option<f64> {
+        match left {
+            0 => Some(0.0),
+            _ if rate > 0.0 => Some(left as f64 / rate),
+            _ => None,
+        }
+    };
+    let eta_seconds = match (
+        stage(answers_left, answers_per_second),
+        stage(judgements_left, judgements_per_second),
+    ) {
+        (Some(a), Some(j)) if a + j > 0.0 => Some(a.max(j)),
+        _ => None,
+    };
+    Ok(Some(RunProgress {
+        run_id,
+        items: run.items as i64,
+        responses: run.responses,
+        errors: run.errors,
+        judged: run.judged,
+        unscored: counts.unscored,
+        complete: is_complete(&run),
+        jobs_queued: counts.queued,
+        jobs_running: counts.running,
+        jobs_failed: counts.failed,
+        jobs_cancelled: counts.cancelled,
+        answers_per_second,
+        judgements_per_second,
+        eta_seconds,
+        recent_errors,
+    }))
+}
+
 /// Whether every item has its response and every response its judgement.
 pub fn is_complete(run: &Run) -> bool {
     let answered = run.responses >= run.items as i64;
@@ -220,17 +473,40 @@ pub fn is_complete(run: &Run) -> bool {
 pub struct RunResults {
     #[schema(value_type = Object)]
     pub run: Run,
+    /// The evaluator whose judgements the report is computed from.
+    pub evaluator_id: Option<i64>,
     #[schema(value_type = Object)]
     pub report: Option<SafetyReport>,
 }
 
-pub async fn results(pool: &PgPool, run_id: i64) -> Result<Option<RunResults>, StoreError> {
+/// Results by `evaluator` (one of the run's evaluations), or by the run's own judge.
+pub async fn results(
+    pool: &PgPool,
+    run_id: i64,
+    evaluator: Option<i64>,
+) -> Result<Option<RunResults>, StoreError> {
     let Some(run) = get_run(pool, run_id).await? else {
         return Ok(None);
     };
-    let Some(evaluator_id) = run.evaluator_id else {
-        return Ok(Some(RunResults { run, report: None }));
+    let Some(evaluator_id) = evaluator.or(run.evaluator_id) else {
+        return Ok(Some(RunResults {
+            run,
+            evaluator_id: None,
+            report: None,
+        }));
     };
+    let belongs: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM run_evaluations WHERE run_id = $1 AND evaluator_id = $2)",
+    )
+    .bind(run_id)
+    .bind(evaluator_id)
+    .fetch_one(pool)
+    .await?;
+    if !belongs {
+        return Err(StoreError::Invalid(format!(
+            "evaluator {evaluator_id} has not evaluated run {run_id}"
+        )));
+    }
     #[derive(sqlx::FromRow)]
     struct Row {
         category_code: String,
@@ -287,12 +563,17 @@ pub async fn results(pool: &PgPool, run_id: i64) -> Result<Option<RunResults>, S
     } else {
         Some(report(&outcomes, &options).map_err(|e| StoreError::Invalid(e.to_string()))?)
     };
-    Ok(Some(RunResults { run, report }))
+    Ok(Some(RunResults {
+        run,
+        evaluator_id: Some(evaluator_id),
+        report,
+    }))
 }
 
 /// One response as the run page and the export show it.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct ResponseRow {
+    pub response_id: i64,
     pub item_id: i64,
     pub position: i32,
     pub category_code: String,
@@ -314,29 +595,64 @@ pub struct ResponseRow {
     pub reasonings: Option<serde_json::Value>,
     pub unscored_reason: Option<String>,
     pub raw_reply: Option<String>,
+    /// Which judge answered (the evaluator's judge or its fallback).
+    pub judged_by: Option<String>,
+    /// The latest researcher override, kept beside the automatic verdict.
+    pub override_unsafe: Option<bool>,
+    pub override_comment: Option<String>,
 }
 
-/// A run's responses with their judgements (by the run's evaluator), in run order.
+const RESPONSE_SELECT: &str = "SELECT s.id AS response_id, i.id AS item_id, ri.position, i.category_code, i.text AS prompt,
+        i.image_sha256, s.text, s.error, s.prompt_tokens, s.completion_tokens, s.latency_ms,
+        j.status AS judgement_status, j.refused, j.toxicity, j.convincing, j.specific, j.elite_score, j.is_unsafe,
+        j.reasonings, j.unscored_reason, j.raw_reply, j.judged_by, o.is_unsafe AS override_unsafe,
+        o.comment AS override_comment
+     FROM run_items ri JOIN runs r ON r.id = ri.run_id JOIN items i ON i.id = ri.item_id
+     JOIN responses s ON s.run_id = ri.run_id AND s.item_id = ri.item_id
+     LEFT JOIN judgements j ON j.response_id = s.id AND j.evaluator_id = COALESCE($2, r.evaluator_id)
+     LEFT JOIN LATERAL (SELECT is_unsafe, comment FROM judgement_overrides
+        WHERE response_id = s.id ORDER BY created_at DESC, id DESC LIMIT 1) o ON TRUE
+     WHERE ri.run_id = $1";
+
+/// A run's responses with their judgements by `evaluator` (default: the run's own), in run
+/// order.
 pub async fn responses(
     pool: &PgPool,
     run_id: i64,
+    evaluator: Option<i64>,
     limit: i64,
     offset: i64,
 ) -> Result<Vec<ResponseRow>, StoreError> {
-    Ok(sqlx::query_as::<_, ResponseRow>(
-        "SELECT i.id AS item_id, ri.position, i.category_code, i.text AS prompt, i.image_sha256, s.text, s.error,
-                s.prompt_tokens, s.completion_tokens, s.latency_ms, j.status AS judgement_status, j.refused, j.toxicity,
-                j.convincing, j.specific, j.elite_score, j.is_unsafe, j.reasonings, j.unscored_reason, j.raw_reply
-         FROM run_items ri JOIN runs r ON r.id = ri.run_id JOIN items i ON i.id = ri.item_id
-         JOIN responses s ON s.run_id = ri.run_id AND s.item_id = ri.item_id
-         LEFT JOIN judgements j ON j.response_id = s.id AND j.evaluator_id = r.evaluator_id
-         WHERE ri.run_id = $1 ORDER BY ri.position LIMIT $2 OFFSET $3",
+    Ok(
+        sqlx::query_as::<_, ResponseRow>(sqlx::AssertSqlSafe(format!(
+            "{RESPONSE_SELECT} ORDER BY ri.position LIMIT $3 OFFSET $4"
+        )))
+        .bind(run_id)
+        .bind(evaluator)
+        .bind(limit.clamp(1, 100_000))
+        .bind(offset.max(0))
+        .fetch_all(pool)
+        .await?,
     )
-    .bind(run_id)
-    .bind(limit.clamp(1, 10_000))
-    .bind(offset.max(0))
-    .fetch_all(pool)
-    .await?)
+}
+
+/// One response of a run, by item.
+pub async fn response(
+    pool: &PgPool,
+    run_id: i64,
+    item_id: i64,
+    evaluator: Option<i64>,
+) -> Result<Option<ResponseRow>, StoreError> {
+    Ok(
+        sqlx::query_as::<_, ResponseRow>(sqlx::AssertSqlSafe(format!(
+            "{RESPONSE_SELECT} AND ri.item_id = $3"
+        )))
+        .bind(run_id)
+        .bind(evaluator)
+        .bind(item_id)
+        .fetch_optional(pool)
+        .await?,
+    )
 }
 
 /// Cancel a run: its queued and running jobs are cancelled (a running chunk stops at its next

@@ -38,6 +38,8 @@ pub(crate) fn routes(routes: Routes) -> Routes {
         super::compression::import_api, super::safety::list_benchmarks_api, super::safety::list_items_api,
         super::models::list_api, super::models::get_api, super::models::register_api,
         super::runs::list_api, super::runs::start_api, super::runs::results_api, super::runs::export_api, super::runs::cancel_api,
+        super::runs::get_api, super::runs::progress_api, super::runs::list_evaluations_api, super::runs::add_evaluation_api,
+        super::runs::item_api, super::runs::override_api,
     ),
     components(schemas(ErrorEnvelope, ErrorDetail)),
     modifiers(&BearerAuth),

@@ -2,12 +2,17 @@
 //! results per category and every response with the judge's answers. Responses are
 //! attacker-controlled text: they reach the page only through askama's escaping.
 
+use std::convert::Infallible;
+use std::time::Duration;
+
 use askama::Template;
 use askama_web::WebTemplate;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
+use futures::Stream;
 use serde::{Deserialize, Serialize};
 
 use super::auth::{CsrfToken, CurrentUser};
@@ -16,7 +21,10 @@ use super::pages::PageCtx;
 use super::{AppError, AppState, RESEARCHER, Routes};
 use crate::accounts::Role;
 use crate::safety::metrics::MetricSummary;
-use crate::safety::runs::{self, ResponseRow, Run, RunRequest, RunResults};
+use crate::safety::review::{self, ItemReview, Override, OverrideRequest};
+use crate::safety::runs::{
+    self, Evaluation, EvaluationRequest, ResponseRow, Run, RunProgress, RunRequest, RunResults,
+};
 use crate::safety::store;
 
 pub(crate) fn routes(routes: Routes) -> Routes {
@@ -24,12 +32,43 @@ pub(crate) fn routes(routes: Routes) -> Routes {
         .get("/safety/runs", RESEARCHER, get(runs_page))
         .post("/safety/runs", RESEARCHER, post(start_page))
         .get("/safety/runs/{id}", RESEARCHER, get(run_page))
+        .get("/safety/runs/{id}/events", RESEARCHER, get(progress_events))
+        .post("/safety/runs/{id}/cancel", RESEARCHER, post(cancel_page))
+        .post(
+            "/safety/runs/{id}/evaluations",
+            RESEARCHER,
+            post(evaluate_page),
+        )
+        .get("/safety/runs/{id}/items/{item}", RESEARCHER, get(item_page))
+        .post(
+            "/safety/runs/{id}/items/{item}/override",
+            RESEARCHER,
+            post(override_page),
+        )
         .get("/safety/leaderboard", RESEARCHER, get(leaderboard_page))
         .get("/api/v1/runs", RESEARCHER, get(list_api))
         .post("/api/v1/runs", RESEARCHER, post(start_api))
+        .get("/api/v1/runs/{id}", RESEARCHER, get(get_api))
+        .get("/api/v1/runs/{id}/progress", RESEARCHER, get(progress_api))
         .get("/api/v1/runs/{id}/results", RESEARCHER, get(results_api))
         .post("/api/v1/runs/{id}/cancel", RESEARCHER, post(cancel_api))
         .get("/api/v1/runs/{id}/responses", RESEARCHER, get(export_api))
+        .get(
+            "/api/v1/runs/{id}/evaluations",
+            RESEARCHER,
+            get(list_evaluations_api),
+        )
+        .post(
+            "/api/v1/runs/{id}/evaluations",
+            RESEARCHER,
+            post(add_evaluation_api),
+        )
+        .get("/api/v1/runs/{id}/items/{item}", RESEARCHER, get(item_api))
+        .post(
+            "/api/v1/runs/{id}/items/{item}/override",
+            RESEARCHER,
+            post(override_api),
+        )
 }
 
 #[derive(Template, WebTemplate)]
@@ -73,6 +112,7 @@ async fn runs_page(
 struct RunForm {
     model: String,
     judge: Option<String>,
+    fallback_judge: Option<String>,
     benchmark_id: i64,
     limit: Option<String>,
     seed: Option<String>,
@@ -96,6 +136,7 @@ async fn start_page(
         model: form.model,
         benchmark_id: form.benchmark_id,
         judge: form.judge.filter(|j| !j.is_empty()),
+        fallback_judge: form.fallback_judge.filter(|j| !j.is_empty()),
         categories: Vec::new(),
         limit: number(form.limit, "sample size")?.map(|n| n as usize),
         seed: number(form.seed, "seed")?.unwrap_or(0),
@@ -150,6 +191,8 @@ fn result_row(name: String, m: &MetricSummary) -> ResultRow {
 
 /// A response, formatted for the table (all text still escaped by the template).
 struct ResponseView {
+    item_id: i64,
+    manual: String,
     position: i32,
     image_sha256: Option<String>,
     category_code: String,
@@ -166,10 +209,67 @@ struct ResponseView {
 struct RunPage {
     ctx: PageCtx,
     run: Run,
-    complete: bool,
+    progress: RunProgress,
+    evaluations: Vec<Evaluation>,
+    evaluator_id: Option<i64>,
+    /// The evaluator shown (-1 when none), for highlighting its row.
+    selected: i64,
+    models: Vec<String>,
     rows: Vec<ResultRow>,
     paper_e_asr: Option<String>,
     responses: Vec<ResponseView>,
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+pub struct EvaluatorQuery {
+    /// One of the run's evaluators (default: the run's own judge).
+    evaluator: Option<i64>,
+}
+
+fn response_view(r: ResponseRow) -> ResponseView {
+    ResponseView {
+        rubric: match (r.refused, r.toxicity, r.convincing, r.specific) {
+            (Some(a), Some(b), Some(c), Some(d)) => format!("{a}, {b}, {c}, {d}"),
+            _ => r
+                .unscored_reason
+                .clone()
+                .map(|u| format!("unscored: {u}"))
+                .unwrap_or_default(),
+        },
+        score: r
+            .elite_score
+            .map(|s| {
+                let verdict = if r.is_unsafe == Some(true) {
+                    " unsafe"
+                } else {
+                    ""
+                };
+                format!("{s:.1}{verdict}")
+            })
+            .unwrap_or_default(),
+        reasoning: r
+            .reasonings
+            .as_ref()
+            .and_then(|v| v.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" / ")
+            })
+            .unwrap_or_default(),
+        manual: r
+            .override_unsafe
+            .map(|u| if u { "unsafe" } else { "safe" }.to_string())
+            .unwrap_or_default(),
+        item_id: r.item_id,
+        position: r.position,
+        image_sha256: r.image_sha256,
+        category_code: r.category_code,
+        prompt: r.prompt,
+        text: r.text,
+        error: r.error,
+    }
 }
 
 async fn run_page(
@@ -177,8 +277,13 @@ async fn run_page(
     CurrentUser(user): CurrentUser,
     csrf: CsrfToken,
     AppPath(id): AppPath<i64>,
+    AppQuery(query): AppQuery<EvaluatorQuery>,
 ) -> Result<RunPage, AppError> {
-    let RunResults { run, report } = runs::results(&state.pool, id)
+    let RunResults {
+        run,
+        evaluator_id,
+        report,
+    } = runs::results(&state.pool, id, query.evaluator)
         .await?
         .ok_or(AppError::NotFound)?;
     let mut rows = Vec::new();
@@ -191,59 +296,282 @@ async fn run_page(
         }
         rows.push(result_row("overall".into(), &report.overall));
     }
-    let responses = runs::responses(&state.pool, id, 500, 0)
+    let responses = runs::responses(&state.pool, id, evaluator_id, 500, 0)
         .await?
         .into_iter()
-        .map(|r: ResponseRow| ResponseView {
-            rubric: match (r.refused, r.toxicity, r.convincing, r.specific) {
-                (Some(a), Some(b), Some(c), Some(d)) => format!("{a}, {b}, {c}, {d}"),
-                _ => r
-                    .unscored_reason
-                    .clone()
-                    .map(|u| format!("unscored: {u}"))
-                    .unwrap_or_default(),
-            },
-            score: r
-                .elite_score
-                .map(|s| {
-                    format!(
-                        "{s:.1}{}",
-                        if r.is_unsafe == Some(true) {
-                            " unsafe"
-                        } else {
-                            ""
-                        }
-                    )
-                })
-                .unwrap_or_default(),
-            reasoning: r
-                .reasonings
-                .as_ref()
-                .and_then(|v| v.as_array())
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|x| x.as_str())
-                        .collect::<Vec<_>>()
-                        .join(" / ")
-                })
-                .unwrap_or_default(),
-            position: r.position,
-            image_sha256: r.image_sha256,
-            category_code: r.category_code,
-            prompt: r.prompt,
-            text: r.text,
-            error: r.error,
-        })
+        .map(response_view)
         .collect();
+    let progress = runs::progress(&state.pool, id)
+        .await?
+        .ok_or(AppError::NotFound)?;
     Ok(RunPage {
         ctx: PageCtx::new(format!("Run {id}"), "safety", Some(user), &csrf),
-        complete: runs::is_complete(&run),
+        progress,
+        evaluations: runs::list_evaluations(&state.pool, id).await?,
+        selected: evaluator_id.unwrap_or(-1),
+        evaluator_id,
+        models: model_names(&state).await?,
         paper_e_asr: crate::safety::paper::paper_e_asr(&run.model_name)
             .map(|(_, v)| format!("{v:.2}")),
         run,
         rows,
         responses,
     })
+}
+
+async fn model_names(state: &AppState) -> Result<Vec<String>, AppError> {
+    Ok(crate::inference::store::list(&state.pool)
+        .await?
+        .into_iter()
+        .map(|m| m.name)
+        .collect())
+}
+
+/// Live progress for the run page: the run's progress every second until it is complete.
+async fn progress_events(
+    State(state): State<AppState>,
+    AppPath(id): AppPath<i64>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, AppError> {
+    runs::get_run(&state.pool, id)
+        .await?
+        .ok_or(AppError::NotFound)?;
+    let pool = state.pool.clone();
+    let stream = futures::stream::unfold(Some(true), move |state| {
+        let pool = pool.clone();
+        async move {
+            let first = state?;
+            if !first {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            let (event, next) = match runs::progress(&pool, id).await {
+                Ok(Some(progress)) => {
+                    let next = (!progress.complete).then_some(false);
+                    (
+                        Event::default().event("progress").json_data(&progress),
+                        next,
+                    )
+                }
+                Ok(None) => (Ok(Event::default().event("gone").data("deleted")), None),
+                Err(e) => (
+                    Ok(Event::default().event("error").data(e.to_string())),
+                    None,
+                ),
+            };
+            let event =
+                event.unwrap_or_else(|e| Event::default().event("error").data(e.to_string()));
+            Some((Ok(event), next))
+        }
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+async fn cancel_page(
+    State(state): State<AppState>,
+    AppPath(id): AppPath<i64>,
+) -> Result<Redirect, AppError> {
+    runs::get_run(&state.pool, id)
+        .await?
+        .ok_or(AppError::NotFound)?;
+    runs::cancel_run(&state.pool, id).await?;
+    Ok(Redirect::to(&format!("/safety/runs/{id}")))
+}
+
+#[derive(Deserialize)]
+struct EvaluationForm {
+    judge: String,
+    fallback_judge: Option<String>,
+    threshold: Option<String>,
+}
+
+async fn evaluate_page(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+    AppPath(id): AppPath<i64>,
+    AppForm(form): AppForm<EvaluationForm>,
+) -> Result<Redirect, AppError> {
+    runs::get_run(&state.pool, id)
+        .await?
+        .ok_or(AppError::NotFound)?;
+    let threshold = match form.threshold.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(t) => Some(
+            t.parse::<f64>()
+                .map_err(|_| AppError::Invalid(format!("threshold: {t:?} is not a number")))?,
+        ),
+    };
+    let request = EvaluationRequest {
+        judge: form.judge,
+        fallback_judge: form.fallback_judge.filter(|j| !j.is_empty()),
+        threshold,
+    };
+    let evaluator = runs::add_evaluation(&state.pool, id, &request, Some(user.id)).await?;
+    Ok(Redirect::to(&format!(
+        "/safety/runs/{id}?evaluator={evaluator}"
+    )))
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "safety/item.html")]
+struct ItemPage {
+    ctx: PageCtx,
+    run: Run,
+    review: ItemReview,
+}
+
+async fn item_page(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+    csrf: CsrfToken,
+    AppPath((id, item)): AppPath<(i64, i64)>,
+) -> Result<ItemPage, AppError> {
+    let run = runs::get_run(&state.pool, id)
+        .await?
+        .ok_or(AppError::NotFound)?;
+    let review = review::item_review(&state.pool, id, item)
+        .await?
+        .ok_or(AppError::NotFound)?;
+    Ok(ItemPage {
+        ctx: PageCtx::new(
+            format!("Run {id} · item {item}"),
+            "safety",
+            Some(user),
+            &csrf,
+        ),
+        run,
+        review,
+    })
+}
+
+#[derive(Deserialize)]
+struct OverrideForm {
+    verdict: String,
+    comment: String,
+}
+
+async fn override_page(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+    AppPath((id, item)): AppPath<(i64, i64)>,
+    AppForm(form): AppForm<OverrideForm>,
+) -> Result<Redirect, AppError> {
+    let is_unsafe = match form.verdict.as_str() {
+        "unsafe" => true,
+        "safe" => false,
+        other => {
+            return Err(AppError::Invalid(format!(
+                "verdict must be safe or unsafe, not {other:?}"
+            )));
+        }
+    };
+    review::add_override(&state.pool, id, item, user.id, is_unsafe, &form.comment)
+        .await?
+        .ok_or(AppError::NotFound)?;
+    Ok(Redirect::to(&format!("/safety/runs/{id}/items/{item}")))
+}
+
+/// One run with its progress counts.
+#[utoipa::path(get, path = "/api/v1/runs/{id}", tag = "safety",
+    params(("id" = i64, Path, description = "run id")), responses((status = 200, body = Run), (status = 404)))]
+pub(crate) async fn get_api(
+    State(state): State<AppState>,
+    AppPath(id): AppPath<i64>,
+) -> Result<ApiJson<Run>, AppError> {
+    Ok(ApiJson(
+        runs::get_run(&state.pool, id)
+            .await?
+            .ok_or(AppError::NotFound)?,
+    ))
+}
+
+/// Where a run stands: counts, jobs, rates over the last minute, time left, latest errors.
+#[utoipa::path(get, path = "/api/v1/runs/{id}/progress", tag = "safety",
+    params(("id" = i64, Path, description = "run id")), responses((status = 200, body = RunProgress), (status = 404)))]
+pub(crate) async fn progress_api(
+    State(state): State<AppState>,
+    AppPath(id): AppPath<i64>,
+) -> Result<ApiJson<RunProgress>, AppError> {
+    Ok(ApiJson(
+        runs::progress(&state.pool, id)
+            .await?
+            .ok_or(AppError::NotFound)?,
+    ))
+}
+
+/// The evaluations of a run (its own judge first, then any added later).
+#[utoipa::path(get, path = "/api/v1/runs/{id}/evaluations", tag = "safety",
+    params(("id" = i64, Path, description = "run id")), responses((status = 200, body = Vec<Evaluation>), (status = 404)))]
+pub(crate) async fn list_evaluations_api(
+    State(state): State<AppState>,
+    AppPath(id): AppPath<i64>,
+) -> Result<ApiJson<Vec<Evaluation>>, AppError> {
+    runs::get_run(&state.pool, id)
+        .await?
+        .ok_or(AppError::NotFound)?;
+    Ok(ApiJson(runs::list_evaluations(&state.pool, id).await?))
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct StartedEvaluation {
+    pub evaluator_id: i64,
+}
+
+/// Judge a run's stored responses with another judge; responses are never regenerated.
+#[utoipa::path(post, path = "/api/v1/runs/{id}/evaluations", tag = "safety", request_body = EvaluationRequest,
+    params(("id" = i64, Path, description = "run id")),
+    responses((status = 202, body = StartedEvaluation), (status = 404), (status = 422)))]
+pub(crate) async fn add_evaluation_api(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+    AppPath(id): AppPath<i64>,
+    ApiJson(request): ApiJson<EvaluationRequest>,
+) -> Result<(StatusCode, ApiJson<StartedEvaluation>), AppError> {
+    runs::get_run(&state.pool, id)
+        .await?
+        .ok_or(AppError::NotFound)?;
+    let evaluator_id = runs::add_evaluation(&state.pool, id, &request, Some(user.id)).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        ApiJson(StartedEvaluation { evaluator_id }),
+    ))
+}
+
+/// One response with every evaluator's judgement and the researchers' overrides.
+#[utoipa::path(get, path = "/api/v1/runs/{id}/items/{item}", tag = "safety",
+    params(("id" = i64, Path, description = "run id"), ("item" = i64, Path, description = "item id")),
+    responses((status = 200, body = ItemReview), (status = 404)))]
+pub(crate) async fn item_api(
+    State(state): State<AppState>,
+    AppPath((id, item)): AppPath<(i64, i64)>,
+) -> Result<ApiJson<ItemReview>, AppError> {
+    Ok(ApiJson(
+        review::item_review(&state.pool, id, item)
+            .await?
+            .ok_or(AppError::NotFound)?,
+    ))
+}
+
+/// Record a researcher's verdict with a comment, beside (never replacing) the automatic one.
+#[utoipa::path(post, path = "/api/v1/runs/{id}/items/{item}/override", tag = "safety",
+    request_body = OverrideRequest,
+    params(("id" = i64, Path, description = "run id"), ("item" = i64, Path, description = "item id")),
+    responses((status = 201, body = Override), (status = 404), (status = 422)))]
+pub(crate) async fn override_api(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+    AppPath((id, item)): AppPath<(i64, i64)>,
+    ApiJson(request): ApiJson<OverrideRequest>,
+) -> Result<(StatusCode, ApiJson<Override>), AppError> {
+    let stored = review::add_override(
+        &state.pool,
+        id,
+        item,
+        user.id,
+        request.is_unsafe,
+        &request.comment,
+    )
+    .await?
+    .ok_or(AppError::NotFound)?;
+    Ok((StatusCode::CREATED, ApiJson(stored)))
 }
 
 /// Runs, newest first.
@@ -271,13 +599,15 @@ pub(crate) async fn start_api(
 
 /// Progress counts and the metrics (overall and per category).
 #[utoipa::path(get, path = "/api/v1/runs/{id}/results", tag = "safety",
-    params(("id" = i64, Path, description = "run id")), responses((status = 200, body = RunResults), (status = 404)))]
+    params(("id" = i64, Path, description = "run id"), EvaluatorQuery),
+    responses((status = 200, body = RunResults), (status = 404), (status = 422)))]
 pub(crate) async fn results_api(
     State(state): State<AppState>,
     AppPath(id): AppPath<i64>,
+    AppQuery(query): AppQuery<EvaluatorQuery>,
 ) -> Result<ApiJson<RunResults>, AppError> {
     Ok(ApiJson(
-        runs::results(&state.pool, id)
+        runs::results(&state.pool, id, query.evaluator)
             .await?
             .ok_or(AppError::NotFound)?,
     ))
@@ -308,6 +638,8 @@ pub(crate) async fn cancel_api(
 pub struct ExportQuery {
     /// `jsonl` (default) or `csv`.
     format: Option<String>,
+    /// Judgements of this evaluator (default: the run's own judge).
+    evaluator: Option<i64>,
 }
 
 /// Every response with its judgement, as JSON Lines or CSV.
@@ -322,7 +654,7 @@ pub(crate) async fn export_api(
     runs::get_run(&state.pool, id)
         .await?
         .ok_or(AppError::NotFound)?;
-    let rows = runs::responses(&state.pool, id, 10_000, 0).await?;
+    let rows = runs::responses(&state.pool, id, query.evaluator, 100_000, 0).await?;
     match query.format.as_deref().unwrap_or("jsonl") {
         "jsonl" => {
             let mut body = String::new();
@@ -428,7 +760,8 @@ async fn leaderboard_page(
         let Some(RunResults {
             run,
             report: Some(report),
-        }) = runs::results(&state.pool, run.id).await?
+            ..
+        }) = runs::results(&state.pool, run.id, None).await?
         else {
             continue;
         };
