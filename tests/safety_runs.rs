@@ -466,7 +466,10 @@ async fn evaluations_fallback_judges_overrides_and_progress() {
     assert_eq!(progress["judged"], answered, "{progress}");
     assert_eq!(progress["unscored"], 0, "{progress}");
     assert_eq!(progress["complete"], true, "{progress}");
-    assert_eq!(progress["recent_errors"].as_array().unwrap().len() as i64, errors);
+    assert_eq!(
+        progress["recent_errors"].as_array().unwrap().len() as i64,
+        errors
+    );
     let by: Vec<Option<String>> = sqlx::query_scalar("SELECT judged_by FROM judgements")
         .fetch_all(&pool)
         .await
@@ -526,7 +529,10 @@ async fn evaluations_fallback_judges_overrides_and_progress() {
         .await,
     )
     .await;
-    assert_eq!(second["report"]["overall"]["unscored"], answered, "{second}");
+    assert_eq!(
+        second["report"]["overall"]["unscored"], answered,
+        "{second}"
+    );
     assert!(second["report"]["overall"]["e_asr"].is_null());
     let unscored: Vec<(Option<f64>, Option<String>, i32)> = sqlx::query_as(
         "SELECT elite_score, raw_reply, attempts FROM judgements WHERE evaluator_id = $1",
@@ -652,14 +658,20 @@ async fn evaluations_fallback_judges_overrides_and_progress() {
         .await,
     )
     .await;
-    assert!(page.contains("&#60;b&#62;step-by-step&#60;/b&#62;"), "{page}");
+    assert!(
+        page.contains("&#60;b&#62;step-by-step&#60;/b&#62;"),
+        "{page}"
+    );
     assert!(!page.contains("<b>step-by-step"));
     assert!(page.contains("answered by fallback judge"));
     let form_response = app
         .send(form(
             &format!("/safety/runs/{run_id}/items/{item}/override"),
             Some(&browser),
-            &format!("csrf_token={}&verdict=safe&comment=on+reflection", browser.csrf),
+            &format!(
+                "csrf_token={}&verdict=safe&comment=on+reflection",
+                browser.csrf
+            ),
         ))
         .await;
     assert_eq!(form_response.status(), StatusCode::SEE_OTHER);

@@ -754,9 +754,10 @@ async fn leaderboard_page(
         .into_iter()
         .filter(|r| r.evaluator_id.is_some())
     {
-        if !seen.insert((run.model_name.clone(), run.benchmark_id)) {
+        if seen.contains(&(run.model_name.clone(), run.benchmark_id)) {
             continue;
         }
+        // Runs without a judged response yet (just started, cancelled) do not rank.
         let Some(RunResults {
             run,
             report: Some(report),
@@ -765,6 +766,7 @@ async fn leaderboard_page(
         else {
             continue;
         };
+        seen.insert((run.model_name.clone(), run.benchmark_id));
         let paper = crate::safety::paper::paper_e_asr(&run.model_name);
         let mut line: Vec<Option<f64>> = Category::ALL
             .iter()
