@@ -372,7 +372,7 @@ struct StoredJudgement<'a> {
 enum Asked {
     Reply {
         parsed: ParsedReply,
-        reply: ChatReply,
+        reply: Box<ChatReply>,
         attempts: usize,
     },
     /// The judge is unavailable for now (rate limit, timeout, 5xx): ask again later.
@@ -393,7 +393,7 @@ async fn ask_judge(
                 if matches!(parsed, ParsedReply::Scored(_)) || attempts > JUDGE_RETRIES {
                     return Ok(Asked::Reply {
                         parsed,
-                        reply,
+                        reply: Box::new(reply),
                         attempts,
                     });
                 }
