@@ -113,6 +113,7 @@ async fn run_generate(ctx: JobContext) -> Result<Option<serde_json::Value>, JobE
     .await?;
     let mut requests = Vec::new();
     let mut asked = Vec::new();
+    let mut outcomes: Vec<(i64, Result<ChatReply, String>)> = Vec::new();
     for item in &pending {
         match &item.data {
             Some(bytes) => {
@@ -131,13 +132,10 @@ async fn run_generate(ctx: JobContext) -> Result<Option<serde_json::Value>, JobE
             }
             None => {
                 // Visible skip: the item has no usable image.
-                store_response(
-                    pool,
-                    job.run_id,
+                outcomes.push((
                     item.id,
                     Err(format!("skipped: image {}", item.image_status)),
-                )
-                .await?;
+                ));
             }
         }
     }
@@ -147,12 +145,13 @@ async fn run_generate(ctx: JobContext) -> Result<Option<serde_json::Value>, JobE
         let replies = model.generate_batch(requests).await;
         for (item_id, reply) in asked.iter().zip(replies) {
             match reply {
-                Ok(reply) => store_response(pool, job.run_id, *item_id, Ok(&reply)).await?,
+                Ok(reply) => outcomes.push((*item_id, Ok(reply))),
                 Err(e) if e.is_retryable() => retry_later = Some(e.to_string()),
-                Err(e) => store_response(pool, job.run_id, *item_id, Err(e.to_string())).await?,
+                Err(e) => outcomes.push((*item_id, Err(e.to_string()))),
             }
         }
     }
+    store_responses(pool, job.run_id, &outcomes).await?;
     if let Some(message) = retry_later {
         // Answers that arrived are stored; the rest are asked again after a backoff, and the
         // chunk is judged once it is whole.
@@ -198,36 +197,42 @@ pub(crate) async fn enqueue_judging(
     Ok(())
 }
 
-async fn store_response(
+/// Store a chunk's answers (or visible errors) in one statement, idempotent per (run, item).
+async fn store_responses(
     pool: &PgPool,
     run_id: i64,
-    item_id: i64,
-    reply: Result<&ChatReply, String>,
+    outcomes: &[(i64, Result<ChatReply, String>)],
 ) -> Result<(), sqlx::Error> {
-    let (text, error, (prompt, completion), latency, cost) = match reply {
-        Ok(r) => (
-            Some(r.text.clone()),
-            None,
-            tokens(r),
-            Some(r.latency.as_secs_f64() * 1000.0),
-            r.cost,
-        ),
-        Err(e) => (None, Some(e), (0, 0), None, None),
-    };
-    sqlx::query(
-        "INSERT INTO responses (run_id, item_id, text, error, prompt_tokens, completion_tokens, latency_ms, cost)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (run_id, item_id) DO NOTHING",
-    )
-    .bind(run_id)
-    .bind(item_id)
-    .bind(text)
-    .bind(error)
-    .bind(prompt)
-    .bind(completion)
-    .bind(latency)
-    .bind(cost)
-    .execute(pool)
-    .await?;
+    if outcomes.is_empty() {
+        return Ok(());
+    }
+    let mut query = sqlx::QueryBuilder::new(
+        "INSERT INTO responses (run_id, item_id, text, error, prompt_tokens, completion_tokens, latency_ms, cost) ",
+    );
+    query.push_values(outcomes, |mut row, (item_id, outcome)| {
+        row.push_bind(run_id).push_bind(*item_id);
+        match outcome {
+            Ok(reply) => {
+                let (prompt, completion) = tokens(reply);
+                row.push_bind(reply.text.clone())
+                    .push_bind(None::<String>)
+                    .push_bind(prompt)
+                    .push_bind(completion)
+                    .push_bind(reply.latency.as_secs_f64() * 1000.0)
+                    .push_bind(reply.cost);
+            }
+            Err(error) => {
+                row.push_bind(None::<String>)
+                    .push_bind(error.clone())
+                    .push_bind(0)
+                    .push_bind(0)
+                    .push_bind(None::<f64>)
+                    .push_bind(None::<f64>);
+            }
+        }
+    });
+    query.push(" ON CONFLICT (run_id, item_id) DO NOTHING");
+    query.build().execute(pool).await?;
     Ok(())
 }
 
@@ -243,16 +248,7 @@ async fn run_judge(ctx: JobContext) -> Result<Option<serde_json::Value>, JobErro
         .await?;
     let template: JudgeTemplate = serde_json::from_value(template)
         .map_err(|e| JobError::Permanent(format!("stored template: {e}")))?;
-    #[derive(sqlx::FromRow)]
-    struct Pending {
-        response_id: i64,
-        response: String,
-        question: String,
-        category: String,
-        image_sha256: Option<String>,
-        data: Option<Vec<u8>>,
-    }
-    let pending: Vec<Pending> = sqlx::query_as(
+    let pending: Vec<PendingJudgement> = sqlx::query_as(
         "SELECT s.id AS response_id, s.text AS response, i.text AS question, c.name AS category, i.image_sha256, im.data
          FROM responses s JOIN items i ON i.id = s.item_id JOIN categories c ON c.code = i.category_code
          LEFT JOIN images im ON im.sha256 = i.image_sha256
@@ -267,105 +263,206 @@ async fn run_judge(ctx: JobContext) -> Result<Option<serde_json::Value>, JobErro
     if pending.is_empty() {
         return Ok(Some(serde_json::json!({ "judged": 0 })));
     }
+    let keys: Vec<String> = pending
+        .iter()
+        .map(|item| {
+            judgement_cache_key(
+                &judge_name,
+                &template,
+                item.image_sha256.as_deref().unwrap_or(""),
+                &item.question,
+                &item.response,
+            )
+        })
+        .collect();
+    // The judgement cache: a scored judgement of the same (judge, template, image, question,
+    // response) by this evaluator is copied, in one statement for the whole chunk.
+    let response_ids: Vec<i64> = pending.iter().map(|p| p.response_id).collect();
+    let cached: Vec<i64> = sqlx::query_scalar(
+        "INSERT INTO judgements (response_id, evaluator_id, status, refused, toxicity, convincing, specific, elite_score,
+             strongreject_score, is_unsafe, reasonings, raw_reply, unscored_reason, attempts, cache_key, judged_by)
+         SELECT DISTINCT ON (p.response_id) p.response_id, $1, j.status, j.refused, j.toxicity, j.convincing,
+             j.specific, j.elite_score, j.strongreject_score, j.is_unsafe, j.reasonings, j.raw_reply,
+             j.unscored_reason, 0, j.cache_key, j.judged_by
+         FROM UNNEST($2::bigint[], $3::text[]) AS p(response_id, cache_key)
+         JOIN judgements j ON j.cache_key = p.cache_key AND j.status = 'scored' AND j.evaluator_id = $1
+         ORDER BY p.response_id, j.id
+         ON CONFLICT (response_id, evaluator_id) DO NOTHING
+         RETURNING response_id",
+    )
+    .bind(job.evaluator_id)
+    .bind(&response_ids)
+    .bind(&keys)
+    .fetch_all(pool)
+    .await?;
+    let to_ask: Vec<(&PendingJudgement, &String)> = pending
+        .iter()
+        .zip(&keys)
+        .filter(|(item, _)| !cached.contains(&item.response_id))
+        .collect();
     let judge = model(pool, &judge_name).await?;
-    let mut judged = 0;
-    let mut retry_later = None;
-    for item in &pending {
-        let key = judgement_cache_key(
-            &judge_name,
-            &template,
-            item.image_sha256.as_deref().unwrap_or(""),
-            &item.question,
-            &item.response,
-        );
-        let cached = sqlx::query(
-            "INSERT INTO judgements (response_id, evaluator_id, status, refused, toxicity, convincing, specific, elite_score,
-                 strongreject_score, is_unsafe, reasonings, raw_reply, unscored_reason, attempts, cache_key, judged_by)
-             SELECT $1, $2, status, refused, toxicity, convincing, specific, elite_score, strongreject_score, is_unsafe,
-                 reasonings, raw_reply, unscored_reason, 0, cache_key, judged_by
-             FROM judgements WHERE cache_key = $3 AND status = 'scored' AND evaluator_id = $2 LIMIT 1
-             ON CONFLICT (response_id, evaluator_id) DO NOTHING",
-        )
-        .bind(item.response_id)
-        .bind(job.evaluator_id)
-        .bind(&key)
-        .execute(pool)
-        .await?
-        .rows_affected();
-        if cached > 0 {
-            judged += 1;
-            continue;
-        }
-        let text = render(&template, &item.question, &item.response, &item.category);
-        // The judge sees the image as the authors sent it: longer side <= 256 px, PNG.
-        let judge_image = item.data.as_deref().and_then(|bytes| {
-            prepare_judge_image(bytes, ImageLimits::default(), JUDGE_MAX_SIDE).ok()
-        });
-        let message = match judge_image {
-            Some(image) => ChatMessage::user_with_image(ImageInput::from_bytes(image.png), text),
-            None => ChatMessage::user(text),
-        };
-        let settings = GenerationSettings {
-            temperature: Some(0.0),
-            json_schema: Some(template.json_schema.clone()),
-            ..GenerationSettings::default()
-        };
-        let request = ChatRequest::new(vec![message]).with_settings(settings);
-        let (parsed, reply, attempts, judged_by) =
-            match ask_judge(&judge, &judge_name, &request).await? {
-                Asked::RetryLater(message) => {
-                    retry_later = Some(message);
-                    continue;
-                }
-                Asked::Reply {
-                    parsed: ParsedReply::Unscored(_),
-                    attempts,
-                    ..
-                } if !fallback_name.is_empty() => {
-                    let fallback = model(pool, &fallback_name).await?;
-                    match ask_judge(&fallback, &fallback_name, &request).await? {
-                        Asked::RetryLater(message) => {
-                            retry_later = Some(message);
-                            continue;
-                        }
-                        Asked::Reply {
-                            parsed,
-                            reply,
-                            attempts: more,
-                        } => (parsed, reply, attempts + more, &fallback_name),
+    let fallback = match fallback_name.as_str() {
+        "" => None,
+        name => Some(model(pool, name).await?),
+    };
+    // Every item of the chunk is asked at once; the adapter bounds the requests in flight.
+    let asked = futures::future::join_all(to_ask.iter().map(|(item, _)| {
+        let judge = judge.clone();
+        let fallback = fallback.clone();
+        let (judge_name, fallback_name, template) = (&judge_name, &fallback_name, &template);
+        async move {
+            let request = judge_request(template, item);
+            let first = ask_judge(&judge, judge_name, &request).await?;
+            match (first, fallback) {
+                (
+                    Asked::Reply {
+                        parsed: ParsedReply::Unscored(_),
+                        attempts,
+                        ..
+                    },
+                    Some(fallback),
+                ) => Ok(match ask_judge(&fallback, fallback_name, &request).await? {
+                    Asked::Reply {
+                        parsed,
+                        reply,
+                        attempts: more,
+                    } => Asked::Reply {
+                        parsed,
+                        reply,
+                        attempts: attempts + more,
                     }
-                }
+                    .answered_by(fallback_name),
+                    later => later.answered_by(fallback_name),
+                }),
+                (first, _) => Ok::<_, JobError>(first.answered_by(judge_name)),
+            }
+        }
+    }))
+    .await;
+    let mut answers = Vec::new();
+    let mut retry_later = None;
+    for ((item, key), outcome) in to_ask.iter().zip(asked) {
+        match outcome? {
+            (
                 Asked::Reply {
                     parsed,
                     reply,
                     attempts,
-                } => (parsed, reply, attempts, &judge_name),
-            };
-        let at = StoredJudgement {
-            response_id: item.response_id,
-            evaluator_id: job.evaluator_id,
-            threshold,
-            attempts: attempts as i32,
-            cache_key: &key,
-            judged_by,
-        };
-        store_judgement(pool, &at, &parsed, &reply).await?;
-        judged += 1;
+                },
+                by,
+            ) => answers.push(Answer {
+                response_id: item.response_id,
+                cache_key: key.as_str(),
+                parsed,
+                reply,
+                attempts: attempts as i32,
+                judged_by: by,
+            }),
+            (Asked::RetryLater(message), _) => retry_later = Some(message),
+        }
     }
+    store_judgements(pool, job.evaluator_id, threshold, &answers).await?;
+    let judged = cached.len() + answers.len();
     if let Some(message) = retry_later {
+        // What was answered is stored; the rest is asked again after a backoff.
         return Err(JobError::Retryable(message));
     }
-    Ok(Some(serde_json::json!({ "judged": judged })))
+    Ok(Some(
+        serde_json::json!({ "judged": judged, "cached": cached.len() }),
+    ))
 }
 
-/// Where a judgement goes and how it was obtained.
-struct StoredJudgement<'a> {
+/// The judge's request for one response: the rendered template and the image as the authors
+/// sent it (longer side <= 256 px, PNG).
+fn judge_request(template: &JudgeTemplate, item: &PendingJudgement) -> ChatRequest {
+    let text = render(template, &item.question, &item.response, &item.category);
+    let judge_image = item
+        .data
+        .as_deref()
+        .and_then(|bytes| prepare_judge_image(bytes, ImageLimits::default(), JUDGE_MAX_SIDE).ok());
+    let message = match judge_image {
+        Some(image) => ChatMessage::user_with_image(ImageInput::from_bytes(image.png), text),
+        None => ChatMessage::user(text),
+    };
+    let settings = GenerationSettings {
+        temperature: Some(0.0),
+        json_schema: Some(template.json_schema.clone()),
+        ..GenerationSettings::default()
+    };
+    ChatRequest::new(vec![message]).with_settings(settings)
+}
+
+/// A judge's answer for one response, ready to store.
+struct Answer<'a> {
     response_id: i64,
+    cache_key: &'a str,
+    parsed: ParsedReply,
+    reply: Box<ChatReply>,
+    attempts: i32,
+    judged_by: String,
+}
+
+/// Store a chunk's judgements in one statement (idempotent per response and evaluator).
+async fn store_judgements(
+    pool: &PgPool,
     evaluator_id: i64,
     threshold: f64,
-    attempts: i32,
-    cache_key: &'a str,
-    judged_by: &'a str,
+    answers: &[Answer<'_>],
+) -> Result<(), sqlx::Error> {
+    if answers.is_empty() {
+        return Ok(());
+    }
+    let mut query = sqlx::QueryBuilder::new(
+        "INSERT INTO judgements (response_id, evaluator_id, status, refused, toxicity, convincing, specific,
+             elite_score, strongreject_score, is_unsafe, reasonings, raw_reply, unscored_reason, attempts,
+             prompt_tokens, completion_tokens, cost, cache_key, judged_by) ",
+    );
+    query.push_values(answers, |mut row, answer| {
+        let (status, judgement, reason) = match &answer.parsed {
+            ParsedReply::Scored(j) => ("scored", Some(j), None),
+            ParsedReply::Unscored(reason) => ("unscored", None, Some(reason.clone())),
+        };
+        let (prompt, completion) = tokens(&answer.reply);
+        row.push_bind(answer.response_id)
+            .push_bind(evaluator_id)
+            .push_bind(status)
+            .push_bind(judgement.map(|j| j.refused as i16))
+            .push_bind(judgement.map(|j| j.toxicity as i16))
+            .push_bind(judgement.map(|j| j.convincing as i16))
+            .push_bind(judgement.map(|j| j.specific as i16))
+            .push_bind(judgement.map(|j| j.elite_score()))
+            .push_bind(judgement.map(|j| j.strongreject_score()))
+            .push_bind(judgement.map(|j| j.is_unsafe(threshold)))
+            .push_bind(judgement.map(|j| serde_json::to_value(&j.reasonings).unwrap_or_default()))
+            .push_bind(answer.reply.text.clone())
+            .push_bind(reason)
+            .push_bind(answer.attempts)
+            .push_bind(prompt)
+            .push_bind(completion)
+            .push_bind(answer.reply.cost)
+            .push_bind(answer.cache_key.to_string())
+            .push_bind(answer.judged_by.clone());
+    });
+    query.push(" ON CONFLICT (response_id, evaluator_id) DO NOTHING");
+    query.build().execute(pool).await?;
+    Ok(())
+}
+
+/// A response waiting for this evaluator's judgement.
+#[derive(sqlx::FromRow)]
+struct PendingJudgement {
+    response_id: i64,
+    response: String,
+    question: String,
+    category: String,
+    image_sha256: Option<String>,
+    data: Option<Vec<u8>>,
+}
+
+impl Asked {
+    fn answered_by(self, name: &str) -> (Asked, String) {
+        (self, name.to_string())
+    }
 }
 
 /// What asking a judge (with retries on unparseable replies) came to.
@@ -402,47 +499,4 @@ async fn ask_judge(
             Err(e) => return Err(JobError::Permanent(format!("judge {name}: {e}"))),
         }
     }
-}
-
-async fn store_judgement(
-    pool: &PgPool,
-    at: &StoredJudgement<'_>,
-    parsed: &ParsedReply,
-    reply: &ChatReply,
-) -> Result<(), sqlx::Error> {
-    let threshold = at.threshold;
-    let (status, judgement, reason) = match parsed {
-        ParsedReply::Scored(j) => ("scored", Some(j), None),
-        ParsedReply::Unscored(reason) => ("unscored", None, Some(reason.clone())),
-    };
-    let (prompt, completion) = tokens(reply);
-    sqlx::query(
-        "INSERT INTO judgements (response_id, evaluator_id, status, refused, toxicity, convincing, specific, elite_score,
-             strongreject_score, is_unsafe, reasonings, raw_reply, unscored_reason, attempts, prompt_tokens,
-             completion_tokens, cost, cache_key, judged_by)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
-         ON CONFLICT (response_id, evaluator_id) DO NOTHING",
-    )
-    .bind(at.response_id)
-    .bind(at.evaluator_id)
-    .bind(status)
-    .bind(judgement.map(|j| j.refused as i16))
-    .bind(judgement.map(|j| j.toxicity as i16))
-    .bind(judgement.map(|j| j.convincing as i16))
-    .bind(judgement.map(|j| j.specific as i16))
-    .bind(judgement.map(|j| j.elite_score()))
-    .bind(judgement.map(|j| j.strongreject_score()))
-    .bind(judgement.map(|j| j.is_unsafe(threshold)))
-    .bind(judgement.map(|j| serde_json::to_value(&j.reasonings).unwrap_or_default()))
-    .bind(&reply.text)
-    .bind(reason)
-    .bind(at.attempts)
-    .bind(prompt)
-    .bind(completion)
-    .bind(reply.cost)
-    .bind(at.cache_key)
-    .bind(at.judged_by)
-    .execute(pool)
-    .await?;
-    Ok(())
 }

@@ -1,0 +1,258 @@
+//! Platform overhead of a safety evaluation: the whole ELITE benchmark (4,587 items, generated
+//! images) answered and judged through the job queue against an in-process OpenAI-compatible
+//! server that answers at once, so everything measured is the platform's own cost: queue,
+//! database, image preparation, judge prompt rendering, reply parsing and the results.
+//!
+//! Run: `cargo bench --bench safety_bench [-- --items N --workers W]`. It uses `DATABASE_URL`
+//! when set, else a throwaway cluster under `target/elite-bench-pg`. It prints items/s end to
+//! end, CPU per item (this process, and the whole machine including PostgreSQL and the fake
+//! server), and the database size per 1,000 judgements.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::routing::post;
+use elite::db::{self, ClusterOptions, LocalCluster};
+use elite::inference::ModelSpec;
+use elite::jobs::{WorkerOptions, WorkerPool};
+use elite::safety::runs::{self, RunRequest};
+use serde_json::{Value, json};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+fn arg(name: &str) -> Option<usize> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+}
+
+/// Answers judge requests (they carry a JSON schema) with rubric JSON and targets with text.
+async fn instant(Json(body): Json<Value>) -> Json<Value> {
+    let content = if body.get("response_format").is_some() {
+        let unsafe_ = body.to_string().len() % 3 == 0;
+        let (r, t, c, s) = if unsafe_ { (0, 4, 4, 3) } else { (1, 0, 1, 1) };
+        json!({"question1": {"reasoning": "r", "value": r}, "question2": {"reasoning": "t", "value": t},
+               "question3": {"reasoning": "c", "value": c}, "question4": {"reasoning": "s", "value": s}})
+        .to_string()
+    } else {
+        "I can't help with that, but here is some general safety information.".to_string()
+    };
+    Json(
+        json!({"id": "b", "object": "chat.completion", "model": "bench",
+        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}],
+        "usage": {"prompt_tokens": 50, "completion_tokens": 20, "total_tokens": 70}}),
+    )
+}
+
+/// Seconds of CPU used by this process (user + system).
+fn process_cpu() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Seconds of busy CPU on the whole machine (all cores).
+fn machine_cpu() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let line = stat.lines().next().unwrap_or_default();
+    let v: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    let busy: f64 =
+        v.iter().take(8).sum::<f64>() - v.get(3).unwrap_or(&0.0) - v.get(4).unwrap_or(&0.0);
+    busy / 100.0
+}
+
+fn write_images(
+    parsed: &elite::safety::import::ParsedFile<elite::safety::import::BenchmarkRow>,
+    root: &Path,
+) {
+    for (n, row) in parsed.rows.iter().enumerate() {
+        let path = root.join(&row.taxonomy).join(&row.image_name);
+        if path.exists() {
+            continue;
+        }
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let img = image::RgbImage::from_fn(32, 24, |x, y| {
+            image::Rgb([(x * 7) as u8, (y * 11) as u8, (n % 251) as u8])
+        });
+        let mut bytes = Vec::new();
+        img.write_to(
+            &mut std::io::Cursor::new(&mut bytes),
+            image::ImageFormat::Png,
+        )
+        .unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let limit = arg("--items");
+    let workers = arg("--workers").unwrap_or(8);
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let server_url = match std::env::var("DATABASE_URL") {
+        Ok(url) => url,
+        Err(_) => {
+            let cluster = LocalCluster::ensure_running(ClusterOptions {
+                data_dir: root.join("target/elite-bench-pg"),
+                ephemeral: true,
+            })
+            .expect("start a throwaway PostgreSQL cluster");
+            let url = cluster.url_for("postgres");
+            std::mem::forget(cluster);
+            url
+        }
+    };
+    let name = format!("elite_bench_{}", std::process::id());
+    let server = PgConnectOptions::from_str(&server_url).unwrap();
+    db::create_database_with(&server.clone().database("postgres"), &name)
+        .await
+        .unwrap();
+    let pool = PgPoolOptions::new()
+        .max_connections(32)
+        .connect_with(server.clone().database(&name))
+        .await
+        .unwrap();
+    db::MIGRATOR.run(&pool).await.unwrap();
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/v1", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            axum::Router::new().route("/v1/chat/completions", post(instant)),
+        )
+        .await
+        .unwrap()
+    });
+    for model in ["bench-target", "bench-judge"] {
+        let mut spec = ModelSpec::remote(model, base.clone(), model);
+        spec.max_in_flight = Some(64);
+        elite::inference::store::upsert(&pool, &spec, None)
+            .await
+            .unwrap();
+    }
+
+    let csv = root.join("tests/data/elite/ELITE-benchmark.csv");
+    let parsed = elite::safety::import::read_elite_csv(&csv).unwrap();
+    let images = root.join("target/elite-bench-images");
+    write_images(&parsed, &images);
+    let started = Instant::now();
+    let report =
+        elite::safety::import::check_elite_import(&parsed, Some(&images), Default::default());
+    let benchmark =
+        elite::safety::store::import_elite(&pool, "ELITE", "bench", &parsed, &report, None)
+            .await
+            .unwrap()
+            .benchmark
+            .id;
+    let import_s = started.elapsed().as_secs_f64();
+
+    let request = RunRequest {
+        model: "bench-target".into(),
+        benchmark_id: benchmark,
+        judge: Some("bench-judge".into()),
+        fallback_judge: None,
+        categories: Vec::new(),
+        limit,
+        seed: 0,
+        max_new_tokens: None,
+        temperature: None,
+        threshold: None,
+    };
+    let (cpu0, machine0, t0) = (process_cpu(), machine_cpu(), Instant::now());
+    let run_id = runs::create_run(&pool, &request, None).await.unwrap();
+    let options = WorkerOptions {
+        concurrency: workers,
+        poll_interval: Duration::from_millis(100),
+        ..WorkerOptions::default()
+    };
+    let pool_workers = WorkerPool::start(pool.clone(), elite::job_registry(), options);
+    let run = loop {
+        let run = runs::get_run(&pool, run_id).await.unwrap().unwrap();
+        if runs::is_complete(&run) {
+            break run;
+        }
+        // Polling costs the database too: every 50 ms is fine-grained enough for seconds.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let results = runs::results(&pool, run_id, None).await.unwrap().unwrap();
+    let wall = t0.elapsed().as_secs_f64();
+    let (cpu, machine) = (process_cpu() - cpu0, machine_cpu() - machine0);
+    pool_workers.shutdown().await;
+    let overall = results.report.as_ref().map(|r| r.overall.clone());
+
+    let sizes: (i64, i64, i64) = sqlx::query_as(
+        "SELECT pg_total_relation_size('judgements'), pg_total_relation_size('responses'),
+                (SELECT count(*) FROM judgements)",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    let maintenance = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(server.database("postgres"))
+        .await
+        .unwrap();
+    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE {name} WITH (FORCE)"
+    )))
+    .execute(&maintenance)
+    .await;
+
+    let items = run.items as f64;
+    println!(
+        "safety evaluation bench ({} workers, {} cores)",
+        workers,
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
+    println!("| measure | value |");
+    println!("|---|---|");
+    println!(
+        "| benchmark import (4,587 rows, {} images) | {import_s:.2} s |",
+        report.distinct_images
+    );
+    println!(
+        "| items answered and judged | {} ({} judged, {} errors) |",
+        run.items, run.judged, run.errors
+    );
+    println!("| wall time, run start to results computed | {wall:.2} s |");
+    println!(
+        "| judged items per second, end to end | {:.0} |",
+        run.judged as f64 / wall
+    );
+    println!(
+        "| CPU per item, elite process (workers + fake server) | {:.2} ms |",
+        cpu / items * 1000.0
+    );
+    println!(
+        "| CPU per item, whole machine (incl. PostgreSQL) | {:.2} ms |",
+        machine / items * 1000.0
+    );
+    println!(
+        "| database size per 1,000 judgements (judgements + responses tables) | {:.2} MiB |",
+        (sizes.0 + sizes.1) as f64 / sizes.2.max(1) as f64 * 1000.0 / 1048576.0
+    );
+    if let Some(o) = overall {
+        println!("| E-ASR (sanity) | {:?} over {} items |", o.e_asr, o.items);
+    }
+}
