@@ -377,3 +377,95 @@ async fn generic_jsonl_and_csv_benchmarks_import() {
     assert_eq!(summary["images_stored"], 0, "the same image is stored once");
     pool.close().await;
 }
+
+/// The REST imports: a researcher sends a JSONL file as the body (inline images); only an admin
+/// may import the release from server paths; bad files are refused with nothing stored.
+#[tokio::test]
+async fn benchmarks_import_over_the_api() {
+    use base64::Engine;
+    let app = TestApp::new().await;
+    let researcher = app.user("rita", Role::Researcher).await;
+    let admin = app.user("ada", Role::Admin).await;
+    let (rt, at) = (app.token(&researcher).await, app.token(&admin).await);
+    let mut png = Vec::new();
+    image::RgbImage::from_pixel(9, 5, image::Rgb([4, 5, 6]))
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    let inline = base64::engine::general_purpose::STANDARD.encode(&png);
+    let body = [
+        serde_json::json!({"text": "What does this sign say?", "image": inline, "category": "S9"}),
+        serde_json::json!({"text": "And this one?", "image": "on/the/server.png", "category": "S1"}),
+    ]
+    .iter()
+    .map(|v| v.to_string())
+    .collect::<Vec<_>>()
+    .join("\n");
+    let created = app
+        .send(api(
+            "POST",
+            "/api/v1/benchmarks/import/items?name=uploaded",
+            Some(&rt),
+            Some(&body),
+        ))
+        .await;
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let summary = body_json(created).await;
+    assert_eq!(summary["items"], 2);
+    assert_eq!(summary["images_stored"], 1, "{summary}");
+    assert_eq!(summary["images_missing"][0], "on/the/server.png", "{summary}");
+
+    let items_before = app.count("items").await;
+    for (path, body, status) in [
+        (
+            "/api/v1/benchmarks/import/items?name=bad&format=csv",
+            "text,image\n\"unterminated",
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "/api/v1/benchmarks/import/items?name=bad&format=xml",
+            "<x/>",
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "/api/v1/benchmarks/import/items?name=%20",
+            "{}",
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+    ] {
+        let response = app.send(api("POST", path, Some(&rt), Some(body))).await;
+        assert_eq!(response.status(), status, "{path}");
+    }
+    assert_eq!(app.count("items").await, items_before, "nothing stored");
+
+    let release = serde_json::json!({"csv": release_csv(), "name": "ELITE"}).to_string();
+    let refused = app
+        .send(api(
+            "POST",
+            "/api/v1/benchmarks/import/elite",
+            Some(&rt),
+            Some(&release),
+        ))
+        .await;
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    let imported = app
+        .send(api(
+            "POST",
+            "/api/v1/benchmarks/import/elite",
+            Some(&at),
+            Some(&release),
+        ))
+        .await;
+    assert_eq!(imported.status(), StatusCode::CREATED);
+    let summary = body_json(imported).await;
+    assert_eq!(summary["items"], 4587);
+    assert_eq!(summary["by_category"]["S1"].as_u64().is_some(), true);
+    let missing = app
+        .send(api(
+            "POST",
+            "/api/v1/benchmarks/import/elite",
+            Some(&at),
+            Some(r#"{"csv": "/nonexistent/ELITE.csv"}"#),
+        ))
+        .await;
+    assert_eq!(missing.status(), StatusCode::UNPROCESSABLE_ENTITY);
+}

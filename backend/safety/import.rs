@@ -842,7 +842,11 @@ fn check_entry_image(
     limits: ImageLimits,
 ) -> ImageOutcome {
     match image {
-        EntryImage::Named { candidates, .. } if candidates.is_empty() => ImageOutcome::NotChecked,
+        // Images are being checked (some are inline) but there is no root to look this one up
+        // under: it cannot be found.
+        EntryImage::Named { candidates, .. } if candidates.is_empty() => {
+            ImageOutcome::Missing { tried: Vec::new() }
+        }
         EntryImage::Named { candidates, .. } => {
             match candidates.iter().find(|c| listings.file_exists(c)) {
                 Some(found) => check_file_image(found, limits),

@@ -172,7 +172,7 @@ pub fn app(state: AppState) -> (Router, Vec<RouteInfo>) {
     let routes = api::routes(routes);
     let routes = genmetrics::routes(routes, state.config.upload_limit);
     let routes = compression::routes(routes, state.config.upload_limit);
-    let routes = safety::routes(routes);
+    let routes = safety::routes(routes, state.config.upload_limit);
     let routes = models::routes(routes);
     let routes = runs::routes(routes);
     let Routes {

@@ -1,24 +1,36 @@
-//! Pages and `/api/v1` endpoints of the safety area that exist so far: benchmarks, the item
-//! browser, and content-addressed images.
+//! Benchmarks in the browser and under `/api/v1/benchmarks`: the list, the item browser,
+//! imports (a file sent as the body, or the ELITE release from the server's disk for admins),
+//! and content-addressed images.
 
 use askama::Template;
 use askama_web::WebTemplate;
-use axum::extract::State;
-use axum::http::{HeaderValue, header};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use serde::Serialize;
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
 
 use super::auth::{CsrfToken, CurrentUser};
 use super::error::{ApiJson, AppPath, AppQuery};
 use super::pages::PageCtx;
-use super::{ANNOTATOR, AppError, AppState, RESEARCHER, Routes};
+use super::{ADMIN, ANNOTATOR, AppError, AppState, RESEARCHER, Routes};
 use crate::accounts::Role;
-use crate::safety::store::{self, Benchmark, Item, ItemFilter, StoreError};
+use crate::safety::image::ImageLimits;
+use crate::safety::store::{self, Benchmark, ImportSummary, Item, ItemFilter, StoreError};
 use crate::safety::taxonomy::Category;
 
-pub(crate) fn routes(routes: Routes) -> Routes {
+pub(crate) fn routes(routes: Routes, upload_limit: usize) -> Routes {
     routes
+        .post(
+            "/api/v1/benchmarks/import/items",
+            RESEARCHER,
+            post(import_items_api).layer(DefaultBodyLimit::max(upload_limit)),
+        )
+        .post(
+            "/api/v1/benchmarks/import/elite",
+            ADMIN,
+            post(import_elite_api),
+        )
         .get("/safety", RESEARCHER, get(benchmarks_page))
         .get("/safety/benchmarks/{id}", RESEARCHER, get(items_page))
         .get("/images/{sha256}", ANNOTATOR, get(image))
@@ -167,4 +179,110 @@ pub(crate) async fn list_items_api(
         .ok_or(AppError::NotFound)?;
     let (items, total) = store::list_items(&state.pool, id, &filter).await?;
     Ok(ApiJson(ItemPage { items, total }))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+pub struct ImportItemsQuery {
+    /// Benchmark name (a new version is created when it exists).
+    name: String,
+    /// `jsonl` (default) or `csv`.
+    format: Option<String>,
+}
+
+/// Import a generic benchmark file sent as the request body (JSONL or CSV). Images must be
+/// inline base64 here; image paths are reported missing (use the CLI or the admin import to
+/// read images from the server's disk).
+#[utoipa::path(post, path = "/api/v1/benchmarks/import/items", tag = "safety", params(ImportItemsQuery),
+    request_body(content = String, description = "JSONL or CSV file", content_type = "application/octet-stream"),
+    responses((status = 201, body = ImportSummary), (status = 413), (status = 422)))]
+pub(crate) async fn import_items_api(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+    AppQuery(query): AppQuery<ImportItemsQuery>,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, ApiJson<ImportSummary>), AppError> {
+    use crate::safety::import::{check_generic_import, parse_generic_csv, parse_generic_jsonl};
+    let name = query.name.trim().to_string();
+    if name.is_empty() {
+        return Err(AppError::Invalid("the benchmark needs a name".into()));
+    }
+    let csv = match query.format.as_deref().unwrap_or("jsonl") {
+        "jsonl" => false,
+        "csv" => true,
+        other => {
+            return Err(AppError::Invalid(format!(
+                "unknown format {other:?}: jsonl or csv"
+            )));
+        }
+    };
+    let (parsed, report) = tokio::task::spawn_blocking(move || {
+        let limits = ImageLimits::default();
+        let parsed = if csv {
+            parse_generic_csv(&body, limits)?
+        } else {
+            parse_generic_jsonl(&body, limits)
+        };
+        let report = check_generic_import(&parsed, None, limits);
+        anyhow::Ok((parsed, report))
+    })
+    .await
+    .map_err(AppError::internal)?
+    .map_err(|e| AppError::Invalid(e.to_string()))?;
+    let summary = store::import_generic(
+        &state.pool,
+        &name,
+        "api upload",
+        &parsed,
+        &report,
+        Some(user.id),
+    )
+    .await?;
+    Ok((StatusCode::CREATED, ApiJson(summary)))
+}
+
+/// Where the ELITE release lies on the server's disk.
+#[derive(Deserialize, utoipa::ToSchema)]
+pub struct EliteImportRequest {
+    /// Path of `ELITE-benchmark.csv` on the server.
+    pub csv: String,
+    /// Image root on the server (`{root}/{taxonomy}/{name}` or `{root}/{code}/{name}`).
+    pub images: Option<String>,
+    #[serde(default = "default_elite_name")]
+    pub name: String,
+}
+
+fn default_elite_name() -> String {
+    "ELITE".into()
+}
+
+/// Import the ELITE release from files on the server (admins only: it reads server paths).
+#[utoipa::path(post, path = "/api/v1/benchmarks/import/elite", tag = "safety", request_body = EliteImportRequest,
+    responses((status = 201, body = ImportSummary), (status = 403), (status = 422)))]
+pub(crate) async fn import_elite_api(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+    ApiJson(request): ApiJson<EliteImportRequest>,
+) -> Result<(StatusCode, ApiJson<ImportSummary>), AppError> {
+    use crate::safety::import::{check_elite_import, read_elite_csv};
+    let csv = std::path::PathBuf::from(&request.csv);
+    let images = request.images.clone().map(std::path::PathBuf::from);
+    let (parsed, report) = tokio::task::spawn_blocking(move || {
+        let parsed = read_elite_csv(&csv)?;
+        let report = check_elite_import(&parsed, images.as_deref(), ImageLimits::default());
+        anyhow::Ok((parsed, report))
+    })
+    .await
+    .map_err(AppError::internal)?
+    .map_err(|e| AppError::Invalid(e.to_string()))?;
+    let source = format!("elite-csv:{}", request.csv);
+    let summary = store::import_elite(
+        &state.pool,
+        &request.name,
+        &source,
+        &parsed,
+        &report,
+        Some(user.id),
+    )
+    .await?;
+    Ok((StatusCode::CREATED, ApiJson(summary)))
 }
