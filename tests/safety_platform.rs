@@ -458,7 +458,7 @@ async fn benchmarks_import_over_the_api() {
     assert_eq!(imported.status(), StatusCode::CREATED);
     let summary = body_json(imported).await;
     assert_eq!(summary["items"], 4587);
-    assert_eq!(summary["by_category"]["S1"].as_u64().is_some(), true);
+    assert!(summary["by_category"]["S1"].as_u64().is_some());
     let missing = app
         .send(api(
             "POST",
