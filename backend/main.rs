@@ -344,6 +344,27 @@ enum ImportCommand {
         #[arg(long)]
         json: bool,
     },
+    /// A benchmark built from another: the pairs that enough victim models answered unsafely
+    /// (by their judged runs), with over-full categories balanced (the ELITE construction).
+    Filtered {
+        /// Source benchmark id.
+        #[arg(long = "from")]
+        source: i64,
+        /// Judged runs of the victim models over the source (comma-separated ids).
+        #[arg(long, value_delimiter = ',', required = true)]
+        runs: Vec<i64>,
+        #[arg(long, default_value_t = 2)]
+        min_unsafe: usize,
+        #[arg(long, default_value_t = elite::safety::rubric::DEFAULT_UNSAFE_THRESHOLD)]
+        threshold: f64,
+        /// Keep at most this many pairs per category (the highest victim score sums).
+        #[arg(long)]
+        per_category: Option<usize>,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -535,6 +556,52 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string(&summary)?);
             } else {
                 println!("{}", cli::safety::describe_import(&summary));
+            }
+            Ok(())
+        }
+        Command::Import {
+            command:
+                ImportCommand::Filtered {
+                    source: from,
+                    runs,
+                    min_unsafe,
+                    threshold,
+                    per_category,
+                    name,
+                    json,
+                },
+        } => {
+            use elite::safety::construct::{FilterRequest, FilterRule, filter_benchmark};
+            let db = db::open_and_migrate(&source, 4).await?;
+            let request = FilterRequest {
+                runs,
+                rule: FilterRule {
+                    min_unsafe,
+                    threshold,
+                    per_category,
+                },
+                name,
+            };
+            let result = filter_benchmark(&db.pool, from, &request, None).await;
+            db.shutdown().await;
+            let summary = result?;
+            if json {
+                println!("{}", serde_json::to_string(&summary)?);
+            } else {
+                println!(
+                    "built {} v{} (id {}): kept {} of {} pairs ({} with too few unsafe answers, {} dropped to balance, {} not covered by every run)",
+                    summary.benchmark.name,
+                    summary.benchmark.version,
+                    summary.benchmark.id,
+                    summary.kept,
+                    summary.considered,
+                    summary.too_few_unsafe,
+                    summary.balanced,
+                    summary.not_covered
+                );
+                for (code, count) in &summary.by_category {
+                    println!("  {code:<4} {count}");
+                }
             }
             Ok(())
         }

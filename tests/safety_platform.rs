@@ -412,7 +412,10 @@ async fn benchmarks_import_over_the_api() {
     let summary = body_json(created).await;
     assert_eq!(summary["items"], 2);
     assert_eq!(summary["images_stored"], 1, "{summary}");
-    assert_eq!(summary["images_missing"][0], "on/the/server.png", "{summary}");
+    assert_eq!(
+        summary["images_missing"][0], "on/the/server.png",
+        "{summary}"
+    );
 
     let items_before = app.count("items").await;
     for (path, body, status) in [

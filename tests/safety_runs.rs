@@ -703,3 +703,164 @@ async fn evaluations_fallback_judges_overrides_and_progress() {
     assert!(stream.starts_with("event: progress"), "{stream}");
     assert!(stream.contains("\"complete\":true"), "{stream}");
 }
+
+/// Three victims answer a sample; the judge finds the first and third unsafe exactly when the
+/// second is safe, so "2 of 3" keeps the pairs where the first victim's answer is unsafe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_benchmark_is_filtered_by_its_victims_and_balanced() {
+    async fn victims(Json(body): Json<Value>) -> Json<Value> {
+        let content = if body.get("response_format").is_some() {
+            let prompt = body["messages"][0]["content"]
+                .as_array()
+                .and_then(|parts| parts.iter().find_map(|p| p["text"].as_str()))
+                .unwrap_or_default();
+            let (r, t, c, s) = verdict(prompt);
+            json!({"question1": {"reasoning": "r", "value": r}, "question2": {"reasoning": "t", "value": t},
+                   "question3": {"reasoning": "c", "value": c}, "question4": {"reasoning": "s", "value": s}})
+            .to_string()
+        } else {
+            victim_answer(body["model"].as_str().unwrap_or_default()).to_string()
+        };
+        Json(json!({"id": "v", "object": "chat.completion", "model": "v",
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10}}))
+    }
+    fn victim_answer(model: &str) -> &'static str {
+        match model {
+            "v1" => "ok",
+            "v2" => "ok.",
+            _ => "okay",
+        }
+    }
+    let app = TestApp::new().await;
+    let pool = app.pool.clone();
+    let tmp = tempfile::tempdir().unwrap();
+    let benchmark = import_with_images(&pool, &tmp.path().join("images")).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/v1", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            axum::Router::new().route("/v1/chat/completions", post(victims)),
+        )
+        .await
+        .unwrap()
+    });
+    for name in ["v1", "v2", "v3", "judge"] {
+        let spec = elite::inference::ModelSpec::remote(name, base.clone(), name);
+        elite::inference::store::upsert(&pool, &spec, None)
+            .await
+            .unwrap();
+    }
+    let mut runs = Vec::new();
+    for model in ["v1", "v2", "v3"] {
+        let request = RunRequest {
+            model: model.into(),
+            benchmark_id: benchmark,
+            judge: Some("judge".into()),
+            fallback_judge: None,
+            categories: vec!["S1".into(), "S2".into(), "S3".into()],
+            limit: Some(30),
+            seed: 11,
+            max_new_tokens: None,
+            temperature: None,
+            threshold: None,
+        };
+        runs.push(create_run(&pool, &request, None).await.unwrap());
+    }
+    for run in &runs {
+        run_until_complete(&pool, *run, None).await;
+    }
+
+    // Independently: which sampled pairs does the first victim's answer make unsafe?
+    let sampled: Vec<(i64, String, String, String)> = sqlx::query_as(
+        "SELECT i.id, i.text, c.name, i.category_code FROM run_items ri JOIN items i ON i.id = ri.item_id
+         JOIN categories c ON c.code = i.category_code WHERE ri.run_id = $1 ORDER BY i.id",
+    )
+    .bind(runs[0])
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(sampled.len(), 30);
+    let template = elite::safety::template::JudgeTemplate::default_elite();
+    let mut expected: std::collections::BTreeMap<String, Vec<i64>> = Default::default();
+    for (id, question, category, code) in &sampled {
+        let prompt = elite::safety::template::render(&template, question, "ok", category);
+        if verdict(&prompt).0 == 0 {
+            expected.entry(code.clone()).or_default().push(*id);
+        }
+    }
+    let cap = 2;
+    let expected_kept: std::collections::BTreeSet<i64> = expected
+        .values()
+        .flat_map(|ids| ids.iter().take(cap).copied())
+        .collect();
+    let unsafe_total: usize = expected.values().map(Vec::len).sum();
+    assert!(
+        unsafe_total > 0 && unsafe_total < 30,
+        "a sample with both kinds"
+    );
+
+    let user = app.user("cora", Role::Researcher).await;
+    let token = app.token(&user).await;
+    let body =
+        json!({"runs": runs, "min_unsafe": 2, "per_category": cap, "name": "ELITE-filtered"});
+    let response = app
+        .send(api(
+            "POST",
+            &format!("/api/v1/benchmarks/{benchmark}/filter"),
+            Some(&token),
+            Some(&body.to_string()),
+        ))
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let summary = body_json(response).await;
+    assert_eq!(summary["considered"], 30, "{summary}");
+    assert_eq!(summary["kept"], expected_kept.len(), "{summary}");
+    assert_eq!(summary["too_few_unsafe"], 30 - unsafe_total, "{summary}");
+    assert_eq!(summary["balanced"], unsafe_total - expected_kept.len());
+    assert_eq!(summary["not_covered"], 4587 - 30);
+    let new_id = summary["benchmark"]["id"].as_i64().unwrap();
+    let copied: std::collections::BTreeSet<(String, Option<String>)> =
+        sqlx::query_as("SELECT text, image_sha256 FROM items WHERE benchmark_id = $1")
+            .bind(new_id)
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+    let originals: std::collections::BTreeSet<(String, Option<String>)> =
+        sqlx::query_as("SELECT text, image_sha256 FROM items WHERE id = ANY($1)")
+            .bind(expected_kept.iter().copied().collect::<Vec<_>>())
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+    assert_eq!(copied, originals, "the kept pairs, sharing their images");
+
+    // Bad requests store nothing.
+    let benchmarks = app.count("benchmarks").await;
+    for body in [
+        json!({"runs": runs, "min_unsafe": 4, "name": "x"}),
+        json!({"runs": [], "name": "x"}),
+        json!({"runs": [999999], "name": "x"}),
+        json!({"runs": runs, "name": " "}),
+        json!({"runs": runs, "per_category": 0, "name": "x"}),
+    ] {
+        let response = app
+            .send(api(
+                "POST",
+                &format!("/api/v1/benchmarks/{benchmark}/filter"),
+                Some(&token),
+                Some(&body.to_string()),
+            ))
+            .await;
+        assert_eq!(
+            response.status(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{body}"
+        );
+    }
+    assert_eq!(app.count("benchmarks").await, benchmarks);
+}

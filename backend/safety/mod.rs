@@ -22,6 +22,7 @@
 //!
 //! Nothing here panics on user input; fallible operations return [`SafetyError`].
 
+pub mod construct;
 pub mod image;
 pub mod import;
 pub mod jobs;

@@ -15,6 +15,7 @@ use super::error::{ApiJson, AppPath, AppQuery};
 use super::pages::PageCtx;
 use super::{ADMIN, ANNOTATOR, AppError, AppState, RESEARCHER, Routes};
 use crate::accounts::Role;
+use crate::safety::construct::{self, FilterRequest, FilterSummary};
 use crate::safety::image::ImageLimits;
 use crate::safety::store::{self, Benchmark, ImportSummary, Item, ItemFilter, StoreError};
 use crate::safety::taxonomy::Category;
@@ -30,6 +31,11 @@ pub(crate) fn routes(routes: Routes, upload_limit: usize) -> Routes {
             "/api/v1/benchmarks/import/elite",
             ADMIN,
             post(import_elite_api),
+        )
+        .post(
+            "/api/v1/benchmarks/{id}/filter",
+            RESEARCHER,
+            post(filter_api),
         )
         .get("/safety", RESEARCHER, get(benchmarks_page))
         .get("/safety/benchmarks/{id}", RESEARCHER, get(items_page))
@@ -284,5 +290,23 @@ pub(crate) async fn import_elite_api(
         Some(user.id),
     )
     .await?;
+    Ok((StatusCode::CREATED, ApiJson(summary)))
+}
+
+/// Build a new benchmark from this one: keep the pairs that enough victim models answered
+/// unsafely (by their runs' ELITE judgements), balancing over-full categories.
+#[utoipa::path(post, path = "/api/v1/benchmarks/{id}/filter", tag = "safety", request_body = FilterRequest,
+    params(("id" = i64, Path, description = "source benchmark id")),
+    responses((status = 201, body = FilterSummary), (status = 404), (status = 422)))]
+pub(crate) async fn filter_api(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+    AppPath(id): AppPath<i64>,
+    ApiJson(request): ApiJson<FilterRequest>,
+) -> Result<(StatusCode, ApiJson<FilterSummary>), AppError> {
+    store::get_benchmark(&state.pool, id)
+        .await?
+        .ok_or(AppError::NotFound)?;
+    let summary = construct::filter_benchmark(&state.pool, id, &request, Some(user.id)).await?;
     Ok((StatusCode::CREATED, ApiJson(summary)))
 }
