@@ -333,9 +333,9 @@ mod tests {
         let rule = FilterRule::default();
         let decisions = select(
             &[
-                candidate(1, Category::S1, &[Some(12.0), Some(10.0), Some(0.0)]),
-                candidate(2, Category::S1, &[Some(12.0), Some(9.9), None]),
-                candidate(3, Category::S2, &[Some(20.0), Some(20.0), Some(20.0)]),
+                candidate(1, Category::ViolentCrimes, &[Some(12.0), Some(10.0), Some(0.0)]),
+                candidate(2, Category::ViolentCrimes, &[Some(12.0), Some(9.9), None]),
+                candidate(3, Category::NonViolentCrimes, &[Some(20.0), Some(20.0), Some(20.0)]),
             ],
             &rule,
         );
@@ -357,11 +357,11 @@ mod tests {
         let s = |v: f64| Some(v);
         let decisions = select(
             &[
-                candidate(10, Category::S3, &[s(10.0), s(10.0), s(0.0)]),
-                candidate(11, Category::S3, &[s(25.0), s(25.0), s(25.0)]),
-                candidate(12, Category::S3, &[s(12.0), s(12.0), s(0.0)]),
-                candidate(13, Category::S3, &[s(10.0), s(10.0), s(0.0)]),
-                candidate(14, Category::S4, &[s(10.0), s(10.0), s(0.0)]),
+                candidate(10, Category::SexCrimes, &[s(10.0), s(10.0), s(0.0)]),
+                candidate(11, Category::SexCrimes, &[s(25.0), s(25.0), s(25.0)]),
+                candidate(12, Category::SexCrimes, &[s(12.0), s(12.0), s(0.0)]),
+                candidate(13, Category::SexCrimes, &[s(10.0), s(10.0), s(0.0)]),
+                candidate(14, Category::Defamation, &[s(10.0), s(10.0), s(0.0)]),
             ],
             &rule,
         );
