@@ -4,6 +4,7 @@
 //! for the map; each module's doc comment says what it owns.
 
 pub mod accounts;
+pub mod annotation;
 pub mod charts;
 pub mod cli;
 pub mod compression;
@@ -13,6 +14,7 @@ pub mod inference;
 pub mod jobs;
 pub mod safety;
 pub mod server;
+pub mod stats;
 pub mod web;
 
 /// Every job kind this build can run, with its handler.
