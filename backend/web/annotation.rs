@@ -267,11 +267,28 @@ fn fixed(value: Option<f64>) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
-fn with_ci(e: &crate::stats::bootstrap::Estimate) -> String {
-    match (e.value, e.lo, e.hi) {
-        (Some(v), Some(lo), Some(hi)) => format!("{v:.3} [{lo:.3}, {hi:.3}]"),
-        (Some(v), _, _) => format!("{v:.3}"),
-        _ => "-".into(),
+/// A figure and its interval, as two cell parts: "0.726" and "[0.690, 0.760]".
+struct WithCi {
+    value: String,
+    ci: String,
+}
+
+fn with_ci(e: &crate::stats::bootstrap::Estimate) -> WithCi {
+    WithCi {
+        value: fixed(e.value),
+        ci: match (e.lo, e.hi) {
+            (Some(lo), Some(hi)) => format!("[{lo:.3}, {hi:.3}]"),
+            _ => String::new(),
+        },
+    }
+}
+
+/// A score threshold: "none" when only +inf reaches the optimum (predict nothing unsafe).
+fn threshold(t: f64) -> String {
+    if t.is_finite() {
+        format!("{t}")
+    } else {
+        "none".into()
     }
 }
 
@@ -325,11 +342,11 @@ struct AlignmentView {
     evaluator: String,
     rule: String,
     n: usize,
-    accuracy: String,
-    precision: String,
-    recall: String,
-    f1: String,
-    auroc: String,
+    accuracy: WithCi,
+    precision: WithCi,
+    recall: WithCi,
+    f1: WithCi,
+    auroc: WithCi,
     best_f1: String,
     youden: String,
     baseline: String,
@@ -348,11 +365,23 @@ fn alignment_view(row: &measures::EvaluatorAlignment) -> AlignmentView {
         auroc: with_ci(&r.auroc),
         best_f1: row
             .best_thresholds
-            .map(|b| format!("{} (F1 {:.3})", b.max_f1.threshold, b.max_f1.value))
+            .map(|b| {
+                format!(
+                    "{} (F1 {:.3})",
+                    threshold(b.max_f1.threshold),
+                    b.max_f1.value
+                )
+            })
             .unwrap_or_else(|| "-".into()),
         youden: row
             .best_thresholds
-            .map(|b| format!("{} (J {:.3})", b.max_youden.threshold, b.max_youden.value))
+            .map(|b| {
+                format!(
+                    "{} (J {:.3})",
+                    threshold(b.max_youden.threshold),
+                    b.max_youden.value
+                )
+            })
             .unwrap_or_else(|| "-".into()),
         baseline: fixed(r.majority_baseline),
     }
