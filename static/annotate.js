@@ -64,7 +64,11 @@
     if (body) { options.headers["Content-Type"] = "application/json"; options.body = JSON.stringify(body); }
     return fetch(url, options).then(function (r) {
       return r.json().catch(function () { return {}; }).then(function (data) {
-        if (!r.ok) { throw new Error((data.error && data.error.message) || ("HTTP " + r.status)); }
+        if (!r.ok) {
+          var error = new Error((data.error && data.error.message) || ("HTTP " + r.status));
+          error.status = r.status;
+          throw error;
+        }
         return data;
       });
     });
@@ -73,7 +77,7 @@
   function run(promise) {
     busy = true;
     root.dataset.busy = "true";
-    return promise.then(function () { status(""); }, function (e) { status(e.message, true); })
+    return promise.then(function (note) { status(note || "", !!note); }, function (e) { status(e.message, true); })
       .then(function () { busy = false; root.dataset.busy = "false"; });
   }
 
@@ -85,7 +89,12 @@
     if (!current) return;
     var body = { response_id: current.response_id, seconds_spent: (performance.now() - shownAt) / 1000 };
     Object.keys(fields).forEach(function (k) { body[k] = fields[k]; });
-    return run(call("POST", api + "/labels", body).then(function (done) { progress(done.next); show(done.next.item); }));
+    return run(call("POST", api + "/labels", body).then(function (done) { progress(done.next); show(done.next.item); },
+      function (e) {
+        // Another annotator completed the item meanwhile: say so and move on.
+        if (e.status !== 409) throw e;
+        return call("GET", api + "/next").then(function (next) { progress(next); show(next.item); return e.message; });
+      }));
   }
 
   function undo() {

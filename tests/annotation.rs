@@ -1035,3 +1035,108 @@ async fn the_next_item_is_served_quickly() {
     );
     assert!(median < 100.0, "median {median} ms");
 }
+
+/// The browser flow without a browser: the create form, the add-annotators form, the label
+/// upload on the queue page; and every annotation operation is in the OpenAPI document.
+#[tokio::test]
+async fn queue_page_forms_create_add_annotators_and_import() {
+    let s = setup().await;
+    let rita = elite::accounts::find_user(&s.app.pool, "rita")
+        .await
+        .unwrap()
+        .unwrap();
+    let browser = s.app.browser(&rita).await;
+    let fields = format!(
+        "csrf_token={}&name=From+the+form&label_schema=binary&annotators_per_item=2&annotators=ann%2C+bob&run_ids={}&categories=s1%2Cs4&sample_size=4&seed=9&model=&band_evaluator=&disagree_a=&disagree_b=",
+        browser.csrf, s.fixture.run_id
+    );
+    let response = s
+        .app
+        .send(form("/annotation/queues", Some(&browser), &fields))
+        .await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let location = response.headers()["location"].to_str().unwrap().to_string();
+    let queue: i64 = location.rsplit('/').next().unwrap().parse().unwrap();
+    assert_eq!(s.app.count("annotation_items").await, 4);
+    // N = 3 with two annotators: the form gets the 422 page, nothing stored.
+    let too_many = fields.replace("annotators_per_item=2", "annotators_per_item=3");
+    let response = s
+        .app
+        .send(form("/annotation/queues", Some(&browser), &too_many))
+        .await;
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(body_text(response).await.contains("only 2 annotators"));
+    assert_eq!(s.app.count("annotation_queues").await, 1);
+
+    let response = s
+        .app
+        .send(form(
+            &format!("/annotation/queues/{queue}/members"),
+            Some(&browser),
+            &format!("csrf_token={}&annotators=carl", browser.csrf),
+        ))
+        .await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert_eq!(s.app.count("annotation_queue_members").await, 3);
+
+    let item: i64 = sqlx::query_scalar(
+        "SELECT response_id FROM annotation_items WHERE queue_id = $1 ORDER BY position LIMIT 1",
+    )
+    .bind(queue)
+    .fetch_one(&s.app.pool)
+    .await
+    .unwrap();
+    let boundary = "XBOUNDARY";
+    let upload = |file: String| {
+        let body = format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"labels.csv\"\r\nContent-Type: text/csv\r\n\r\n{file}\r\n--{boundary}--\r\n"
+        );
+        axum::http::Request::post(format!(
+            "/annotation/queues/{queue}/import?csrf_token={}",
+            browser.csrf
+        ))
+        .header("cookie", &browser.cookie)
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={boundary}"),
+        )
+        .body(axum::body::Body::from(body))
+        .unwrap()
+    };
+    let response = s
+        .app
+        .send(upload(format!(
+            "response_id,annotator,unsafe\n{item},lab-7,unsafe\n{},lab-7,safe\n",
+            s.fixture.responses.iter().max().unwrap() + 1000
+        )))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let html = body_text(response).await;
+    assert!(html.contains("Imported 1, skipped 1."), "{html}");
+    let response = s
+        .app
+        .send(upload("response_id,annotator,unsafe\n1,x,perhaps\n".into()))
+        .await;
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(s.app.count("annotation_labels").await, 1);
+
+    let response = s.app.send(get("/api/openapi.json", None)).await;
+    let doc = body_json(response).await;
+    for path in [
+        "/api/v1/annotation/queues",
+        "/api/v1/annotation/queues/{id}",
+        "/api/v1/annotation/queues/{id}/members",
+        "/api/v1/annotation/queues/{id}/members/{user_id}",
+        "/api/v1/annotation/queues/{id}/next",
+        "/api/v1/annotation/queues/{id}/labels",
+        "/api/v1/annotation/queues/{id}/undo",
+        "/api/v1/annotation/queues/{id}/agreement",
+        "/api/v1/annotation/queues/{id}/alignment",
+        "/api/v1/annotation/labels/import",
+    ] {
+        assert!(
+            doc["paths"][path].is_object(),
+            "{path} missing from the OpenAPI document"
+        );
+    }
+}

@@ -7,7 +7,7 @@
 use askama::Template;
 use askama_web::WebTemplate;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, Multipart, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{delete, get, post};
@@ -31,6 +31,16 @@ pub(crate) fn routes(routes: Routes) -> Routes {
         .get("/annotation", ANNOTATOR, get(queues_page))
         .post("/annotation/queues", RESEARCHER, post(create_page))
         .get("/annotation/queues/{id}", RESEARCHER, get(queue_page))
+        .post(
+            "/annotation/queues/{id}/members",
+            RESEARCHER,
+            post(add_members_page),
+        )
+        .post(
+            "/annotation/queues/{id}/import",
+            RESEARCHER,
+            post(import_page).layer(DefaultBodyLimit::max(IMPORT_LIMIT)),
+        )
         .get("/annotate/{id}", ANNOTATOR, get(annotate_page))
         .get("/api/v1/annotation/queues", ANNOTATOR, get(list_api))
         .post("/api/v1/annotation/queues", RESEARCHER, post(create_api))
@@ -81,6 +91,9 @@ pub(crate) fn routes(routes: Routes) -> Routes {
             post(import_api),
         )
 }
+
+/// Largest label file the queue page accepts.
+const IMPORT_LIMIT: usize = 32 * 1024 * 1024;
 
 impl From<AnnotationError> for AppError {
     fn from(e: AnnotationError) -> Self {
@@ -231,6 +244,64 @@ async fn create_page(
     let new = form.into_new_queue()?;
     let id = store::create_queue(&state.pool, &new, Some(user.id)).await?;
     Ok(Redirect::to(&format!("/annotation/queues/{id}")))
+}
+
+#[derive(Deserialize)]
+struct MembersForm {
+    annotators: String,
+}
+
+async fn add_members_page(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+    AppPath(id): AppPath<i64>,
+    AppForm(form): AppForm<MembersForm>,
+) -> Result<Redirect, AppError> {
+    store::queue_for(&state.pool, id, &user).await?;
+    store::add_members(&state.pool, id, &list_field(&Some(form.annotators))).await?;
+    Ok(Redirect::to(&format!("/annotation/queues/{id}")))
+}
+
+/// The queue page's upload: a label file (`file`) imported into this queue; the report is
+/// shown on the queue page.
+async fn import_page(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+    csrf: CsrfToken,
+    AppPath(id): AppPath<i64>,
+    mut multipart: Multipart,
+) -> Result<QueuePage, AppError> {
+    store::queue_for(&state.pool, id, &user).await?;
+    let malformed = |e: axum::extract::multipart::MultipartError| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            AppError::PayloadTooLarge(IMPORT_LIMIT)
+        } else {
+            AppError::BadRequest(format!("malformed upload: {}", e.body_text()))
+        }
+    };
+    let mut file = None;
+    while let Some(field) = multipart.next_field().await.map_err(malformed)? {
+        if field.name() == Some("file") {
+            let name = field.file_name().unwrap_or("").to_ascii_lowercase();
+            let bytes = field.bytes().await.map_err(malformed)?;
+            file = Some((name, bytes));
+        }
+    }
+    let (name, bytes) = file.ok_or_else(|| AppError::Invalid("choose a label file".into()))?;
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| AppError::Invalid("the file is not UTF-8 text".into()))?;
+    let by_name = if name.ends_with(".csv") {
+        Some("csv")
+    } else if name.ends_with(".jsonl") || name.ends_with(".ndjson") {
+        Some("jsonl")
+    } else {
+        None
+    };
+    let rows = import::parse(import::Format::detect(by_name, None, text)?, text)?;
+    let report = store::import_labels(&state.pool, Some(id), &rows).await?;
+    let mut page = build_queue_page(&state, user, &csrf, id).await?;
+    page.import_report = Some(report);
+    Ok(page)
 }
 
 #[derive(Template, WebTemplate)]
@@ -410,6 +481,7 @@ struct QueuePage {
     paper: Vec<PaperView>,
     paper_baseline: f64,
     roc_svg: String,
+    import_report: Option<ImportReport>,
 }
 
 fn roc_svg(table: &AlignmentTable) -> String {
@@ -444,6 +516,15 @@ async fn queue_page(
     CurrentUser(user): CurrentUser,
     csrf: CsrfToken,
     AppPath(id): AppPath<i64>,
+) -> Result<QueuePage, AppError> {
+    build_queue_page(&state, user, &csrf, id).await
+}
+
+async fn build_queue_page(
+    state: &AppState,
+    user: crate::accounts::User,
+    csrf: &CsrfToken,
+    id: i64,
 ) -> Result<QueuePage, AppError> {
     let queue = store::queue_for(&state.pool, id, &user).await?;
     let labels = store::queue_labels(&state.pool, id).await?;
@@ -492,11 +573,12 @@ async fn queue_page(
             .collect(),
         paper_baseline: measures::PAPER_MAJORITY_BASELINE,
         roc_svg: roc_svg(&table),
+        import_report: None,
         ctx: PageCtx::new(
             format!("Queue: {}", queue.name),
             "annotation",
             Some(user),
-            &csrf,
+            csrf,
         ),
         queue,
     })
