@@ -763,6 +763,23 @@ async fn labels_export_and_import_round_trip() {
     let s = setup().await;
     let queue = create_queue(&s, 2, "binary").await;
     label_all(&s, queue).await;
+    // A third annotator skips an item: exported, and ignored when imported back.
+    call(
+        &s.app,
+        "POST",
+        &format!("/api/v1/annotation/queues/{queue}/members"),
+        &s.researcher,
+        Some(json!({"annotators": ["carl"]})),
+    )
+    .await;
+    let (status, _) = label(
+        &s,
+        &s.outsider,
+        queue,
+        json!({"response_id": s.fixture.responses[0], "skip": true}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
 
     let export = |queue: i64, format: &'static str| {
         let app = &s.app;
@@ -789,9 +806,9 @@ async fn labels_export_and_import_round_trip() {
         !csv.contains("ann,") && !csv.contains("bob"),
         "usernames leaked: {csv}"
     );
-    assert_eq!(csv.lines().count(), 21);
+    assert_eq!(csv.lines().count(), 22);
     let jsonl = export(queue, "jsonl").await;
-    assert_eq!(jsonl.lines().count(), 20);
+    assert_eq!(jsonl.lines().count(), 21);
 
     // Into a second queue over the same responses: the same labels come back out.
     let second = create_queue(&s, 2, "binary").await;
@@ -817,11 +834,18 @@ async fn labels_export_and_import_round_trip() {
     .await;
     assert_eq!(status, StatusCode::OK, "{report}");
     assert_eq!(report["imported"], 20);
-    assert_eq!(report["skipped"], 0);
+    assert_eq!(report["skipped"], 1);
+    assert!(
+        report["reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("a skip or flag")
+    );
     let key = |text: &str| {
         let mut rows: Vec<(String, String, String)> = text
             .lines()
             .skip(1)
+            .filter(|l| !l.contains(",true,"))
             .map(|l| {
                 let f: Vec<&str> = l.split(',').collect();
                 (f[0].to_string(), f[4].to_string(), f[5].to_string())
@@ -842,7 +866,6 @@ async fn labels_export_and_import_round_trip() {
     assert_eq!(detail["queue"]["done_items"], 10);
 
     // The same file again: every row skipped with a reason, nothing stored.
-    let before = s.app.count("annotation_labels").await;
     let (status, report) = import(
         format!("/api/v1/annotation/labels/import?queue_id={second}"),
         csv.clone(),
@@ -851,13 +874,28 @@ async fn labels_export_and_import_round_trip() {
     .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(report["imported"], 0);
-    assert_eq!(report["skipped"], 20);
+    assert_eq!(report["skipped"], 21);
     assert!(
-        report["reasons"][0]
+        report["reasons"][1]
             .as_str()
             .unwrap()
             .contains("already has a label")
     );
+
+    // JSON Lines round trip into a third queue.
+    let third = create_queue(&s, 2, "binary").await;
+    let (status, report) = import(
+        format!("/api/v1/annotation/labels/import?queue_id={third}"),
+        jsonl.clone(),
+        "application/x-ndjson",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(
+        (report["imported"].as_i64(), report["skipped"].as_i64()),
+        (Some(20), Some(1))
+    );
+    assert_eq!(key(&csv), key(&export(third, "csv").await));
 
     // JSONL keyed by (run_id, item_id), without a queue; an unknown response is skipped.
     let body = format!(
@@ -883,7 +921,7 @@ async fn labels_export_and_import_round_trip() {
     assert_eq!(stored, (None, Some(true), "lab-1".into()));
 
     // Malformed files: 422 naming the line, nothing stored.
-    let before = before + 1;
+    let before = s.app.count("annotation_labels").await;
     for (body, content_type) in [
         (
             "response_id,annotator,unsafe\n1,a,true\n2,a,perhaps\n",

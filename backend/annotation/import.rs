@@ -2,7 +2,10 @@
 //! response by `response_id`, or by `run_id` and `item_id`; `annotator` is a pseudonym; `unsafe`
 //! is true/false/1/0/unsafe/safe; optional `refused`, `toxicity`, `convincing`, `specific`
 //! carry rubric answers (all four or none; with them `unsafe` may be left out and is derived).
-//! Any malformed row rejects the whole file, with its line number.
+//! Rows that record a skip or a flag (`skipped` / `flagged` true and no verdict, as exports
+//! write them) are not labels: they are listed as ignored. Any malformed row rejects the whole
+//! file, with its line number. In JSON Lines, a nested `rubric` object is read like top-level
+//! rubric fields, so an export imports back as it is.
 
 use std::fmt;
 
@@ -68,13 +71,31 @@ impl Format {
     }
 }
 
+/// A parsed label file.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LabelFile {
+    pub rows: Vec<ImportRow>,
+    /// `line N: ...` for rows that are skips or flags, not labels.
+    pub ignored: Vec<String>,
+}
+
 /// Parse a whole file; the first malformed row fails it.
-pub fn parse(format: Format, body: &str) -> Result<Vec<ImportRow>> {
-    let rows = match format {
+pub fn parse(format: Format, body: &str) -> Result<LabelFile> {
+    let parsed = match format {
         Format::Csv => parse_csv(body)?,
         Format::Jsonl => parse_jsonl(body)?,
     };
-    if rows.is_empty() {
+    let mut file = LabelFile::default();
+    for (line, row) in parsed {
+        match row {
+            Some(row) => file.rows.push(row),
+            None => file
+                .ignored
+                .push(format!("line {line}: a skip or flag, not a label")),
+        }
+    }
+    let rows = &file.rows;
+    if rows.is_empty() && file.ignored.is_empty() {
         return Err(AnnotationError::Invalid("the file holds no labels".into()));
     }
     if rows.len() > MAX_ROWS {
@@ -82,11 +103,12 @@ pub fn parse(format: Format, body: &str) -> Result<Vec<ImportRow>> {
             "at most {MAX_ROWS} labels per file"
         )));
     }
-    Ok(rows)
+    Ok(file)
 }
 
-/// Field access shared by both formats: each gives a lookup of text values by name.
-fn row_from(line: usize, get: &dyn Fn(&str) -> Option<String>) -> Result<ImportRow> {
+/// Field access shared by both formats: each gives a lookup of text values by name. `None` for
+/// a skip or flag row.
+fn row_from(line: usize, get: &dyn Fn(&str) -> Option<String>) -> Result<Option<ImportRow>> {
     let bad = |m: String| AnnotationError::Invalid(format!("line {line}: {m}"));
     let int = |name: &str| -> Result<Option<i64>> {
         match get(name).filter(|v| !v.trim().is_empty()) {
@@ -137,21 +159,23 @@ fn row_from(line: usize, get: &dyn Fn(&str) -> Option<String>) -> Result<ImportR
         ),
         None => None,
     };
+    let marked = |name: &str| get(name).and_then(|v| parse_verdict(&v)) == Some(true);
     let is_unsafe = match (verdict, rubric) {
         (Some(v), _) => v,
         (None, Some(r)) => r.is_unsafe(),
+        (None, None) if marked("skipped") || marked("flagged") => return Ok(None),
         (None, None) => return Err(bad("unsafe is missing".into())),
     };
-    Ok(ImportRow {
+    Ok(Some(ImportRow {
         line,
         key,
         annotator,
         is_unsafe,
         rubric,
-    })
+    }))
 }
 
-fn parse_csv(body: &str) -> Result<Vec<ImportRow>> {
+fn parse_csv(body: &str) -> Result<Vec<(usize, Option<ImportRow>)>> {
     let mut reader = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
         .from_reader(body.as_bytes());
@@ -177,12 +201,12 @@ fn parse_csv(body: &str) -> Result<Vec<ImportRow>> {
                 .and_then(|i| record.get(i))
                 .map(str::to_string)
         };
-        rows.push(row_from(line, &get)?);
+        rows.push((line, row_from(line, &get)?));
     }
     Ok(rows)
 }
 
-fn parse_jsonl(body: &str) -> Result<Vec<ImportRow>> {
+fn parse_jsonl(body: &str) -> Result<Vec<(usize, Option<ImportRow>)>> {
     let mut rows = Vec::new();
     for (i, text) in body.lines().enumerate() {
         let line = i + 1;
@@ -194,12 +218,16 @@ fn parse_jsonl(body: &str) -> Result<Vec<ImportRow>> {
         let object = value
             .as_object()
             .ok_or_else(|| AnnotationError::Invalid(format!("line {line}: not a JSON object")))?;
-        let get = |name: &str| match object.get(name) {
+        let rubric = object.get("rubric").and_then(|r| r.as_object());
+        let get = |name: &str| match object
+            .get(name)
+            .or_else(|| rubric.and_then(|r| r.get(name)))
+        {
             None | Some(serde_json::Value::Null) => None,
             Some(serde_json::Value::String(s)) => Some(s.clone()),
             Some(other) => Some(other.to_string()),
         };
-        rows.push(row_from(line, &get)?);
+        rows.push((line, row_from(line, &get)?));
     }
     Ok(rows)
 }
@@ -212,8 +240,8 @@ mod tests {
     fn csv_and_jsonl_give_the_same_rows() {
         let csv = "response_id,annotator,unsafe\n7,ann-1,unsafe\n8,ann-1,0\n";
         let jsonl = "{\"response_id\": 7, \"annotator\": \"ann-1\", \"unsafe\": true}\n\n{\"response_id\": \"8\", \"annotator\": \"ann-1\", \"unsafe\": \"safe\"}\n";
-        let a = parse(Format::Csv, csv).unwrap();
-        let b = parse(Format::Jsonl, jsonl).unwrap();
+        let a = parse(Format::Csv, csv).unwrap().rows;
+        let b = parse(Format::Jsonl, jsonl).unwrap().rows;
         assert_eq!(a.len(), 2);
         assert_eq!(
             a.iter().map(|r| (r.key, r.is_unsafe)).collect::<Vec<_>>(),
@@ -225,7 +253,7 @@ mod tests {
     #[test]
     fn run_item_keys_and_rubrics_are_read() {
         let csv = "run_id,item_id,annotator,refused,toxicity,convincing,specific\n1,2,x,0,4,5,5\n";
-        let rows = parse(Format::Csv, csv).unwrap();
+        let rows = parse(Format::Csv, csv).unwrap().rows;
         assert_eq!(
             rows[0].key,
             ResponseKey::RunItem {
@@ -234,6 +262,19 @@ mod tests {
             }
         );
         assert!(rows[0].is_unsafe);
+        let nested = "{\"response_id\": 4, \"annotator\": \"x\", \"unsafe\": null, \"rubric\": {\"refused\": 1, \"toxicity\": 0, \"convincing\": 1, \"specific\": 1}}";
+        let rows = parse(Format::Jsonl, nested).unwrap().rows;
+        assert_eq!(rows[0].rubric.map(|r| r.refused), Some(1));
+        assert!(!rows[0].is_unsafe);
+    }
+
+    #[test]
+    fn skips_and_flags_are_ignored_not_refused() {
+        let csv = "response_id,annotator,unsafe,skipped,flagged\n1,a,,true,false\n2,a,,false,true\n3,a,1,false,false\n";
+        let file = parse(Format::Csv, csv).unwrap();
+        assert_eq!(file.rows.len(), 1);
+        assert_eq!(file.ignored.len(), 2);
+        assert!(file.ignored[0].starts_with("line 2"));
     }
 
     #[test]

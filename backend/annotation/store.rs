@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use time::OffsetDateTime;
 
-use super::import::ImportRow;
+use super::import::LabelFile;
 use super::schema::{LabelSchema, ValidLabel};
 use super::selection::{Candidate, Selection, stratified_sample};
 use super::{AnnotationError, Result};
@@ -595,9 +595,13 @@ pub struct ImportReport {
 pub async fn import_labels(
     pool: &PgPool,
     queue_id: Option<i64>,
-    rows: &[ImportRow],
+    file: &LabelFile,
 ) -> Result<ImportReport> {
-    let mut report = ImportReport::default();
+    let mut report = ImportReport {
+        skipped: file.ignored.len(),
+        reasons: file.ignored.clone(),
+        ..Default::default()
+    };
     let mut tx = pool.begin().await?;
     if let Some(queue) = queue_id {
         let exists: bool =
@@ -609,7 +613,7 @@ pub async fn import_labels(
             return Err(AnnotationError::NotFound);
         }
     }
-    for row in rows {
+    for row in &file.rows {
         let response_id: Option<i64> = match row.key {
             super::import::ResponseKey::Response(id) => {
                 sqlx::query_scalar("SELECT id FROM responses WHERE id = $1")

@@ -297,8 +297,8 @@ async fn import_page(
     } else {
         None
     };
-    let rows = import::parse(import::Format::detect(by_name, None, text)?, text)?;
-    let report = store::import_labels(&state.pool, Some(id), &rows).await?;
+    let file = import::parse(import::Format::detect(by_name, None, text)?, text)?;
+    let report = store::import_labels(&state.pool, Some(id), &file).await?;
     let mut page = build_queue_page(&state, user, &csrf, id).await?;
     page.import_report = Some(report);
     Ok(page)
@@ -910,8 +910,8 @@ pub(crate) async fn import_api(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
     let format = import::Format::detect(query.format.as_deref(), content_type, text)?;
-    let rows = import::parse(format, text)?;
+    let file = import::parse(format, text)?;
     Ok(ApiJson(
-        store::import_labels(&state.pool, query.queue_id, &rows).await?,
+        store::import_labels(&state.pool, query.queue_id, &file).await?,
     ))
 }
