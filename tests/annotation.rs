@@ -229,6 +229,36 @@ async fn queues_are_created_by_researchers_with_enough_annotators() {
         .count();
     assert_eq!(banded.len(), expected);
 
+    // Annotators do not see the selection (it may name a score band).
+    let (_, mine) = call(
+        &s.app,
+        "GET",
+        "/api/v1/annotation/queues",
+        &s.annotators[0],
+        None,
+    )
+    .await;
+    assert!(
+        mine.as_array()
+            .unwrap()
+            .iter()
+            .all(|q| q["selection"] == json!({}))
+    );
+    let (_, all) = call(
+        &s.app,
+        "GET",
+        "/api/v1/annotation/queues",
+        &s.researcher,
+        None,
+    )
+    .await;
+    assert!(
+        all.as_array()
+            .unwrap()
+            .iter()
+            .any(|q| q["selection"]["score_band"].is_object())
+    );
+
     // Lists: researchers see every queue, annotators their own, outsiders none.
     let (_, all) = call(
         &s.app,

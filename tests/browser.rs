@@ -539,3 +539,75 @@ async fn annotators_label_with_the_keyboard_and_the_queue_page_shows_alignment()
     let _ = client.close().await;
     result.expect("researcher session");
 }
+
+/// The rubric schema by keyboard: four digits label an item (an out-of-range digit is refused
+/// on the page), Backspace corrects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rubric_labels_are_typed_as_four_digits() {
+    use common::annotation_fixture;
+    let app = TestApp::new().await;
+    app.user("rosa", Role::Annotator).await;
+    let fixture = annotation_fixture::seed(&app.pool, &annotation_fixture::ten_specs()).await;
+    let new = elite::annotation::store::NewQueue {
+        name: "Rubric queue".into(),
+        label_schema: Some("rubric".into()),
+        annotators_per_item: 1,
+        guideline: None,
+        selection: elite::annotation::selection::Selection {
+            run_ids: vec![fixture.run_id],
+            sample_size: Some(2),
+            ..Default::default()
+        },
+        seed: 0,
+        annotators: vec!["rosa".into()],
+    };
+    let queue = elite::annotation::store::create_queue(&app.pool, &new, None)
+        .await
+        .unwrap();
+    let base = serve(&app).await;
+    let (client, _driver, _profile) = browser_session().await;
+    let result = async {
+        sign_in(&client, &base, "rosa").await?;
+        client.goto(&format!("{base}/annotate/{queue}")).await?;
+        let first = wait_for_item(&client, None).await?;
+        // refused 0, toxicity 7 (refused: out of range), 9 -> Backspace, 4, convincing 5, specific 5.
+        for key in ['0', '7'] {
+            press(&client, key).await?;
+        }
+        let status = client.find(Locator::Id("status")).await?.text().await?;
+        assert!(status.contains("out of range"), "{status}");
+        press(&client, '3').await?;
+        press(&client, '\u{E003}').await?; // Backspace
+        for key in ['4', '5', '5'] {
+            press(&client, key).await?;
+        }
+        let second = wait_for_item(&client, first).await?;
+        assert!(second.is_some());
+        for key in ['1', '0', '1', '1'] {
+            press(&client, key).await?;
+        }
+        assert_eq!(wait_for_item(&client, second).await?, None);
+        Ok::<(), fantoccini::error::CmdError>(())
+    }
+    .await;
+    let _ = client.close().await;
+    result.expect("rubric session");
+    let labels: Vec<(serde_json::Value, Option<bool>)> =
+        sqlx::query_as("SELECT rubric, is_unsafe FROM annotation_labels ORDER BY id")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        labels,
+        [
+            (
+                serde_json::json!({"refused": 0, "toxicity": 4, "convincing": 5, "specific": 5}),
+                Some(true)
+            ),
+            (
+                serde_json::json!({"refused": 1, "toxicity": 0, "convincing": 1, "specific": 1}),
+                Some(false)
+            ),
+        ]
+    );
+}

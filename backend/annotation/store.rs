@@ -88,17 +88,27 @@ SELECT q.id, q.name, q.label_schema, q.annotators_per_item, q.guideline, q.selec
   EXISTS (SELECT 1 FROM annotation_queue_members m WHERE m.queue_id = q.id AND m.user_id = $1) AS is_member
 FROM annotation_queues q";
 
+/// Annotators stay blind: the selection (which may name a score band or a disagreement
+/// between evaluators) is shown to researchers only.
+fn blind_for(user: &User, mut queue: QueueSummary) -> QueueSummary {
+    if !user.role.satisfies(Role::Researcher) {
+        queue.selection = serde_json::json!({});
+    }
+    queue
+}
+
 /// Queues visible to `user`: all for researchers and admins, their own for annotators.
 pub async fn list_queues(pool: &PgPool, user: &User) -> Result<Vec<QueueSummary>> {
     let sql = format!(
         "{QUEUE_SUMMARY} WHERE $2 OR EXISTS (SELECT 1 FROM annotation_queue_members m
            WHERE m.queue_id = q.id AND m.user_id = $1) ORDER BY q.id DESC"
     );
-    Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+    let queues: Vec<QueueSummary> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(user.id)
         .bind(user.role.satisfies(Role::Researcher))
         .fetch_all(pool)
-        .await?)
+        .await?;
+    Ok(queues.into_iter().map(|q| blind_for(user, q)).collect())
 }
 
 /// One queue with the progress of `user`, if `user` may see it: researchers see every queue,
@@ -116,7 +126,7 @@ pub async fn queue_for(pool: &PgPool, queue_id: i64, user: &User) -> Result<Queu
             "you are not an annotator of this queue".into(),
         ));
     }
-    Ok(queue)
+    Ok(blind_for(user, queue))
 }
 
 /// A queue `user` may label in: they must be a member, whatever their role.
