@@ -4,6 +4,7 @@
 //! for the map; each module's doc comment says what it owns.
 
 pub mod accounts;
+pub mod annotation;
 pub mod charts;
 pub mod cli;
 pub mod compression;

@@ -333,9 +333,17 @@ mod tests {
         let rule = FilterRule::default();
         let decisions = select(
             &[
-                candidate(1, Category::ViolentCrimes, &[Some(12.0), Some(10.0), Some(0.0)]),
+                candidate(
+                    1,
+                    Category::ViolentCrimes,
+                    &[Some(12.0), Some(10.0), Some(0.0)],
+                ),
                 candidate(2, Category::ViolentCrimes, &[Some(12.0), Some(9.9), None]),
-                candidate(3, Category::NonViolentCrimes, &[Some(20.0), Some(20.0), Some(20.0)]),
+                candidate(
+                    3,
+                    Category::NonViolentCrimes,
+                    &[Some(20.0), Some(20.0), Some(20.0)],
+                ),
             ],
             &rule,
         );

@@ -3,6 +3,7 @@
 //! the `/api/v1` JSON API with its OpenAPI document. Handlers are thin: parse, call the domain
 //! module, render. They never call a model: long work is enqueued as a job.
 
+pub mod annotation;
 pub mod api;
 pub mod auth;
 pub mod compression;
@@ -175,6 +176,7 @@ pub fn app(state: AppState) -> (Router, Vec<RouteInfo>) {
     let routes = safety::routes(routes, state.config.upload_limit);
     let routes = models::routes(routes);
     let routes = runs::routes(routes);
+    let routes = annotation::routes(routes);
     let Routes {
         router, mut table, ..
     } = routes;

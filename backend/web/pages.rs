@@ -28,7 +28,6 @@ pub(crate) fn routes(routes: Routes) -> Routes {
         .post("/login", PUBLIC, post(login))
         .post("/logout", ANNOTATOR, post(logout))
         .get("/", ANNOTATOR, get(dashboard))
-        .get("/annotation", ANNOTATOR, get(annotation_area))
         .get("/account", ANNOTATOR, get(account_page))
         .post("/account/tokens", ANNOTATOR, post(create_token))
         .post("/account/tokens/{id}/revoke", ANNOTATOR, post(revoke_token))
@@ -196,40 +195,6 @@ async fn dashboard(
         user,
         job_counts,
     })
-}
-
-#[derive(Template, WebTemplate)]
-#[template(path = "area.html")]
-struct AreaPage {
-    ctx: PageCtx,
-    heading: &'static str,
-    summary: &'static str,
-    status_note: &'static str,
-}
-
-fn area_page(
-    area: &'static str,
-    heading: &'static str,
-    summary: &'static str,
-    user: User,
-    csrf: &CsrfToken,
-) -> AreaPage {
-    AreaPage {
-        ctx: PageCtx::new(heading, area, Some(user), csrf),
-        heading,
-        summary,
-        status_note: "This area's pages arrive with its own issue; its data model and jobs run on the foundation you see here.",
-    }
-}
-
-async fn annotation_area(CurrentUser(user): CurrentUser, csrf: CsrfToken) -> AreaPage {
-    area_page(
-        "annotation",
-        "Annotation",
-        "Annotation queues, agreement between annotators and evaluator alignment.",
-        user,
-        &csrf,
-    )
 }
 
 #[derive(Template, WebTemplate)]

@@ -3,6 +3,8 @@
 //! in-process app with helpers for users and sessions.
 #![allow(dead_code)]
 
+pub mod annotation_fixture;
+
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::OnceLock;
