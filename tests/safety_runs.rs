@@ -630,6 +630,28 @@ async fn evaluations_fallback_judges_overrides_and_progress() {
     assert_eq!(review["judgements"].as_array().unwrap().len(), 2);
     assert_eq!(review["judgements"][0]["judged_by"], "judge");
     assert_eq!(review["response"]["override_unsafe"], true);
+    // Human labels of the response appear beside the judgements, by pseudonym.
+    sqlx::query(
+        "INSERT INTO annotation_labels (response_id, annotator_pseudonym, is_unsafe, source)
+         SELECT id, 'annotator-x', FALSE, 'import' FROM responses WHERE run_id = $1 AND item_id = $2",
+    )
+    .bind(run_id)
+    .bind(item)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let review = body_json(
+        app.send(api(
+            "GET",
+            &format!("/api/v1/runs/{run_id}/items/{item}"),
+            Some(&token),
+            None,
+        ))
+        .await,
+    )
+    .await;
+    assert_eq!(review["human_labels"][0]["annotator"], "annotator-x");
+    assert_eq!(review["human_labels"][0]["is_unsafe"], false);
     let judgements_after: Vec<(i64, Option<bool>)> =
         sqlx::query_as("SELECT id, is_unsafe FROM judgements ORDER BY id")
             .fetch_all(&pool)
@@ -664,6 +686,10 @@ async fn evaluations_fallback_judges_overrides_and_progress() {
     );
     assert!(!page.contains("<b>step-by-step"));
     assert!(page.contains("answered by fallback judge"));
+    assert!(
+        page.contains("<td>annotator-x</td>"),
+        "the human label is shown"
+    );
     let form_response = app
         .send(form(
             &format!("/safety/runs/{run_id}/items/{item}/override"),

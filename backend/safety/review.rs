@@ -1,5 +1,6 @@
-//! Reviewing one response: every evaluator's judgement of it and researchers' manual
-//! verdicts, which are kept beside the automatic scores and never replace them.
+//! Reviewing one response: every evaluator's judgement of it, the human labels it received in
+//! annotation queues (or by import), and researchers' manual verdicts, which are kept beside
+//! the automatic scores and never replace them.
 
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
@@ -50,12 +51,28 @@ pub struct OverrideRequest {
     pub comment: String,
 }
 
+/// A human label of the response (annotators appear by pseudonym only).
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct HumanLabel {
+    pub queue_id: Option<i64>,
+    pub annotator: Option<String>,
+    pub is_unsafe: Option<bool>,
+    #[schema(value_type = Object)]
+    pub rubric: Option<serde_json::Value>,
+    pub flagged: bool,
+    pub skipped: bool,
+    pub source: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
 /// Everything known about one response of a run.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ItemReview {
     #[schema(value_type = Object)]
     pub response: ResponseRow,
     pub judgements: Vec<EvaluatorJudgement>,
+    pub human_labels: Vec<HumanLabel>,
     pub overrides: Vec<Override>,
 }
 
@@ -77,10 +94,18 @@ pub async fn item_review(
     .bind(response.response_id)
     .fetch_all(pool)
     .await?;
+    let human_labels = sqlx::query_as::<_, HumanLabel>(
+        "SELECT queue_id, annotator_pseudonym AS annotator, is_unsafe, rubric, flagged, skipped, source, created_at
+         FROM annotation_labels WHERE response_id = $1 ORDER BY created_at, id",
+    )
+    .bind(response.response_id)
+    .fetch_all(pool)
+    .await?;
     let overrides = overrides(pool, response.response_id).await?;
     Ok(Some(ItemReview {
         response,
         judgements,
+        human_labels,
         overrides,
     }))
 }
