@@ -262,31 +262,20 @@ pub async fn filter_benchmark(
             .or_insert(0) += 1;
     }
 
-    let mut tx = pool.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
-        .bind(name)
-        .execute(&mut *tx)
-        .await?;
-    let version: i32 =
-        sqlx::query_scalar("SELECT coalesce(max(version), 0) + 1 FROM benchmarks WHERE name = $1")
-            .bind(name)
-            .fetch_one(&mut *tx)
-            .await?;
     let report = serde_json::json!({
         "filtered_from": source, "victim_runs": runs, "rule": rule,
         "considered": candidates.len(), "kept": kept.len(),
         "too_few_unsafe": count(Verdict::TooFewUnsafe), "balanced": count(Verdict::Balanced),
         "not_covered": not_covered,
     });
-    let id: i64 = sqlx::query_scalar(
-        "INSERT INTO benchmarks (name, version, source, report, created_by) VALUES ($1, $2, $3, $4, $5) RETURNING id",
+    let mut tx = pool.begin().await?;
+    let (id, version) = super::store::new_benchmark_version(
+        &mut tx,
+        name,
+        &format!("filter:benchmark {source}"),
+        report,
+        created_by,
     )
-    .bind(name)
-    .bind(version)
-    .bind(format!("filter:benchmark {source}"))
-    .bind(report)
-    .bind(created_by)
-    .fetch_one(&mut *tx)
     .await?;
     sqlx::query(
         "INSERT INTO items (benchmark_id, position, category_code, text, image_name, image_sha256, image_status,

@@ -88,6 +88,37 @@ struct NewItem<'a> {
     line: u64,
 }
 
+/// Add the next version of the benchmark `name` inside `tx` (versions of one name are
+/// serialised by an advisory lock); returns its id and version.
+pub(crate) async fn new_benchmark_version(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    name: &str,
+    source: &str,
+    report: serde_json::Value,
+    created_by: Option<i64>,
+) -> Result<(i64, i32), StoreError> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+        .bind(name)
+        .execute(&mut **tx)
+        .await?;
+    let version: i32 =
+        sqlx::query_scalar("SELECT coalesce(max(version), 0) + 1 FROM benchmarks WHERE name = $1")
+            .bind(name)
+            .fetch_one(&mut **tx)
+            .await?;
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO benchmarks (name, version, source, report, created_by) VALUES ($1, $2, $3, $4, $5) RETURNING id",
+    )
+    .bind(name)
+    .bind(version)
+    .bind(source)
+    .bind(report)
+    .bind(created_by)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok((id, version))
+}
+
 /// Store an ELITE release import (rows plus the checked images) as a new benchmark version.
 pub async fn import_elite(
     pool: &PgPool,
@@ -183,17 +214,6 @@ async fn import_items(
         .map(|u| (u.image.as_str(), ()))
         .collect();
 
-    let mut tx = pool.begin().await?;
-    // Serialise versions of one name.
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
-        .bind(name)
-        .execute(&mut *tx)
-        .await?;
-    let version: i32 =
-        sqlx::query_scalar("SELECT coalesce(max(version), 0) + 1 FROM benchmarks WHERE name = $1")
-            .bind(name)
-            .fetch_one(&mut *tx)
-            .await?;
     let report_json = serde_json::json!({
         "rows": report.rows,
         "distinct_images": report.distinct_images,
@@ -202,16 +222,9 @@ async fn import_items(
         "images_unreadable": report.images_unreadable.len(),
         "rejected": report.rejected.len(),
     });
-    let id: i64 = sqlx::query_scalar(
-        "INSERT INTO benchmarks (name, version, source, report, created_by) VALUES ($1, $2, $3, $4, $5) RETURNING id",
-    )
-    .bind(name)
-    .bind(version)
-    .bind(source)
-    .bind(report_json)
-    .bind(created_by)
-    .fetch_one(&mut *tx)
-    .await?;
+    let mut tx = pool.begin().await?;
+    let (id, version) =
+        new_benchmark_version(&mut tx, name, source, report_json, created_by).await?;
 
     let mut stored = 0;
     let mut hashes: HashMap<&str, &str> = HashMap::new();
