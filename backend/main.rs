@@ -344,6 +344,37 @@ enum ImportCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Generated pairs: seeds (JSONL: category, instruction, optional benign) drawn as
+    /// typographic or flowchart images and wrapped in text templates, in the four image/text
+    /// safety combinations.
+    Generated {
+        #[arg(long)]
+        seeds: PathBuf,
+        #[arg(long)]
+        name: String,
+        /// typographic, flowchart (comma-separated; rotate over the seeds).
+        #[arg(long, value_delimiter = ',', default_value = "typographic,flowchart")]
+        image_style: Vec<String>,
+        /// role-play, fake-news, blueprint (comma-separated; rotate over the seeds).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "role-play,fake-news,blueprint"
+        )]
+        text_template: Vec<String>,
+        /// safe-safe, safe-unsafe, unsafe-safe, unsafe-unsafe (comma-separated).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "safe-safe,safe-unsafe,unsafe-safe,unsafe-unsafe"
+        )]
+        pair_type: Vec<String>,
+        /// TrueType font (default: ELITE_FONT, then DejaVu Sans or Liberation Sans).
+        #[arg(long)]
+        font: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// A benchmark built from another: the pairs that enough victim models answered unsafely
     /// (by their judged runs), with over-full categories balanced (the ELITE construction).
     Filtered {
@@ -556,6 +587,37 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string(&summary)?);
             } else {
                 println!("{}", cli::safety::describe_import(&summary));
+            }
+            Ok(())
+        }
+        Command::Import {
+            command:
+                ImportCommand::Generated {
+                    seeds,
+                    name,
+                    image_style,
+                    text_template,
+                    pair_type,
+                    font,
+                    json,
+                },
+        } => {
+            let request = cli::safety::generation_request(
+                &seeds,
+                name,
+                &image_style,
+                &text_template,
+                &pair_type,
+            )?;
+            let db = db::open_and_migrate(&source, 4).await?;
+            let result =
+                elite::safety::generate::generate_benchmark(&db.pool, request, font, None).await;
+            db.shutdown().await;
+            let summary = result?;
+            if json {
+                println!("{}", serde_json::to_string(&summary)?);
+            } else {
+                print!("{}", cli::safety::describe_import(&summary));
             }
             Ok(())
         }

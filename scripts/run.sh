@@ -7,7 +7,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
-[ -n "${DATABASE_URL:-}" ] || ensure_packages postgresql
+# A TrueType font draws the typographic and flowchart images of generated pairs.
+packages=(fonts-dejavu-core)
+[ -n "${DATABASE_URL:-}" ] || packages+=(postgresql)
+ensure_packages "${packages[@]}"
 cargo build --release --locked
 elite=target/release/elite
 

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
-packages=(chromium chromium-driver)
+packages=(chromium chromium-driver fonts-dejavu-core)
 [ -n "${DATABASE_URL:-}" ] || packages+=(postgresql)
 ensure_packages "${packages[@]}"
 

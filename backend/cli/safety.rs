@@ -192,3 +192,47 @@ pub async fn import_generic(
     let source = format!("items:{}", file.display());
     Ok(store::import_generic(pool, name, &source, &parsed, &report, None).await?)
 }
+
+/// A generation request from a seeds file (JSONL: category, instruction, optional benign) and
+/// the command line's lists.
+pub fn generation_request(
+    seeds: &Path,
+    name: String,
+    image_styles: &[String],
+    text_templates: &[String],
+    pair_types: &[String],
+) -> anyhow::Result<crate::safety::generate::GenerationRequest> {
+    use crate::safety::import::PairType;
+    let text = std::fs::read_to_string(seeds)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", seeds.display()))?;
+    let mut parsed = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        parsed.push(
+            serde_json::from_str(line)
+                .map_err(|e| anyhow::anyhow!("{} line {}: {e}", seeds.display(), n + 1))?,
+        );
+    }
+    fn parse<T: serde::de::DeserializeOwned>(kind: &str, value: &str) -> anyhow::Result<T> {
+        serde_json::from_value(serde_json::Value::String(value.trim().to_string()))
+            .map_err(|_| anyhow::anyhow!("unknown {kind} {value:?}"))
+    }
+    Ok(crate::safety::generate::GenerationRequest {
+        name,
+        seeds: parsed,
+        image_styles: image_styles
+            .iter()
+            .map(|v| parse("image style", v))
+            .collect::<anyhow::Result<_>>()?,
+        text_templates: text_templates
+            .iter()
+            .map(|v| parse("text template", v))
+            .collect::<anyhow::Result<_>>()?,
+        pair_types: pair_types
+            .iter()
+            .map(|v| PairType::parse(v).ok_or_else(|| anyhow::anyhow!("unknown pair type {v:?}")))
+            .collect::<anyhow::Result<_>>()?,
+    })
+}

@@ -23,6 +23,7 @@
 //! Nothing here panics on user input; fallible operations return [`SafetyError`].
 
 pub mod construct;
+pub mod generate;
 pub mod image;
 pub mod import;
 pub mod jobs;

@@ -16,6 +16,7 @@ use super::pages::PageCtx;
 use super::{ADMIN, ANNOTATOR, AppError, AppState, RESEARCHER, Routes};
 use crate::accounts::Role;
 use crate::safety::construct::{self, FilterRequest, FilterSummary};
+use crate::safety::generate::GenerationRequest;
 use crate::safety::image::ImageLimits;
 use crate::safety::store::{self, Benchmark, ImportSummary, Item, ItemFilter, StoreError};
 use crate::safety::taxonomy::Category;
@@ -31,6 +32,11 @@ pub(crate) fn routes(routes: Routes, upload_limit: usize) -> Routes {
             "/api/v1/benchmarks/import/elite",
             ADMIN,
             post(import_elite_api),
+        )
+        .post(
+            "/api/v1/benchmarks/generate",
+            RESEARCHER,
+            post(generate_api),
         )
         .post(
             "/api/v1/benchmarks/{id}/filter",
@@ -308,5 +314,20 @@ pub(crate) async fn filter_api(
         .await?
         .ok_or(AppError::NotFound)?;
     let summary = construct::filter_benchmark(&state.pool, id, &request, Some(user.id)).await?;
+    Ok((StatusCode::CREATED, ApiJson(summary)))
+}
+
+/// Generate image-text pairs from seeds (typographic or flowchart images drawn by the server,
+/// text templates, the four image/text safety combinations) as a new benchmark.
+#[utoipa::path(post, path = "/api/v1/benchmarks/generate", tag = "safety", request_body = GenerationRequest,
+    responses((status = 201, body = ImportSummary), (status = 422)))]
+pub(crate) async fn generate_api(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+    ApiJson(request): ApiJson<GenerationRequest>,
+) -> Result<(StatusCode, ApiJson<ImportSummary>), AppError> {
+    let summary =
+        crate::safety::generate::generate_benchmark(&state.pool, request, None, Some(user.id))
+            .await?;
     Ok((StatusCode::CREATED, ApiJson(summary)))
 }
