@@ -503,7 +503,9 @@ async fn pairs_are_generated_with_drawn_images() {
     assert_eq!(summary["items"], 6, "{summary}");
     assert_eq!(summary["images_stored"], 3, "benign and harmful of seed 1, harmful of seed 2");
     let id = summary["benchmark"]["id"].as_i64().unwrap();
-    let rows: Vec<(String, Option<String>, Option<String>, String, String)> = sqlx::query_as(
+    /// text, pair type, source, image status, image hash
+    type Row = (String, Option<String>, Option<String>, String, String);
+    let rows: Vec<Row> = sqlx::query_as(
         "SELECT text, pair_type, source_dataset, image_status, image_sha256 FROM items
          WHERE benchmark_id = $1 ORDER BY position",
     )
