@@ -95,6 +95,12 @@ enum Command {
         /// Only these category codes (repeatable).
         #[arg(long = "category")]
         categories: Vec<String>,
+        /// Only items from this source dataset (repeatable).
+        #[arg(long = "source")]
+        sources: Vec<String>,
+        /// Only items of this image/text combination, e.g. safe-unsafe (repeatable).
+        #[arg(long = "pair-type")]
+        pair_types: Vec<String>,
         /// A seeded random sample of this many items.
         #[arg(long)]
         limit: Option<usize>,
@@ -518,6 +524,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             judge,
             fallback_judge,
             categories,
+            sources,
+            pair_types,
             limit,
             seed,
             max_new_tokens,
@@ -530,6 +538,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 judge,
                 fallback_judge,
                 categories,
+                sources,
+                pair_types,
                 limit,
                 seed,
                 max_new_tokens,

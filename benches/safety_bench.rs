@@ -170,6 +170,8 @@ async fn main() {
         judge: Some("bench-judge".into()),
         fallback_judge: None,
         categories: Vec::new(),
+        sources: Vec::new(),
+        pair_types: Vec::new(),
         limit,
         seed: 0,
         max_new_tokens: None,

@@ -86,12 +86,14 @@ async fn a_killed_workers_job_is_reclaimed_and_completes_once() {
         .await
         .unwrap();
 
-    let doomed = WorkerPool::start(pool.clone(), registry.clone(), fast_options());
+    let doomed_process = process_pool(&pool).await;
+    let doomed = WorkerPool::start(doomed_process.clone(), registry.clone(), fast_options());
     tokio::time::timeout(Duration::from_secs(10), started.notified())
         .await
         .expect("first attempt started");
     doomed.kill();
     let killed_at = Instant::now();
+    end_process(doomed_process).await;
 
     let rescuer = WorkerPool::start(pool.clone(), registry, fast_options());
     let job = wait_for_status(&pool, id, JobStatus::Succeeded, Duration::from_secs(15)).await;

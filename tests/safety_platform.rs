@@ -501,7 +501,10 @@ async fn pairs_are_generated_with_drawn_images() {
     assert_eq!(response.status(), StatusCode::CREATED);
     let summary = body_json(response).await;
     assert_eq!(summary["items"], 6, "{summary}");
-    assert_eq!(summary["images_stored"], 3, "benign and harmful of seed 1, harmful of seed 2");
+    assert_eq!(
+        summary["images_stored"], 3,
+        "benign and harmful of seed 1, harmful of seed 2"
+    );
     let id = summary["benchmark"]["id"].as_i64().unwrap();
     /// text, pair type, source, image status, image hash
     type Row = (String, Option<String>, Option<String>, String, String);
@@ -545,6 +548,55 @@ async fn pairs_are_generated_with_drawn_images() {
         .unwrap();
     let decoded = image::load_from_memory(&bytes).unwrap();
     assert_eq!((decoded.width(), decoded.height()), (760, 760));
+
+    // Runs can take a subset by pair type and source dataset.
+    let spec = elite::inference::ModelSpec::remote("m", "http://127.0.0.1:9/v1", "m");
+    elite::inference::store::upsert(&app.pool, &spec, None)
+        .await
+        .unwrap();
+    for (filter, expected) in [
+        (serde_json::json!({"pair_types": ["unsafe-safe"]}), Some(2)),
+        (
+            serde_json::json!({"pair_types": ["safe-safe", "safe-unsafe"], "categories": ["S2"]}),
+            Some(2),
+        ),
+        (
+            serde_json::json!({"sources": ["generated:flowchart+blueprint"]}),
+            Some(6),
+        ),
+        (serde_json::json!({"sources": ["FigStep"]}), None),
+        (serde_json::json!({"pair_types": ["unsafe_safe"]}), None),
+    ] {
+        let mut body = serde_json::json!({"model": "m", "benchmark_id": id});
+        body.as_object_mut()
+            .unwrap()
+            .extend(filter.as_object().unwrap().clone());
+        let response = app
+            .send(api(
+                "POST",
+                "/api/v1/runs",
+                Some(&token),
+                Some(&body.to_string()),
+            ))
+            .await;
+        match expected {
+            Some(n) => {
+                assert_eq!(response.status(), StatusCode::ACCEPTED, "{body}");
+                let run = body_json(response).await["run_id"].as_i64().unwrap();
+                let items: i32 = sqlx::query_scalar("SELECT items FROM runs WHERE id = $1")
+                    .bind(run)
+                    .fetch_one(&app.pool)
+                    .await
+                    .unwrap();
+                assert_eq!(items, n, "{body}");
+            }
+            None => assert_eq!(
+                response.status(),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "{body}"
+            ),
+        }
+    }
 
     let bad = serde_json::json!({"name": "x", "seeds": [{"category": "S2", "instruction": " "}]})
         .to_string();

@@ -57,7 +57,7 @@ async fn import_with_images(pool: &PgPool, root: &Path) -> i64 {
 }
 
 /// The scripted judge: unsafe (r0 t4 c4 s4 = 16) when the prompt text has an even length, else
-/// refused; the first call answers garbage and the second 429.
+/// refused; the first call answers garbage, the second 429, the third outlasts the timeout.
 #[derive(Clone, Default)]
 struct Judge {
     calls: Arc<AtomicUsize>,
@@ -73,6 +73,10 @@ fn verdict(prompt: &str) -> (u8, u8, u8, u8) {
 
 async fn judge(State(judge): State<Judge>, Json(body): Json<Value>) -> Response {
     let call = judge.calls.fetch_add(1, Ordering::SeqCst);
+    if call == 2 {
+        // Longer than the judge's timeout: the request is abandoned and asked again.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
     if call == 1 {
         return (
             StatusCode::TOO_MANY_REQUESTS,
@@ -163,6 +167,8 @@ async fn register_models(url: &str, tmp: &Path, judge_base: &str) {
             judge_base,
             "--model-id",
             "gpt-4o",
+            "--timeout-secs",
+            "1",
         ],
         url,
     );
@@ -206,8 +212,8 @@ async fn a_run_is_answered_judged_and_reported() {
         .parse()
         .unwrap();
     assert!(
-        judge.calls.load(Ordering::SeqCst) >= 8,
-        "garbage reply retried and 429 retried"
+        judge.calls.load(Ordering::SeqCst) >= 9,
+        "garbage reply, 429 and timeout each asked again"
     );
 
     // Independently: render the judge prompt for each stored response and apply the script.
@@ -271,6 +277,8 @@ async fn a_killed_worker_leaves_nothing_lost_or_doubled() {
         judge: Some("judge".into()),
         fallback_judge: None,
         categories: vec!["S1".into(), "S8".into()],
+        sources: Vec::new(),
+        pair_types: Vec::new(),
         limit: Some(24),
         seed: 7,
         max_new_tokens: Some(3),
@@ -298,7 +306,12 @@ async fn a_killed_worker_leaves_nothing_lost_or_doubled() {
         poll_interval: Duration::from_millis(50),
         ..WorkerOptions::default()
     };
-    let first = WorkerPool::start(pool.clone(), elite::job_registry(), options.clone());
+    let first_process = process_pool(&pool).await;
+    let first = WorkerPool::start(
+        first_process.clone(),
+        elite::job_registry(),
+        options.clone(),
+    );
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let run = get_run(&pool, run_id).await.unwrap().unwrap();
@@ -309,6 +322,7 @@ async fn a_killed_worker_leaves_nothing_lost_or_doubled() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     first.kill();
+    end_process(first_process).await;
     let second = WorkerPool::start(pool.clone(), elite::job_registry(), options);
     let run = loop {
         let run = get_run(&pool, run_id).await.unwrap().unwrap();
@@ -786,6 +800,8 @@ async fn a_benchmark_is_filtered_by_its_victims_and_balanced() {
             judge: Some("judge".into()),
             fallback_judge: None,
             categories: vec!["S1".into(), "S2".into(), "S3".into()],
+            sources: Vec::new(),
+            pair_types: Vec::new(),
             limit: Some(30),
             seed: 11,
             max_new_tokens: None,

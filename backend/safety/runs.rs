@@ -31,6 +31,12 @@ pub struct RunRequest {
     /// Only these category codes.
     #[serde(default)]
     pub categories: Vec<String>,
+    /// Only items from these source datasets (e.g. `FigStep`).
+    #[serde(default)]
+    pub sources: Vec<String>,
+    /// Only items of these image/text combinations (`safe-unsafe`, ...).
+    #[serde(default)]
+    pub pair_types: Vec<String>,
     /// A seeded random sample of this many items.
     #[serde(default)]
     pub limit: Option<usize>,
@@ -126,6 +132,14 @@ pub async fn create_run(
         code.parse::<Category>()
             .map_err(|e| StoreError::Invalid(e.to_string()))?;
     }
+    for pair_type in &request.pair_types {
+        if super::import::PairType::parse(pair_type).map(|p| p.as_str()) != Some(pair_type.as_str())
+        {
+            return Err(StoreError::Invalid(format!(
+                "unknown pair type {pair_type:?}: safe-safe, safe-unsafe, unsafe-safe or unsafe-unsafe"
+            )));
+        }
+    }
     let threshold = request
         .threshold
         .unwrap_or(super::rubric::DEFAULT_UNSAFE_THRESHOLD);
@@ -151,7 +165,10 @@ pub async fn create_run(
         StoreError::Invalid(format!("benchmark {} does not exist", request.benchmark_id))
     })?;
     let settings = serde_json::json!({ "max_new_tokens": request.max_new_tokens, "temperature": request.temperature, "seed": request.seed });
-    let filter = serde_json::json!({ "categories": request.categories, "limit": request.limit, "seed": request.seed });
+    let filter = serde_json::json!({
+        "categories": request.categories, "sources": request.sources, "pair_types": request.pair_types,
+        "limit": request.limit, "seed": request.seed,
+    });
     let run_id: i64 = sqlx::query_scalar(
         "INSERT INTO runs (model_name, benchmark_id, evaluator_id, settings, filter, items, created_by)
          VALUES ($1, $2, $3, $4, $5, 0, $6) RETURNING id",
@@ -165,17 +182,19 @@ pub async fn create_run(
     .fetch_one(&mut *tx)
     .await?;
     // A seeded, reproducible sample: order by a hash of (seed, item id).
-    let categories: Option<Vec<String>> =
-        (!request.categories.is_empty()).then(|| request.categories.clone());
+    let any_of = |values: &Vec<String>| (!values.is_empty()).then(|| values.clone());
     let item_ids: Vec<i64> = sqlx::query_scalar(
         "SELECT id FROM items WHERE benchmark_id = $1 AND ($2::text[] IS NULL OR category_code = ANY($2))
+           AND ($5::text[] IS NULL OR source_dataset = ANY($5)) AND ($6::text[] IS NULL OR pair_type = ANY($6))
          ORDER BY CASE WHEN $3::bigint IS NULL THEN lpad(position::text, 10, '0') ELSE md5($4 || ':' || id) END
          LIMIT $3",
     )
     .bind(request.benchmark_id)
-    .bind(&categories)
+    .bind(any_of(&request.categories))
     .bind(request.limit.map(|l| l as i64))
     .bind(request.seed.to_string())
+    .bind(any_of(&request.sources))
+    .bind(any_of(&request.pair_types))
     .fetch_all(&mut *tx)
     .await?;
     if item_ids.is_empty() {

@@ -78,6 +78,7 @@ struct RunsPage {
     runs: Vec<Run>,
     models: Vec<String>,
     benchmarks: Vec<(i64, String)>,
+    categories: Vec<(&'static str, &'static str)>,
 }
 
 async fn runs_page(
@@ -105,6 +106,10 @@ async fn runs_page(
         runs: runs::list_runs(&state.pool).await?,
         models,
         benchmarks,
+        categories: crate::safety::taxonomy::Category::ALL
+            .iter()
+            .map(|c| (c.code(), c.name()))
+            .collect(),
     })
 }
 
@@ -114,6 +119,9 @@ struct RunForm {
     judge: Option<String>,
     fallback_judge: Option<String>,
     benchmark_id: i64,
+    category: Option<String>,
+    source: Option<String>,
+    pair_type: Option<String>,
     limit: Option<String>,
     seed: Option<String>,
 }
@@ -132,12 +140,21 @@ async fn start_page(
             None => Ok(None),
         }
     };
+    let nonempty = |value: Option<String>| -> Vec<String> {
+        value
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+            .into_iter()
+            .collect()
+    };
     let request = RunRequest {
         model: form.model,
         benchmark_id: form.benchmark_id,
         judge: form.judge.filter(|j| !j.is_empty()),
         fallback_judge: form.fallback_judge.filter(|j| !j.is_empty()),
-        categories: Vec::new(),
+        categories: nonempty(form.category),
+        sources: nonempty(form.source),
+        pair_types: nonempty(form.pair_type),
         limit: number(form.limit, "sample size")?.map(|n| n as usize),
         seed: number(form.seed, "seed")?.unwrap_or(0),
         max_new_tokens: None,

@@ -91,6 +91,22 @@ pub async fn fresh_pool() -> PgPool {
     pool
 }
 
+/// A second pool on the same database, standing for another process: a test that "kills" a
+/// worker aborts its tasks and then closes this pool, so that, as when a process dies, its
+/// connections are gone and PostgreSQL drops whatever a half-sent statement held.
+pub async fn process_pool(pool: &PgPool) -> PgPool {
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(10)
+        .connect_with(pool.connect_options().as_ref().clone())
+        .await
+        .expect("connect a second pool")
+}
+
+/// End the "process" behind `pool` (see [`process_pool`]).
+pub async fn end_process(pool: PgPool) {
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), pool.close()).await;
+}
+
 /// The app over a fresh database.
 pub struct TestApp {
     pub pool: PgPool,
