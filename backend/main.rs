@@ -101,6 +101,10 @@ enum Command {
         /// Only items of this image/text combination, e.g. safe-unsafe (repeatable).
         #[arg(long = "pair-type")]
         pair_types: Vec<String>,
+        /// Wrap each item's text ({text} marks the spot), or `taxonomy` for the built-in
+        /// taxonomy-alignment prompt (then `elite import aligned`).
+        #[arg(long)]
+        prompt_template: Option<String>,
         /// A seeded random sample of this many items.
         #[arg(long)]
         limit: Option<usize>,
@@ -381,6 +385,20 @@ enum ImportCommand {
         #[arg(long)]
         json: bool,
     },
+    /// A benchmark built from another with the categories a model gave in a taxonomy-alignment
+    /// run (`elite run --prompt-template taxonomy`); N/A and unreadable answers are dropped.
+    Aligned {
+        /// Source benchmark id.
+        #[arg(long = "from")]
+        source: i64,
+        /// The taxonomy-alignment run over the source.
+        #[arg(long)]
+        run: i64,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// A benchmark built from another: the pairs that enough victim models answered unsafely
     /// (by their judged runs), with over-full categories balanced (the ELITE construction).
     Filtered {
@@ -526,6 +544,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             categories,
             sources,
             pair_types,
+            prompt_template,
             limit,
             seed,
             max_new_tokens,
@@ -545,6 +564,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 max_new_tokens,
                 temperature: None,
                 threshold: None,
+                prompt_template,
             };
             let result = async {
                 let run_id = elite::safety::runs::create_run(&db.pool, &request, None).await?;
@@ -628,6 +648,39 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string(&summary)?);
             } else {
                 print!("{}", cli::safety::describe_import(&summary));
+            }
+            Ok(())
+        }
+        Command::Import {
+            command:
+                ImportCommand::Aligned {
+                    source: from,
+                    run,
+                    name,
+                    json,
+                },
+        } => {
+            use elite::safety::construct::{AlignRequest, align_benchmark};
+            let db = db::open_and_migrate(&source, 4).await?;
+            let result = align_benchmark(&db.pool, from, &AlignRequest { run, name }, None).await;
+            db.shutdown().await;
+            let summary = result?;
+            if json {
+                println!("{}", serde_json::to_string(&summary)?);
+            } else {
+                println!(
+                    "built {} v{} (id {}): {} pairs mapped ({} to another category), {} outside the taxonomy, {} unreadable answers",
+                    summary.benchmark.name,
+                    summary.benchmark.version,
+                    summary.benchmark.id,
+                    summary.mapped,
+                    summary.recategorised,
+                    summary.not_applicable,
+                    summary.unreadable.len()
+                );
+                for (item, reason) in &summary.unreadable {
+                    println!("  item {item}: {reason}");
+                }
             }
             Ok(())
         }

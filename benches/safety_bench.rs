@@ -177,6 +177,7 @@ async fn main() {
         max_new_tokens: None,
         temperature: None,
         threshold: None,
+        prompt_template: None,
     };
     let (cpu0, machine0, t0) = (process_cpu(), machine_cpu(), Instant::now());
     let run_id = runs::create_run(&pool, &request, None).await.unwrap();

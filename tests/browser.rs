@@ -227,6 +227,7 @@ async fn model_responses_are_shown_as_text_never_as_html() {
         max_new_tokens: None,
         temperature: None,
         threshold: None,
+        prompt_template: None,
     };
     let run_id = elite::safety::runs::create_run(&app.pool, &request, None)
         .await
@@ -371,6 +372,7 @@ async fn a_run_is_watched_live_cancelled_and_ranked() {
         max_new_tokens: None,
         temperature: None,
         threshold: None,
+        prompt_template: None,
     };
     let run_id = elite::safety::runs::create_run(&app.pool, &request, None)
         .await

@@ -284,6 +284,7 @@ async fn a_killed_worker_leaves_nothing_lost_or_doubled() {
         max_new_tokens: Some(3),
         temperature: None,
         threshold: None,
+        prompt_template: None,
     };
     // A run cancelled before any worker runs stores nothing; the real run follows.
     let cancelled = create_run(&pool, &request, None).await.unwrap();
@@ -807,6 +808,7 @@ async fn a_benchmark_is_filtered_by_its_victims_and_balanced() {
             max_new_tokens: None,
             temperature: None,
             threshold: None,
+            prompt_template: None,
         };
         runs.push(create_run(&pool, &request, None).await.unwrap());
     }
@@ -905,4 +907,155 @@ async fn a_benchmark_is_filtered_by_its_victims_and_balanced() {
         );
     }
     assert_eq!(app.count("benchmarks").await, benchmarks);
+}
+
+/// Taxonomy alignment: a model answers the taxonomy prompt for a sample (an ordinary run with the
+/// `taxonomy` template); the new benchmark holds the mapped pairs under the model's categories,
+/// N/A and unreadable answers dropped and listed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_benchmark_is_realigned_to_the_taxonomy_by_a_model() {
+    async fn aligner(Json(body): Json<Value>) -> Json<Value> {
+        let prompt = body["messages"][0]["content"]
+            .as_array()
+            .and_then(|parts| parts.iter().find_map(|p| p["text"].as_str()))
+            .unwrap_or_default()
+            .to_string();
+        Json(json!({"id": "a", "object": "chat.completion", "model": "a",
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": aligner_answer(&prompt)}}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}}))
+    }
+    fn aligner_answer(prompt: &str) -> &'static str {
+        assert!(
+            prompt.contains("S10 Suicide & Self-Harm"),
+            "the taxonomy prompt was sent"
+        );
+        match prompt.chars().count() % 3 {
+            0 => "S7",
+            1 => "N/A",
+            _ => "Either S1 or S2.",
+        }
+    }
+    let app = TestApp::new().await;
+    let pool = app.pool.clone();
+    let tmp = tempfile::tempdir().unwrap();
+    let benchmark = import_with_images(&pool, &tmp.path().join("images")).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/v1", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            axum::Router::new().route("/v1/chat/completions", post(aligner)),
+        )
+        .await
+        .unwrap()
+    });
+    let spec = elite::inference::ModelSpec::remote("aligner", base, "aligner");
+    elite::inference::store::upsert(&pool, &spec, None)
+        .await
+        .unwrap();
+    let user = app.user("tara", Role::Researcher).await;
+    let token = app.token(&user).await;
+    let bad =
+        json!({"model": "aligner", "benchmark_id": benchmark, "prompt_template": "no placeholder"});
+    let refused = app
+        .send(api(
+            "POST",
+            "/api/v1/runs",
+            Some(&token),
+            Some(&bad.to_string()),
+        ))
+        .await;
+    assert_eq!(refused.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body = json!({"model": "aligner", "benchmark_id": benchmark, "prompt_template": "taxonomy",
+                      "limit": 24, "seed": 4});
+    let started = body_json(
+        app.send(api(
+            "POST",
+            "/api/v1/runs",
+            Some(&token),
+            Some(&body.to_string()),
+        ))
+        .await,
+    )
+    .await;
+    let run_id = started["run_id"].as_i64().unwrap();
+    run_until_complete(&pool, run_id, None).await;
+
+    // Independently: the prompt each item was sent, and the answer the script gives for it.
+    let sampled: Vec<(i64, String, String)> = sqlx::query_as(
+        "SELECT i.id, i.text, i.category_code FROM run_items ri JOIN items i ON i.id = ri.item_id
+         WHERE ri.run_id = $1",
+    )
+    .bind(run_id)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let template = elite::safety::construct::TAXONOMY_PROMPT;
+    let answer =
+        |text: &str| aligner_answer(&elite::safety::runs::apply_prompt_template(template, text));
+    let to_s7: Vec<&(i64, String, String)> =
+        sampled.iter().filter(|s| answer(&s.1) == "S7").collect();
+    let dropped_na = sampled.iter().filter(|s| answer(&s.1) == "N/A").count();
+    let unreadable = sampled.len() - to_s7.len() - dropped_na;
+    assert!(
+        !to_s7.is_empty() && dropped_na > 0 && unreadable > 0,
+        "a sample with all three"
+    );
+
+    let response = app
+        .send(api(
+            "POST",
+            &format!("/api/v1/benchmarks/{benchmark}/align"),
+            Some(&token),
+            Some(&json!({"run": run_id, "name": "ELITE-aligned"}).to_string()),
+        ))
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let summary = body_json(response).await;
+    assert_eq!(summary["mapped"], to_s7.len(), "{summary}");
+    assert_eq!(summary["not_applicable"], dropped_na);
+    assert_eq!(summary["unreadable"].as_array().unwrap().len(), unreadable);
+    assert_eq!(
+        summary["recategorised"],
+        to_s7.iter().filter(|s| s.2 != "S7").count()
+    );
+    let new_id = summary["benchmark"]["id"].as_i64().unwrap();
+    let stored: Vec<(String, String)> = sqlx::query_as(
+        "SELECT category_code, text FROM items WHERE benchmark_id = $1 ORDER BY text",
+    )
+    .bind(new_id)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let mut expected: Vec<(String, String)> = to_s7
+        .iter()
+        .map(|s| ("S7".to_string(), s.1.clone()))
+        .collect();
+    expected.sort_by(|a, b| a.1.cmp(&b.1));
+    assert_eq!(stored, expected);
+
+    // A run that did not ask the taxonomy prompt cannot be used.
+    let plain = json!({"model": "aligner", "benchmark_id": benchmark, "limit": 2});
+    let plain_run = body_json(
+        app.send(api(
+            "POST",
+            "/api/v1/runs",
+            Some(&token),
+            Some(&plain.to_string()),
+        ))
+        .await,
+    )
+    .await["run_id"]
+        .as_i64()
+        .unwrap();
+    let response = app
+        .send(api(
+            "POST",
+            &format!("/api/v1/benchmarks/{benchmark}/align"),
+            Some(&token),
+            Some(&json!({"run": plain_run, "name": "x"}).to_string()),
+        ))
+        .await;
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
 }

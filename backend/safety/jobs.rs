@@ -114,13 +114,16 @@ async fn run_generate(ctx: JobContext) -> Result<Option<serde_json::Value>, JobE
     let mut requests = Vec::new();
     let mut asked = Vec::new();
     let mut outcomes: Vec<(i64, Result<ChatReply, String>)> = Vec::new();
+    let prompt_template = settings["prompt_template"].as_str();
     for item in &pending {
         match &item.data {
             Some(bytes) => {
-                let message = ChatMessage::user_with_image(
-                    ImageInput::from_bytes(bytes.clone()),
-                    item.text.clone(),
-                );
+                let text = match prompt_template {
+                    Some(template) => super::runs::apply_prompt_template(template, &item.text),
+                    None => item.text.clone(),
+                };
+                let message =
+                    ChatMessage::user_with_image(ImageInput::from_bytes(bytes.clone()), text);
                 let settings = GenerationSettings {
                     max_new_tokens: settings["max_new_tokens"].as_u64().map(|n| n as usize),
                     temperature: settings["temperature"].as_f64(),

@@ -49,6 +49,16 @@ pub struct RunRequest {
     /// ELITE score at or above which a response is unsafe (default 10).
     #[serde(default)]
     pub threshold: Option<f64>,
+    /// Wrap each item's text: `{text}` marks where it goes (an attack template, say). The
+    /// keyword `taxonomy` selects the built-in taxonomy-alignment prompt (see
+    /// `construct::TAXONOMY_PROMPT`), whose answers `construct::align_benchmark` reads.
+    #[serde(default)]
+    pub prompt_template: Option<String>,
+}
+
+/// The item's text inside a run's prompt template.
+pub fn apply_prompt_template(template: &str, text: &str) -> String {
+    template.replace("{text}", text)
 }
 
 /// A run as listed.
@@ -164,7 +174,21 @@ pub async fn create_run(
     benchmark.ok_or_else(|| {
         StoreError::Invalid(format!("benchmark {} does not exist", request.benchmark_id))
     })?;
-    let settings = serde_json::json!({ "max_new_tokens": request.max_new_tokens, "temperature": request.temperature, "seed": request.seed });
+    let prompt_template = match request.prompt_template.as_deref() {
+        None => None,
+        Some("taxonomy") => Some(super::construct::TAXONOMY_PROMPT.to_string()),
+        Some(t) if t.contains("{text}") && t.len() <= 20_000 => Some(t.to_string()),
+        Some(_) => {
+            return Err(StoreError::Invalid(
+                "a prompt template must contain {text} (at most 20,000 bytes), or be \"taxonomy\""
+                    .into(),
+            ));
+        }
+    };
+    let settings = serde_json::json!({
+        "max_new_tokens": request.max_new_tokens, "temperature": request.temperature, "seed": request.seed,
+        "prompt_template": prompt_template,
+    });
     let filter = serde_json::json!({
         "categories": request.categories, "sources": request.sources, "pair_types": request.pair_types,
         "limit": request.limit, "seed": request.seed,

@@ -122,6 +122,7 @@ struct RunForm {
     category: Option<String>,
     source: Option<String>,
     pair_type: Option<String>,
+    prompt_template: Option<String>,
     limit: Option<String>,
     seed: Option<String>,
 }
@@ -160,6 +161,7 @@ async fn start_page(
         max_new_tokens: None,
         temperature: None,
         threshold: None,
+        prompt_template: form.prompt_template.filter(|t| !t.trim().is_empty()),
     };
     let id = runs::create_run(&state.pool, &request, Some(user.id)).await?;
     Ok(Redirect::to(&format!("/safety/runs/{id}")))

@@ -15,7 +15,7 @@ use super::error::{ApiJson, AppPath, AppQuery};
 use super::pages::PageCtx;
 use super::{ADMIN, ANNOTATOR, AppError, AppState, RESEARCHER, Routes};
 use crate::accounts::Role;
-use crate::safety::construct::{self, FilterRequest, FilterSummary};
+use crate::safety::construct::{self, AlignRequest, AlignSummary, FilterRequest, FilterSummary};
 use crate::safety::generate::GenerationRequest;
 use crate::safety::image::ImageLimits;
 use crate::safety::store::{self, Benchmark, ImportSummary, Item, ItemFilter, StoreError};
@@ -38,6 +38,7 @@ pub(crate) fn routes(routes: Routes, upload_limit: usize) -> Routes {
             RESEARCHER,
             post(generate_api),
         )
+        .post("/api/v1/benchmarks/{id}/align", RESEARCHER, post(align_api))
         .post(
             "/api/v1/benchmarks/{id}/filter",
             RESEARCHER,
@@ -329,5 +330,24 @@ pub(crate) async fn generate_api(
     let summary =
         crate::safety::generate::generate_benchmark(&state.pool, request, None, Some(user.id))
             .await?;
+    Ok((StatusCode::CREATED, ApiJson(summary)))
+}
+
+/// Build a new benchmark from this one with the categories a model gave in a taxonomy-alignment
+/// run (a run started with `prompt_template: "taxonomy"`); N/A and unreadable answers are dropped
+/// and listed.
+#[utoipa::path(post, path = "/api/v1/benchmarks/{id}/align", tag = "safety", request_body = AlignRequest,
+    params(("id" = i64, Path, description = "source benchmark id")),
+    responses((status = 201, body = AlignSummary), (status = 404), (status = 422)))]
+pub(crate) async fn align_api(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+    AppPath(id): AppPath<i64>,
+    ApiJson(request): ApiJson<AlignRequest>,
+) -> Result<(StatusCode, ApiJson<AlignSummary>), AppError> {
+    store::get_benchmark(&state.pool, id)
+        .await?
+        .ok_or(AppError::NotFound)?;
+    let summary = construct::align_benchmark(&state.pool, id, &request, Some(user.id)).await?;
     Ok((StatusCode::CREATED, ApiJson(summary)))
 }
