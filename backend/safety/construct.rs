@@ -40,12 +40,12 @@ pub fn parse_taxonomy_reply(reply: &str) -> Result<Option<Category>, String> {
                 .collect();
             let end = i + 1 + digits.len();
             let boundary_after = end >= bytes.len() || !bytes[end].is_ascii_alphanumeric();
-            if !digits.is_empty() && boundary_after {
-                if let Ok(category) = format!("S{digits}").parse::<Category>() {
-                    if !found.contains(&category) {
-                        found.push(category);
-                    }
-                }
+            if !digits.is_empty()
+                && boundary_after
+                && let Ok(category) = format!("S{digits}").parse::<Category>()
+                && !found.contains(&category)
+            {
+                found.push(category);
             }
         }
         i += 1;
