@@ -480,6 +480,15 @@ enum UserCommand {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve { .. } | Command::Worker { .. }) {
+        // A one-shot command piped into `head` should end quietly when the pipe closes, as
+        // Unix tools do, instead of panicking in `println!`. Long-running processes keep Rust's
+        // default (SIGPIPE ignored) so a closed client socket is an error, not a death.
+        // SAFETY: resetting a signal disposition before any thread is started.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("ELITE_LOG")

@@ -1059,3 +1059,143 @@ async fn a_benchmark_is_realigned_to_the_taxonomy_by_a_model() {
         .await;
     assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
 }
+
+/// Raise every context length in a tiny model's config (the judge prompt is thousands of
+/// tokens; the tiny configs hold 512).
+fn widen_context(dir: &Path) {
+    fn widen(value: &mut Value) {
+        match value {
+            Value::Object(map) => {
+                for (key, v) in map.iter_mut() {
+                    if key == "max_position_embeddings" {
+                        *v = json!(8192);
+                    } else {
+                        widen(v);
+                    }
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(widen),
+            _ => {}
+        }
+    }
+    let path = dir.join("config.json");
+    let mut config: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    widen(&mut config);
+    std::fs::write(&path, serde_json::to_vec(&config).unwrap()).unwrap();
+}
+
+/// A tiny local candle judge answers gibberish: every judgement is unscored (never 0), with
+/// the raw reply kept after the retries; a judge that cannot take the prompt at all (too long
+/// for its context) leaves the item unscored with the judge's error, and the run completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tiny_local_judges_gibberish_is_unscored() {
+    let (url, pool) = fresh_database().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let benchmark = import_with_images(&pool, &tmp.path().join("images")).await;
+    let (judge_base, _judge) = start_judge().await;
+    register_models(&url, tmp.path(), &judge_base).await;
+    let judge_dir = tmp.path().join("tiny-judge");
+    elite::inference::make_tiny_model("llava", &judge_dir, 5).unwrap();
+    widen_context(&judge_dir);
+    let mut spec = elite::inference::ModelSpec::local(
+        "tiny-judge",
+        elite::inference::AdapterKind::Local,
+        judge_dir.to_str().unwrap(),
+    );
+    spec.generation.max_new_tokens = Some(12);
+    elite::inference::store::upsert(&pool, &spec, None)
+        .await
+        .unwrap();
+    let request = |judge: &str| RunRequest {
+        model: "tiny-llava".into(),
+        benchmark_id: benchmark,
+        judge: Some(judge.into()),
+        fallback_judge: None,
+        categories: vec!["S4".into()],
+        sources: Vec::new(),
+        pair_types: Vec::new(),
+        limit: Some(2),
+        seed: 2,
+        max_new_tokens: Some(3),
+        temperature: None,
+        threshold: None,
+        prompt_template: None,
+    };
+    let run_id = create_run(&pool, &request("tiny-judge"), None)
+        .await
+        .unwrap();
+    run_until_complete(&pool, run_id, None).await;
+    let rows: Vec<(String, Option<f64>, Option<String>, Option<String>, i32)> = sqlx::query_as(
+        "SELECT j.status, j.elite_score, j.raw_reply, j.unscored_reason, j.attempts
+         FROM judgements j JOIN responses s ON s.id = j.response_id WHERE s.run_id = $1",
+    )
+    .bind(run_id)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let answered: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM responses WHERE run_id = $1 AND error IS NULL")
+            .bind(run_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(answered > 0);
+    assert_eq!(rows.len() as i64, answered);
+    for (status, score, raw, reason, attempts) in &rows {
+        assert_eq!(status, "unscored");
+        assert_eq!(*score, None, "unscored is never 0");
+        assert!(
+            raw.as_deref().is_some_and(|r| !r.is_empty()),
+            "the gibberish is kept"
+        );
+        assert!(reason.is_some());
+        assert_eq!(*attempts, 3, "asked again twice");
+    }
+    let results = elite::safety::runs::results(&pool, run_id, None)
+        .await
+        .unwrap()
+        .unwrap();
+    let overall = &results.report.unwrap().overall;
+    assert_eq!(overall.unscored as i64, answered);
+    assert_eq!(overall.e_asr, None);
+
+    // The same tiny judge with its 512-token context cannot take the judge prompt at all.
+    let narrow_dir = tmp.path().join("narrow-judge");
+    elite::inference::make_tiny_model("llava", &narrow_dir, 6).unwrap();
+    let narrow = elite::inference::ModelSpec::local(
+        "narrow-judge",
+        elite::inference::AdapterKind::Local,
+        narrow_dir.to_str().unwrap(),
+    );
+    elite::inference::store::upsert(&pool, &narrow, None)
+        .await
+        .unwrap();
+    let narrow_run = create_run(&pool, &request("narrow-judge"), None)
+        .await
+        .unwrap();
+    run_until_complete(&pool, narrow_run, None).await;
+    let reasons: Vec<Option<String>> = sqlx::query_scalar(
+        "SELECT j.unscored_reason FROM judgements j JOIN responses s ON s.id = j.response_id
+         WHERE s.run_id = $1",
+    )
+    .bind(narrow_run)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(!reasons.is_empty());
+    for reason in reasons {
+        let reason = reason.unwrap();
+        assert!(
+            reason.contains("could not answer") && reason.contains("context"),
+            "{reason}"
+        );
+    }
+    let failed: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE status = 'failed'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        failed, 0,
+        "an item the judge cannot take does not fail the chunk"
+    );
+}

@@ -131,7 +131,11 @@ pub fn describe_results(results: &crate::safety::runs::RunResults) -> String {
             .unwrap_or_default()
     );
     let Some(report) = &results.report else {
-        text.push_str("no judgements (run without a judge)\n");
+        text.push_str(if run.evaluator_id.is_none() {
+            "no judgements (run without a judge)\n"
+        } else {
+            "no judged responses yet (errors and skipped items are never judged)\n"
+        });
         return text;
     };
     let pct = |v: Option<f64>| {

@@ -400,7 +400,7 @@ struct Answer<'a> {
     response_id: i64,
     cache_key: &'a str,
     parsed: ParsedReply,
-    reply: Box<ChatReply>,
+    reply: Option<Box<ChatReply>>,
     attempts: i32,
     judged_by: String,
 }
@@ -425,7 +425,11 @@ async fn store_judgements(
             ParsedReply::Scored(j) => ("scored", Some(j), None),
             ParsedReply::Unscored(reason) => ("unscored", None, Some(reason.clone())),
         };
-        let (prompt, completion) = tokens(&answer.reply);
+        let (prompt, completion) = answer
+            .reply
+            .as_deref()
+            .map(tokens)
+            .map_or((None, None), |(p, c)| (Some(p), Some(c)));
         row.push_bind(answer.response_id)
             .push_bind(evaluator_id)
             .push_bind(status)
@@ -437,12 +441,12 @@ async fn store_judgements(
             .push_bind(judgement.map(|j| j.strongreject_score()))
             .push_bind(judgement.map(|j| j.is_unsafe(threshold)))
             .push_bind(judgement.map(|j| serde_json::to_value(&j.reasonings).unwrap_or_default()))
-            .push_bind(answer.reply.text.clone())
+            .push_bind(answer.reply.as_ref().map(|r| r.text.clone()))
             .push_bind(reason)
             .push_bind(answer.attempts)
             .push_bind(prompt)
             .push_bind(completion)
-            .push_bind(answer.reply.cost)
+            .push_bind(answer.reply.as_ref().and_then(|r| r.cost))
             .push_bind(answer.cache_key.to_string())
             .push_bind(answer.judged_by.clone());
     });
@@ -470,9 +474,11 @@ impl Asked {
 
 /// What asking a judge (with retries on unparseable replies) came to.
 enum Asked {
+    /// The judge's last reply, parsed; no reply when the judge refused this request outright
+    /// (too long for its context, say): then the item is unscored with the judge's error.
     Reply {
         parsed: ParsedReply,
-        reply: Box<ChatReply>,
+        reply: Option<Box<ChatReply>>,
         attempts: usize,
     },
     /// The judge is unavailable for now (rate limit, timeout, 5xx): ask again later.
@@ -493,13 +499,19 @@ async fn ask_judge(
                 if matches!(parsed, ParsedReply::Scored(_)) || attempts > JUDGE_RETRIES {
                     return Ok(Asked::Reply {
                         parsed,
-                        reply: Box::new(reply),
+                        reply: Some(Box::new(reply)),
                         attempts,
                     });
                 }
             }
             Err(e) if e.is_retryable() => return Ok(Asked::RetryLater(e.to_string())),
-            Err(e) => return Err(JobError::Permanent(format!("judge {name}: {e}"))),
+            Err(e) => {
+                return Ok(Asked::Reply {
+                    parsed: ParsedReply::Unscored(format!("judge {name} could not answer: {e}")),
+                    reply: None,
+                    attempts,
+                });
+            }
         }
     }
 }
