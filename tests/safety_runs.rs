@@ -1125,7 +1125,9 @@ async fn a_tiny_local_judges_gibberish_is_unscored() {
         .await
         .unwrap();
     run_until_complete(&pool, run_id, None).await;
-    let rows: Vec<(String, Option<f64>, Option<String>, Option<String>, i32)> = sqlx::query_as(
+    /// status, ELITE score, raw reply, unscored reason, attempts
+    type Row = (String, Option<f64>, Option<String>, Option<String>, i32);
+    let rows: Vec<Row> = sqlx::query_as(
         "SELECT j.status, j.elite_score, j.raw_reply, j.unscored_reason, j.attempts
          FROM judgements j JOIN responses s ON s.id = j.response_id WHERE s.run_id = $1",
     )
