@@ -6,12 +6,12 @@ use askama::Template;
 use askama_web::WebTemplate;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 
 use super::auth::{CsrfToken, CurrentUser};
-use super::error::{ApiJson, AppPath, AppQuery};
+use super::error::{ApiJson, AppForm, AppPath, AppQuery};
 use super::pages::PageCtx;
 use super::{ADMIN, ANNOTATOR, AppError, AppState, RESEARCHER, Routes};
 use crate::accounts::Role;
@@ -46,6 +46,13 @@ pub(crate) fn routes(routes: Routes, upload_limit: usize) -> Routes {
         )
         .get("/safety", RESEARCHER, get(benchmarks_page))
         .get("/safety/benchmarks/{id}", RESEARCHER, get(items_page))
+        .post("/safety/benchmarks/filter", RESEARCHER, post(filter_page))
+        .post("/safety/benchmarks/align", RESEARCHER, post(align_page))
+        .post(
+            "/safety/benchmarks/generate",
+            RESEARCHER,
+            post(generate_page),
+        )
         .get("/images/{sha256}", ANNOTATOR, get(image))
         .get("/api/v1/benchmarks", RESEARCHER, get(list_benchmarks_api))
         .get(
@@ -133,6 +140,137 @@ async fn items_page(
         filter_source: filter.source.unwrap_or_default(),
         filter_q: filter.q.unwrap_or_default(),
     })
+}
+
+fn whole_numbers(text: &str, field: &str) -> Result<Vec<i64>, AppError> {
+    text.split([',', ' '])
+        .filter(|t| !t.is_empty())
+        .map(|t| {
+            t.parse()
+                .map_err(|_| AppError::Invalid(format!("{field}: {t:?} is not a whole number")))
+        })
+        .collect()
+}
+
+fn optional<T: std::str::FromStr>(
+    text: &Option<String>,
+    field: &str,
+) -> Result<Option<T>, AppError> {
+    match text.as_deref().map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(t) => t
+            .parse()
+            .map(Some)
+            .map_err(|_| AppError::Invalid(format!("{field}: {t:?} is not a number"))),
+    }
+}
+
+#[derive(Deserialize)]
+struct FilterForm {
+    source: i64,
+    runs: String,
+    min_unsafe: Option<String>,
+    threshold: Option<String>,
+    per_category: Option<String>,
+    name: String,
+}
+
+/// The benchmarks page's filter form: victims' runs in, a new benchmark out.
+async fn filter_page(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+    AppForm(form): AppForm<FilterForm>,
+) -> Result<Redirect, AppError> {
+    let defaults = construct::FilterRule::default();
+    let request = FilterRequest {
+        runs: whole_numbers(&form.runs, "victim runs")?,
+        rule: construct::FilterRule {
+            min_unsafe: optional(&form.min_unsafe, "min unsafe")?.unwrap_or(defaults.min_unsafe),
+            threshold: optional(&form.threshold, "threshold")?.unwrap_or(defaults.threshold),
+            per_category: optional(&form.per_category, "per category")?,
+        },
+        name: form.name,
+    };
+    let summary =
+        construct::filter_benchmark(&state.pool, form.source, &request, Some(user.id)).await?;
+    Ok(Redirect::to(&format!(
+        "/safety/benchmarks/{}",
+        summary.benchmark.id
+    )))
+}
+
+#[derive(Deserialize)]
+struct AlignForm {
+    source: i64,
+    run: i64,
+    name: String,
+}
+
+/// The benchmarks page's taxonomy-alignment form.
+async fn align_page(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+    AppForm(form): AppForm<AlignForm>,
+) -> Result<Redirect, AppError> {
+    let request = AlignRequest {
+        run: form.run,
+        name: form.name,
+    };
+    let summary =
+        construct::align_benchmark(&state.pool, form.source, &request, Some(user.id)).await?;
+    Ok(Redirect::to(&format!(
+        "/safety/benchmarks/{}",
+        summary.benchmark.id
+    )))
+}
+
+#[derive(Deserialize)]
+struct GenerateForm {
+    name: String,
+    /// One seed per line: JSON objects with category, instruction, optional benign.
+    seeds: String,
+    image_style: Option<String>,
+    text_template: Option<String>,
+}
+
+/// The benchmarks page's generation form.
+async fn generate_page(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+    AppForm(form): AppForm<GenerateForm>,
+) -> Result<Redirect, AppError> {
+    let mut seeds: Vec<serde_json::Value> = Vec::new();
+    for (n, line) in form.seeds.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        seeds.push(
+            serde_json::from_str(line)
+                .map_err(|e| AppError::Invalid(format!("seed line {}: {e}", n + 1)))?,
+        );
+    }
+    let pick = |value: &Option<String>| -> Option<serde_json::Value> {
+        value
+            .as_deref()
+            .filter(|v| !v.is_empty())
+            .map(|v| serde_json::Value::String(v.to_string()))
+    };
+    let mut request = serde_json::json!({ "name": form.name, "seeds": seeds });
+    if let Some(style) = pick(&form.image_style) {
+        request["image_styles"] = serde_json::json!([style]);
+    }
+    if let Some(template) = pick(&form.text_template) {
+        request["text_templates"] = serde_json::json!([template]);
+    }
+    let request: GenerationRequest =
+        serde_json::from_value(request).map_err(|e| AppError::Invalid(e.to_string()))?;
+    let summary =
+        crate::safety::generate::generate_benchmark(&state.pool, request, None, Some(user.id))
+            .await?;
+    Ok(Redirect::to(&format!(
+        "/safety/benchmarks/{}",
+        summary.benchmark.id
+    )))
 }
 
 /// An image by content hash: immutable, so cached for a year.
