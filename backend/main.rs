@@ -92,6 +92,10 @@ enum Command {
         /// Asked when the judge's replies stay unparseable after its retries.
         #[arg(long)]
         fallback_judge: Option<String>,
+        /// A judge prompt template file (JSON: id, version, system, user, json_schema) instead
+        /// of the default; check it first with `elite judge score --template`.
+        #[arg(long)]
+        judge_template: Option<PathBuf>,
         /// Only these category codes (repeatable).
         #[arg(long = "category")]
         categories: Vec<String>,
@@ -550,6 +554,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             benchmark,
             judge,
             fallback_judge,
+            judge_template,
             categories,
             sources,
             pair_types,
@@ -560,11 +565,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             follow,
         } => {
             let db = db::open_and_migrate(&source, 8).await?;
+            let judge_template = match judge_template {
+                Some(path) => Some(
+                    serde_json::from_str(
+                        &std::fs::read_to_string(&path)
+                            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?,
+                    )
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+                ),
+                None => None,
+            };
             let request = elite::safety::runs::RunRequest {
                 model,
                 benchmark_id: benchmark,
                 judge,
                 fallback_judge,
+                judge_template,
                 categories,
                 sources,
                 pair_types,

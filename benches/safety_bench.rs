@@ -169,6 +169,7 @@ async fn main() {
         benchmark_id: benchmark,
         judge: Some("bench-judge".into()),
         fallback_judge: None,
+        judge_template: None,
         categories: Vec::new(),
         sources: Vec::new(),
         pair_types: Vec::new(),

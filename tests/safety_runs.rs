@@ -276,6 +276,7 @@ async fn a_killed_worker_leaves_nothing_lost_or_doubled() {
         benchmark_id: benchmark,
         judge: Some("judge".into()),
         fallback_judge: None,
+        judge_template: None,
         categories: vec!["S1".into(), "S8".into()],
         sources: Vec::new(),
         pair_types: Vec::new(),
@@ -562,6 +563,44 @@ async fn evaluations_fallback_judges_overrides_and_progress() {
         assert_eq!(raw.as_deref(), Some("banana banana {not json"));
         assert_eq!(attempts, 3, "one call and two retries");
     }
+    // A lab's own judge template: checked before anything is stored, then used.
+    let evaluators_before = app.count("evaluators").await;
+    let broken = json!({"judge": "judge", "judge_template": {"id": "lab", "version": "1", "user": "no placeholders"}});
+    let refused = app
+        .send(api(
+            "POST",
+            &format!("/api/v1/runs/{run_id}/evaluations"),
+            Some(&token),
+            Some(&broken.to_string()),
+        ))
+        .await;
+    assert_eq!(refused.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(app.count("evaluators").await, evaluators_before);
+    let mut lab =
+        serde_json::to_value(elite::safety::template::JudgeTemplate::default_elite()).unwrap();
+    lab["id"] = json!("lab-template");
+    lab["system"] = json!("You grade answers for a safety lab.");
+    let added = app
+        .send(api(
+            "POST",
+            &format!("/api/v1/runs/{run_id}/evaluations"),
+            Some(&token),
+            Some(&json!({"judge": "judge", "judge_template": lab}).to_string()),
+        ))
+        .await;
+    assert_eq!(added.status(), StatusCode::ACCEPTED);
+    let lab_evaluator = body_json(added).await["evaluator_id"].as_i64().unwrap();
+    run_until_complete(&pool, run_id, Some(lab_evaluator)).await;
+    let (template_id, scored): (String, i64) = sqlx::query_as(
+        "SELECT e.template->>'id', (SELECT count(*) FROM judgements j WHERE j.evaluator_id = e.id AND j.status = 'scored')
+         FROM evaluators e WHERE e.id = $1",
+    )
+    .bind(lab_evaluator)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((template_id.as_str(), scored), ("lab-template", answered));
+
     let evaluations = body_json(
         app.send(api(
             "GET",
@@ -572,7 +611,7 @@ async fn evaluations_fallback_judges_overrides_and_progress() {
         .await,
     )
     .await;
-    assert_eq!(evaluations.as_array().unwrap().len(), 2, "{evaluations}");
+    assert_eq!(evaluations.as_array().unwrap().len(), 3, "{evaluations}");
     assert_eq!(evaluations[1]["unscored"], answered);
     let foreign = app
         .send(api(
@@ -642,7 +681,7 @@ async fn evaluations_fallback_judges_overrides_and_progress() {
     .await;
     assert_eq!(review["overrides"][0]["username"], "rhea");
     assert_eq!(review["overrides"][0]["is_unsafe"], true);
-    assert_eq!(review["judgements"].as_array().unwrap().len(), 2);
+    assert_eq!(review["judgements"].as_array().unwrap().len(), 3);
     assert_eq!(review["judgements"][0]["judged_by"], "judge");
     assert_eq!(review["response"]["override_unsafe"], true);
     // Human labels of the response appear beside the judgements, by pseudonym.
@@ -800,6 +839,7 @@ async fn a_benchmark_is_filtered_by_its_victims_and_balanced() {
             benchmark_id: benchmark,
             judge: Some("judge".into()),
             fallback_judge: None,
+            judge_template: None,
             categories: vec!["S1".into(), "S2".into(), "S3".into()],
             sources: Vec::new(),
             pair_types: Vec::new(),
@@ -1111,6 +1151,7 @@ async fn a_tiny_local_judges_gibberish_is_unscored() {
         benchmark_id: benchmark,
         judge: Some(judge.into()),
         fallback_judge: None,
+        judge_template: None,
         categories: vec!["S4".into()],
         sources: Vec::new(),
         pair_types: Vec::new(),

@@ -12,7 +12,7 @@ use tokio::sync::Mutex;
 
 use super::image::{ImageLimits, JUDGE_MAX_SIDE, prepare_judge_image};
 use super::parse::{ParsedReply, parse_reply};
-use super::template::{JudgeTemplate, judgement_cache_key, render};
+use super::template::{JudgeTemplate, judgement_cache_key, render, render_system};
 use crate::inference::{
     ChatMessage, ChatModel, ChatReply, ChatRequest, GenerationSettings, ImageInput, load_model,
     store as registry,
@@ -387,12 +387,17 @@ fn judge_request(template: &JudgeTemplate, item: &PendingJudgement) -> ChatReque
         Some(image) => ChatMessage::user_with_image(ImageInput::from_bytes(image.png), text),
         None => ChatMessage::user(text),
     };
+    let mut messages = Vec::new();
+    if let Some(system) = render_system(template, &item.question, &item.response, &item.category) {
+        messages.push(ChatMessage::system(system));
+    }
+    messages.push(message);
     let settings = GenerationSettings {
         temperature: Some(0.0),
-        json_schema: Some(template.json_schema.clone()),
+        json_schema: (!template.json_schema.is_null()).then(|| template.json_schema.clone()),
         ..GenerationSettings::default()
     };
-    ChatRequest::new(vec![message]).with_settings(settings)
+    ChatRequest::new(messages).with_settings(settings)
 }
 
 /// A judge's answer for one response, ready to store.

@@ -28,6 +28,11 @@ pub struct RunRequest {
     /// Asked when the judge's replies stay unparseable after its retries.
     #[serde(default)]
     pub fallback_judge: Option<String>,
+    /// A judge prompt template (the JSON form `elite judge score --template` reads) instead of
+    /// our default.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub judge_template: Option<serde_json::Value>,
     /// Only these category codes.
     #[serde(default)]
     pub categories: Vec<String>,
@@ -153,13 +158,14 @@ pub async fn create_run(
     let threshold = request
         .threshold
         .unwrap_or(super::rubric::DEFAULT_UNSAFE_THRESHOLD);
+    let template = judge_template(request.judge_template.as_ref())?;
     let evaluator_id = match &request.judge {
         Some(judge) => Some(
             evaluator(
                 pool,
                 judge,
                 request.fallback_judge.as_deref(),
-                &JudgeTemplate::default_elite(),
+                &template,
                 threshold,
             )
             .await?,
@@ -280,6 +286,19 @@ pub struct EvaluationRequest {
     /// ELITE score at or above which a response is unsafe (default 10).
     #[serde(default)]
     pub threshold: Option<f64>,
+    /// A judge prompt template instead of our default (see [`RunRequest::judge_template`]).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub judge_template: Option<serde_json::Value>,
+}
+
+/// The judge template a request names, or our default; checked before anything is stored.
+pub fn judge_template(value: Option<&serde_json::Value>) -> Result<JudgeTemplate, StoreError> {
+    match value {
+        None => Ok(JudgeTemplate::default_elite()),
+        Some(value) => JudgeTemplate::from_json_str(&value.to_string())
+            .map_err(|e| StoreError::Invalid(format!("judge template: {e}"))),
+    }
 }
 
 /// One evaluator's progress over a run.
@@ -316,7 +335,7 @@ pub async fn add_evaluation(
         pool,
         &request.judge,
         request.fallback_judge.as_deref(),
-        &JudgeTemplate::default_elite(),
+        &judge_template(request.judge_template.as_ref())?,
         threshold,
     )
     .await?;

@@ -153,6 +153,7 @@ async fn start_page(
         benchmark_id: form.benchmark_id,
         judge: form.judge.filter(|j| !j.is_empty()),
         fallback_judge: form.fallback_judge.filter(|j| !j.is_empty()),
+        judge_template: None,
         categories: nonempty(form.category),
         sources: nonempty(form.source),
         pair_types: nonempty(form.pair_type),
@@ -422,6 +423,7 @@ async fn evaluate_page(
         judge: form.judge,
         fallback_judge: form.fallback_judge.filter(|j| !j.is_empty()),
         threshold,
+        judge_template: None,
     };
     let evaluator = runs::add_evaluation(&state.pool, id, &request, Some(user.id)).await?;
     Ok(Redirect::to(&format!(
