@@ -83,11 +83,7 @@ async fn browser_session() -> (fantoccini::Client, ChromeDriver, tempfile::TempD
 }
 
 async fn serve(app: &TestApp) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let router = app.router.clone();
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    base
+    serve_router(app.router.clone()).await
 }
 
 async fn sign_in(
@@ -186,7 +182,6 @@ async fn a_user_signs_in_through_the_form_and_sees_the_dashboard() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn model_responses_are_shown_as_text_never_as_html() {
     use axum::Json;
-    use axum::routing::post;
     use serde_json::{Value, json};
     const PAYLOAD: &str = "<script>alert('xss')</script><img src=x onerror=\"alert('img')\"> done";
     async fn evil(Json(_): Json<Value>) -> Json<Value> {
@@ -198,16 +193,7 @@ async fn model_responses_are_shown_as_text_never_as_html() {
     }
     let app = TestApp::new().await;
     app.user("xavier", Role::Researcher).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let target = format!("http://{}/v1", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            axum::Router::new().route("/v1/chat/completions", post(evil)),
-        )
-        .await
-        .unwrap()
-    });
+    let target = serve_chat(evil).await;
     let spec = elite::inference::ModelSpec::remote("evil", target, "evil");
     elite::inference::store::upsert(&app.pool, &spec, None)
         .await
@@ -305,7 +291,6 @@ async fn import_slice(app: &TestApp, code: &str) -> i64 {
 /// even number of characters.
 async fn start_model_server() -> String {
     use axum::Json;
-    use axum::routing::post;
     use serde_json::{Value, json};
     async fn answer(Json(body): Json<Value>) -> Json<Value> {
         let content = if body.get("response_format").is_some() {
@@ -330,17 +315,7 @@ async fn start_model_server() -> String {
             "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}],
             "usage": {"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10}}))
     }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}/v1", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            axum::Router::new().route("/v1/chat/completions", post(answer)),
-        )
-        .await
-        .unwrap()
-    });
-    base
+    serve_chat(answer).await
 }
 
 /// A researcher watches a run progress live (the page updates itself over SSE), cancels

@@ -117,13 +117,10 @@ async fn judge(State(judge): State<Judge>, Json(body): Json<Value>) -> Response 
 
 async fn start_judge() -> (String, Judge) {
     let state = Judge::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}/v1", listener.local_addr().unwrap());
     let app = axum::Router::new()
         .route("/v1/chat/completions", post(judge))
         .with_state(state.clone());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (base, state)
+    (format!("{}/v1", serve_router(app).await), state)
 }
 
 fn elite_cli(args: &[&str], url: &str) -> (bool, String, String) {
@@ -366,11 +363,7 @@ async fn start_gibberish_judge() -> String {
             "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
         }))
     }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}/v1", listener.local_addr().unwrap());
-    let app = axum::Router::new().route("/v1/chat/completions", post(reply));
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    base
+    serve_chat(reply).await
 }
 
 async fn run_until_complete(pool: &PgPool, run_id: i64, evaluator: Option<i64>) {
@@ -816,16 +809,7 @@ async fn a_benchmark_is_filtered_by_its_victims_and_balanced() {
     let pool = app.pool.clone();
     let tmp = tempfile::tempdir().unwrap();
     let benchmark = import_with_images(&pool, &tmp.path().join("images")).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}/v1", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            axum::Router::new().route("/v1/chat/completions", post(victims)),
-        )
-        .await
-        .unwrap()
-    });
+    let base = serve_chat(victims).await;
     for name in ["v1", "v2", "v3", "judge"] {
         let spec = elite::inference::ModelSpec::remote(name, base.clone(), name);
         elite::inference::store::upsert(&pool, &spec, None)
@@ -980,16 +964,7 @@ async fn a_benchmark_is_realigned_to_the_taxonomy_by_a_model() {
     let pool = app.pool.clone();
     let tmp = tempfile::tempdir().unwrap();
     let benchmark = import_with_images(&pool, &tmp.path().join("images")).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}/v1", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            axum::Router::new().route("/v1/chat/completions", post(aligner)),
-        )
-        .await
-        .unwrap()
-    });
+    let base = serve_chat(aligner).await;
     let spec = elite::inference::ModelSpec::remote("aligner", base, "aligner");
     elite::inference::store::upsert(&pool, &spec, None)
         .await

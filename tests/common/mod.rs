@@ -107,6 +107,27 @@ pub async fn end_process(pool: PgPool) {
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), pool.close()).await;
 }
 
+/// Serve `router` on a free local port; returns `http://127.0.0.1:PORT`.
+pub async fn serve_router(router: Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a local port");
+    let base = format!("http://{}", listener.local_addr().expect("local address"));
+    tokio::spawn(async move { axum::serve(listener, router).await.expect("serve") });
+    base
+}
+
+/// An OpenAI-compatible model server answering chat completions with `handler`; returns its
+/// base URL (`.../v1`).
+pub async fn serve_chat<H, T>(handler: H) -> String
+where
+    H: axum::handler::Handler<T, ()>,
+    T: 'static,
+{
+    let router = Router::new().route("/v1/chat/completions", axum::routing::post(handler));
+    format!("{}/v1", serve_router(router).await)
+}
+
 /// The app over a fresh database.
 pub struct TestApp {
     pub pool: PgPool,
