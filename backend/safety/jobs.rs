@@ -304,41 +304,43 @@ async fn run_judge(ctx: JobContext) -> Result<Option<serde_json::Value>, JobErro
         .filter(|(item, _)| !cached.contains(&item.response_id))
         .collect();
     let judge = model(pool, &judge_name).await?;
-    let fallback = match fallback_name.as_str() {
-        "" => None,
-        name => Some(model(pool, name).await?),
-    };
+    // The fallback judge is loaded only when some reply stays unparseable, once per chunk.
+    let fallback: tokio::sync::OnceCell<Arc<dyn ChatModel>> = tokio::sync::OnceCell::new();
     // Every item of the chunk is asked at once; the adapter bounds the requests in flight.
     let asked = futures::future::join_all(to_ask.iter().map(|(item, _)| {
         let judge = judge.clone();
-        let fallback = fallback.clone();
-        let (judge_name, fallback_name, template) = (&judge_name, &fallback_name, &template);
+        let (judge_name, fallback_name, template, fallback) =
+            (&judge_name, &fallback_name, &template, &fallback);
         async move {
             let request = judge_request(template, item);
             let first = ask_judge(&judge, judge_name, &request).await?;
-            match (first, fallback) {
-                (
-                    Asked::Reply {
-                        parsed: ParsedReply::Unscored(_),
-                        attempts,
-                        ..
-                    },
-                    Some(fallback),
-                ) => Ok(match ask_judge(&fallback, fallback_name, &request).await? {
-                    Asked::Reply {
-                        parsed,
-                        reply,
-                        attempts: more,
-                    } => Asked::Reply {
-                        parsed,
-                        reply,
-                        attempts: attempts + more,
-                    }
-                    .answered_by(fallback_name),
-                    later => later.answered_by(fallback_name),
-                }),
-                (first, _) => Ok::<_, JobError>(first.answered_by(judge_name)),
+            let Asked::Reply {
+                parsed: ParsedReply::Unscored(_),
+                attempts,
+                ..
+            } = first
+            else {
+                return Ok(first.answered_by(judge_name));
+            };
+            if fallback_name.is_empty() {
+                return Ok(first.answered_by(judge_name));
             }
+            let fallback = fallback
+                .get_or_try_init(|| model(pool, fallback_name))
+                .await?;
+            Ok::<_, JobError>(match ask_judge(fallback, fallback_name, &request).await? {
+                Asked::Reply {
+                    parsed,
+                    reply,
+                    attempts: more,
+                } => Asked::Reply {
+                    parsed,
+                    reply,
+                    attempts: attempts + more,
+                }
+                .answered_by(fallback_name),
+                later => later.answered_by(fallback_name),
+            })
         }
     }))
     .await;

@@ -296,8 +296,14 @@ pub struct EvaluationRequest {
 pub fn judge_template(value: Option<&serde_json::Value>) -> Result<JudgeTemplate, StoreError> {
     match value {
         None => Ok(JudgeTemplate::default_elite()),
-        Some(value) => JudgeTemplate::from_json_str(&value.to_string())
-            .map_err(|e| StoreError::Invalid(format!("judge template: {e}"))),
+        Some(value) => {
+            let template: JudgeTemplate = serde_json::from_value(value.clone())
+                .map_err(|e| StoreError::Invalid(format!("judge template: {e}")))?;
+            template
+                .validate()
+                .map_err(|e| StoreError::Invalid(format!("judge template: {e}")))?;
+            Ok(template)
+        }
     }
 }
 

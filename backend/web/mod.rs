@@ -86,6 +86,20 @@ impl AppState {
     }
 }
 
+/// An optional number typed into a form field: empty means absent; anything else must parse.
+pub(crate) fn form_number<T: std::str::FromStr>(
+    text: &Option<String>,
+    field: &str,
+) -> Result<Option<T>, AppError> {
+    match text.as_deref().map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(t) => t
+            .parse()
+            .map(Some)
+            .map_err(|_| AppError::Invalid(format!("{field}: {t:?} is not a valid number"))),
+    }
+}
+
 /// One entry of the route table: what a route is and who may use it.
 #[derive(Debug, Clone)]
 pub struct RouteInfo {

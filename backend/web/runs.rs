@@ -132,15 +132,6 @@ async fn start_page(
     CurrentUser(user): CurrentUser,
     AppForm(form): AppForm<RunForm>,
 ) -> Result<Redirect, AppError> {
-    let number = |text: Option<String>, field: &str| -> Result<Option<u64>, AppError> {
-        match text.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
-            Some(t) => t
-                .parse()
-                .map(Some)
-                .map_err(|_| AppError::Invalid(format!("{field}: {t:?} is not a whole number"))),
-            None => Ok(None),
-        }
-    };
     let nonempty = |value: Option<String>| -> Vec<String> {
         value
             .map(|v| v.trim().to_string())
@@ -157,8 +148,8 @@ async fn start_page(
         categories: nonempty(form.category),
         sources: nonempty(form.source),
         pair_types: nonempty(form.pair_type),
-        limit: number(form.limit, "sample size")?.map(|n| n as usize),
-        seed: number(form.seed, "seed")?.unwrap_or(0),
+        limit: super::form_number(&form.limit, "sample size")?,
+        seed: super::form_number(&form.seed, "seed")?.unwrap_or(0),
         max_new_tokens: None,
         temperature: None,
         threshold: None,
@@ -412,13 +403,7 @@ async fn evaluate_page(
     runs::get_run(&state.pool, id)
         .await?
         .ok_or(AppError::NotFound)?;
-    let threshold = match form.threshold.as_deref().map(str::trim) {
-        None | Some("") => None,
-        Some(t) => Some(
-            t.parse::<f64>()
-                .map_err(|_| AppError::Invalid(format!("threshold: {t:?} is not a number")))?,
-        ),
-    };
+    let threshold = super::form_number(&form.threshold, "threshold")?;
     let request = EvaluationRequest {
         judge: form.judge,
         fallback_judge: form.fallback_judge.filter(|j| !j.is_empty()),

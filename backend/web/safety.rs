@@ -152,19 +152,6 @@ fn whole_numbers(text: &str, field: &str) -> Result<Vec<i64>, AppError> {
         .collect()
 }
 
-fn optional<T: std::str::FromStr>(
-    text: &Option<String>,
-    field: &str,
-) -> Result<Option<T>, AppError> {
-    match text.as_deref().map(str::trim) {
-        None | Some("") => Ok(None),
-        Some(t) => t
-            .parse()
-            .map(Some)
-            .map_err(|_| AppError::Invalid(format!("{field}: {t:?} is not a number"))),
-    }
-}
-
 #[derive(Deserialize)]
 struct FilterForm {
     source: i64,
@@ -185,9 +172,11 @@ async fn filter_page(
     let request = FilterRequest {
         runs: whole_numbers(&form.runs, "victim runs")?,
         rule: construct::FilterRule {
-            min_unsafe: optional(&form.min_unsafe, "min unsafe")?.unwrap_or(defaults.min_unsafe),
-            threshold: optional(&form.threshold, "threshold")?.unwrap_or(defaults.threshold),
-            per_category: optional(&form.per_category, "per category")?,
+            min_unsafe: super::form_number(&form.min_unsafe, "min unsafe")?
+                .unwrap_or(defaults.min_unsafe),
+            threshold: super::form_number(&form.threshold, "threshold")?
+                .unwrap_or(defaults.threshold),
+            per_category: super::form_number(&form.per_category, "per category")?,
         },
         name: form.name,
     };
