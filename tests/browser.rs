@@ -377,13 +377,23 @@ async fn a_run_is_watched_live_cancelled_and_ranked() {
             .await?
             .click()
             .await?;
-        client.wait().for_element(Locator::Id("progress")).await?;
-        let cancelled = client
-            .find(Locator::Id("p-cancelled"))
-            .await?
-            .text()
-            .await?;
-        assert_eq!(cancelled, "3", "24 items in 3 chunks, all cancelled");
+        // The form reloads the page: read the count from the new page (the old one's elements
+        // go stale while it unloads), until it shows the cancelled jobs.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let shown = match client.find(Locator::Id("p-cancelled")).await {
+                Ok(element) => element.text().await.unwrap_or_default(),
+                Err(_) => String::new(),
+            };
+            if shown == "3" {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "24 items in 3 chunks, all cancelled; the page shows {shown:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
 
         client.goto(&format!("{base}/safety/runs/{run_id}")).await?;
         let state = client.find(Locator::Id("p-state")).await?.text().await?;
