@@ -48,6 +48,10 @@ enum Command {
         /// Mark cookies Secure (when served behind HTTPS).
         #[arg(long, env = "ELITE_SECURE_COOKIES")]
         secure_cookies: bool,
+        /// Folders whose files admins may name in requests (imports, checkpoints, data sets);
+        /// repeat the flag or separate with ':'. None: server paths are refused.
+        #[arg(long = "server-root", env = "ELITE_SERVER_ROOTS", value_delimiter = ':')]
+        server_roots: Vec<std::path::PathBuf>,
         #[command(flatten)]
         workers: WorkerArgs,
     },
@@ -256,9 +260,21 @@ struct WorkerArgs {
     /// Jobs run at once by this process.
     #[arg(long, env = "ELITE_WORKERS", default_value_t = 2)]
     concurrency: usize,
+    /// Special-range addresses (loopback, private, link-local) that model requests may reach,
+    /// as comma-separated addresses or CIDR blocks, e.g. `127.0.0.1,10.0.0.0/8`. Public
+    /// addresses are always allowed.
+    #[arg(long, env = "ELITE_OUTBOUND_ALLOW", default_value = "")]
+    outbound_allow: String,
 }
 
 impl WorkerArgs {
+    /// Install this process's outbound policy for model requests.
+    fn apply_outbound_policy(&self) -> anyhow::Result<()> {
+        let policy = elite::inference::net::OutboundPolicy::parse(&self.outbound_allow)?;
+        elite::inference::net::set_outbound_policy(policy);
+        Ok(())
+    }
+
     fn options(&self) -> WorkerOptions {
         WorkerOptions {
             concurrency: self.concurrency,
@@ -516,17 +532,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             bind,
             no_workers,
             secure_cookies,
+            server_roots,
             workers,
         } => {
+            workers.apply_outbound_policy()?;
             let db = db::open_and_migrate(&source, 20).await?;
             let config = WebConfig {
                 secure_cookies,
+                server_roots,
                 ..WebConfig::default()
             };
             let workers = (!no_workers).then(|| workers.options());
             elite::server::serve(db, bind, config, workers).await
         }
         Command::Worker { workers } => {
+            workers.apply_outbound_policy()?;
             let db = db::open_and_migrate(&source, (workers.concurrency as u32 + 4).max(5)).await?;
             elite::server::work(db, workers.options()).await
         }

@@ -13,6 +13,7 @@ const ELITE: &str = env!("CARGO_BIN_EXE_elite");
 
 fn elite(args: &[&str], database_url: Option<&str>, stdin: Option<&str>) -> Output {
     let mut command = Command::new(ELITE);
+    command.env("ELITE_OUTBOUND_ALLOW", "127.0.0.0/8");
     command
         .args(args)
         .env("ELITE_LOG", "warn")
@@ -168,6 +169,7 @@ fn free_port() -> u16 {
 
 fn start_serve(data_dir: &Path, port: u16) -> Child {
     Command::new(ELITE)
+        .env("ELITE_OUTBOUND_ALLOW", "127.0.0.0/8")
         .args([
             "--data-dir",
             data_dir.to_str().unwrap(),

@@ -121,6 +121,10 @@ async fn handler(
 }
 
 async fn start() -> (String, Arc<Server>) {
+    // The fake server listens on loopback, which a lab running vLLM locally allows.
+    elite::inference::net::set_outbound_policy(
+        elite::inference::net::OutboundPolicy::parse("127.0.0.0/8").unwrap(),
+    );
     let state = Arc::new(Server::default());
     let app = axum::Router::new()
         .route("/{mode}/v1/chat/completions", post(handler))
@@ -340,16 +344,16 @@ async fn limits_in_flight_and_rate() {
 async fn registry_builds_remote_with_api_key_from_env() {
     let (base, server) = start().await;
     let mut spec = ModelSpec::remote("gpt", format!("{base}/key/v1"), "gpt-test");
-    spec.api_key_env = Some("ELITE_TEST_REMOTE_KEY".into());
+    spec.api_key_env = Some("ELITE_SECRET_TEST_REMOTE_KEY".into());
     spec.timeout_secs = Some(5.0);
     spec.generation.max_new_tokens = Some(7);
     let e = load_model(&spec, &Device::Cpu).await.err().unwrap();
     assert!(
-        matches!(e, InferenceError::MissingApiKey(ref v) if v == "ELITE_TEST_REMOTE_KEY"),
+        matches!(e, InferenceError::MissingApiKey(ref v) if v == "ELITE_SECRET_TEST_REMOTE_KEY"),
         "{e}"
     );
     // SAFETY: only this test touches this variable.
-    unsafe { std::env::set_var("ELITE_TEST_REMOTE_KEY", "sk-test-123") };
+    unsafe { std::env::set_var("ELITE_SECRET_TEST_REMOTE_KEY", "sk-test-123") };
     let m = load_model(&spec, &Device::Cpu).await.unwrap();
     assert_eq!(m.generate(req("hi")).await.unwrap().text, "echo: hi");
     assert_eq!(server.auth.lock().unwrap()["key"], "Bearer sk-test-123");

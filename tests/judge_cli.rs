@@ -14,6 +14,7 @@ fn score(reply: &str, json: bool) -> (bool, String) {
         args.push("--json");
     }
     let out = Command::new(env!("CARGO_BIN_EXE_elite"))
+        .env("ELITE_OUTBOUND_ALLOW", "127.0.0.0/8")
         .args(&args)
         .output()
         .unwrap();

@@ -15,10 +15,11 @@ use serde_json::{Value, json};
 
 fn elite(args: &[&str], url: &str) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_elite"))
+        .env("ELITE_OUTBOUND_ALLOW", "127.0.0.0/8")
         .args(args)
         .env("DATABASE_URL", url)
         .env("ELITE_LOG", "warn")
-        .env("ELITE_TEST_KEY", "sk-test-123")
+        .env("ELITE_SECRET_TEST_KEY", "sk-test-123")
         .output()
         .unwrap();
     (
@@ -113,7 +114,7 @@ async fn models_are_registered_and_tested_from_the_cli() {
             "--model-id",
             "m",
             "--api-key-env",
-            "ELITE_TEST_KEY",
+            "ELITE_SECRET_TEST_KEY",
             "--price-in",
             "2",
             "--price-out",
@@ -174,18 +175,41 @@ async fn models_are_registered_and_tested_from_the_cli() {
 #[tokio::test]
 async fn the_registry_api_and_page() {
     let app = TestApp::new().await;
-    let user = app.user("vic", Role::Researcher).await;
-    let token = app.token(&user).await;
+    let admin = app.user("vic", Role::Admin).await;
+    let token = app.token(&admin).await;
     let spec = r#"{"name": "judge <1>", "adapter": "openai", "base_url": "http://127.0.0.1:9/v1", "model_id": "gpt-4o",
-                   "api_key_env": "OPENAI_API_KEY", "generation": {"temperature": 0.0}}"#;
+                   "api_key_env": "ELITE_SECRET_OPENAI", "generation": {"temperature": 0.0}}"#;
     let created = app
         .send(api("POST", "/api/v1/models", Some(&token), Some(spec)))
         .await;
     assert_eq!(created.status(), StatusCode::CREATED);
-    let updated = app
+    // A taken name is not silently repointed: the change is an explicit update.
+    let again = app
         .send(api("POST", "/api/v1/models", Some(&token), Some(spec)))
         .await;
+    assert_eq!(again.status(), StatusCode::CONFLICT);
+    let changed = spec.replace("gpt-4o", "gpt-4o-mini");
+    let updated = app
+        .send(api(
+            "PUT",
+            "/api/v1/models/judge%20%3C1%3E",
+            Some(&token),
+            Some(&changed),
+        ))
+        .await;
     assert_eq!(updated.status(), StatusCode::OK);
+    let revisions = body_json(
+        app.send(api(
+            "GET",
+            "/api/v1/models/judge%20%3C1%3E/revisions",
+            Some(&token),
+            None,
+        ))
+        .await,
+    )
+    .await;
+    assert_eq!(revisions[0]["spec"]["model_id"], "gpt-4o");
+    assert_eq!(revisions[0]["changed_by"], "vic");
     let invalid = app
         .send(api(
             "POST",
@@ -205,13 +229,36 @@ async fn the_registry_api_and_page() {
         .await,
     )
     .await;
-    assert_eq!(got["spec"]["model_id"], "gpt-4o");
+    assert_eq!(got["spec"]["model_id"], "gpt-4o-mini");
     assert_eq!(app.count("models").await, 1);
-    let browser = app.browser(&user).await;
+    // Researchers use models but see neither endpoint nor secret name, and cannot register.
+    let researcher = app.user("rae", Role::Researcher).await;
+    let rtoken = app.token(&researcher).await;
+    let seen = body_json(
+        app.send(api(
+            "GET",
+            "/api/v1/models/judge%20%3C1%3E",
+            Some(&rtoken),
+            None,
+        ))
+        .await,
+    )
+    .await;
+    assert_eq!(seen["spec"]["model_id"], "gpt-4o-mini");
+    assert!(seen["spec"].get("base_url").is_none(), "{seen}");
+    assert!(seen["spec"].get("api_key_env").is_none(), "{seen}");
+    let refused = app
+        .send(api("POST", "/api/v1/models", Some(&rtoken), Some(spec)))
+        .await;
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+
+    let browser = app.browser(&admin).await;
     let page = body_text(app.send(get("/safety/models", Some(&browser))).await).await;
     assert!(page.contains("judge &#60;1&#62;") || page.contains("judge &lt;1&gt;"));
+    let dir = tempfile::tempdir().unwrap();
+    let local = form_encode(dir.path().to_str().unwrap());
     let form_body = format!(
-        "csrf_token={}&name=local-one&adapter=llava&local_path=%2Fmodels%2Fllava&price_input_per_million=abc",
+        "csrf_token={}&name=local-one&adapter=llava&local_path={local}&price_input_per_million=abc",
         browser.csrf
     );
     let response = app
@@ -219,7 +266,7 @@ async fn the_registry_api_and_page() {
         .await;
     assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
     let form_body = format!(
-        "csrf_token={}&name=local-one&adapter=llava&local_path=%2Fmodels%2Fllava",
+        "csrf_token={}&name=local-one&adapter=llava&local_path={local}",
         browser.csrf
     );
     let response = app
@@ -227,4 +274,8 @@ async fn the_registry_api_and_page() {
         .await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(app.count("models").await, 2);
+}
+
+fn form_encode(text: &str) -> String {
+    form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }

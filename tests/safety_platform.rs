@@ -57,6 +57,7 @@ async fn the_elite_release_imports_and_can_be_browsed() {
     let root = tempfile::tempdir().unwrap();
     let (written, corrupt) = image_root(root.path(), 30);
     let out = Command::new(env!("CARGO_BIN_EXE_elite"))
+        .env("ELITE_OUTBOUND_ALLOW", "127.0.0.0/8")
         .args([
             "import",
             "elite-csv",
@@ -114,6 +115,7 @@ async fn the_elite_release_imports_and_can_be_browsed() {
 
     // A second import of the same name is version 2; the first stays.
     let out = Command::new(env!("CARGO_BIN_EXE_elite"))
+        .env("ELITE_OUTBOUND_ALLOW", "127.0.0.0/8")
         .args([
             "import",
             "elite-csv",
@@ -300,6 +302,7 @@ async fn generic_jsonl_and_csv_benchmarks_import() {
     let file = root.path().join("bench.jsonl");
     std::fs::write(&file, jsonl).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_elite"))
+        .env("ELITE_OUTBOUND_ALLOW", "127.0.0.0/8")
         .args([
             "import",
             "items",
@@ -347,6 +350,7 @@ async fn generic_jsonl_and_csv_benchmarks_import() {
     let csv = root.path().join("bench.csv");
     std::fs::write(&csv, "text,image,category\n\"Multi\nline\",imgs/a.png,S1\n").unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_elite"))
+        .env("ELITE_OUTBOUND_ALLOW", "127.0.0.0/8")
         .args([
             "import",
             "items",
@@ -670,6 +674,7 @@ async fn the_cli_generates_pairs_from_a_seeds_file() {
     .unwrap();
     let run = |extra: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_elite"))
+        .env("ELITE_OUTBOUND_ALLOW", "127.0.0.0/8")
             .args([
                 "import",
                 "generated",

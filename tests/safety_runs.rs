@@ -125,6 +125,7 @@ async fn start_judge() -> (String, Judge) {
 
 fn elite_cli(args: &[&str], url: &str) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_elite"))
+        .env("ELITE_OUTBOUND_ALLOW", "127.0.0.0/8")
         .args(args)
         .env("DATABASE_URL", url)
         .env("ELITE_LOG", "warn")
@@ -410,6 +411,9 @@ async fn evaluations_fallback_judges_overrides_and_progress() {
     let gibberish = start_gibberish_judge().await;
     let researcher = app.user("rhea", Role::Researcher).await;
     let token = app.token(&researcher).await;
+    // Models name endpoints and server paths: an admin registers them.
+    let admin = app.user("ada", Role::Admin).await;
+    let admin_token = app.token(&admin).await;
     let dir = tmp.path().join("target-model");
     elite::inference::make_tiny_model("llava", &dir, 3).unwrap();
     for spec in [
@@ -421,7 +425,7 @@ async fn evaluations_fallback_judges_overrides_and_progress() {
             .send(api(
                 "POST",
                 "/api/v1/models",
-                Some(&token),
+                Some(&admin_token),
                 Some(&spec.to_string()),
             ))
             .await;

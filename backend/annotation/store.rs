@@ -6,6 +6,9 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use time::OffsetDateTime;
 
+/// Longest queue guideline, in bytes.
+pub const MAX_GUIDELINE_BYTES: usize = 64 * 1024;
+
 use super::import::LabelFile;
 use super::schema::{LabelSchema, ValidLabel};
 use super::selection::{Candidate, Selection, stratified_sample};
@@ -230,6 +233,16 @@ pub async fn create_queue(pool: &PgPool, new: &NewQueue, created_by: Option<i64>
         return invalid("the queue needs a name of 1 to 200 characters".into());
     }
     let schema = LabelSchema::parse(new.label_schema.as_deref().unwrap_or(""))?;
+    if new
+        .guideline
+        .as_ref()
+        .is_some_and(|g| g.len() > MAX_GUIDELINE_BYTES)
+    {
+        return invalid(format!(
+            "the guideline has at most {} KiB",
+            MAX_GUIDELINE_BYTES / 1024
+        ));
+    }
     if new.annotators_per_item == 0 || new.annotators_per_item > 1000 {
         return invalid("annotators per item must be between 1 and 1000".into());
     }

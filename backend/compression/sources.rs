@@ -13,6 +13,9 @@ use super::{
     train,
 };
 
+/// Most synthetic images per class (10 classes of 3x32x32 f32: about 250 MB at this bound).
+pub const MAX_SYNTHETIC_PER_CLASS: usize = 2000;
+
 /// A data set specification, as typed on the command line or in a form:
 /// `synthetic`, `synthetic:N` (N images per class), or a directory holding CIFAR-10 batches
 /// (`data_batch_1.bin` ... `test_batch.bin`), CIFAR-100 (`train.bin`, `test.bin`), or images
@@ -44,6 +47,11 @@ impl FromStr for DataSource {
                     )));
                 }
             };
+            if !(1..=MAX_SYNTHETIC_PER_CLASS).contains(&images_per_class) {
+                return Err(CompressionError::Config(format!(
+                    "synthetic:{images_per_class}: between 1 and {MAX_SYNTHETIC_PER_CLASS} images per class"
+                )));
+            }
             return Ok(DataSource::Synthetic {
                 images_per_class,
                 seed: 0,
@@ -84,6 +92,13 @@ impl DataSource {
                 images_per_class,
                 seed,
             } => {
+                // Checked again here: a job stored before the bound existed must fail cleanly,
+                // not abort the worker on an impossible allocation.
+                if *images_per_class > MAX_SYNTHETIC_PER_CLASS {
+                    return Err(CompressionError::Config(format!(
+                        "synthetic:{images_per_class}: at most {MAX_SYNTHETIC_PER_CLASS} images per class"
+                    )));
+                }
                 let make = |seed| {
                     synthetic_dataset(&SyntheticConfig {
                         images_per_class: *images_per_class,
@@ -133,6 +148,11 @@ impl ModelSource {
                 None if rest.is_empty() => 4,
                 None => return Err(CompressionError::Config(format!("unknown model {text:?}"))),
             };
+            if !(1..=200).contains(&epochs) {
+                return Err(CompressionError::Config(format!(
+                    "demo:{epochs}: between 1 and 200 epochs"
+                )));
+            }
             return Ok(ModelSource::Demo { epochs, seed: 0 });
         }
         Ok(ModelSource::Checkpoint {

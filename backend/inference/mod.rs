@@ -74,6 +74,7 @@
 //! loads through the same code path as real checkpoints.
 
 pub mod local;
+pub mod net;
 pub mod registry;
 pub mod remote;
 pub mod store;
@@ -270,6 +271,11 @@ pub struct GenerationSettings {
     pub ignore_eos: bool,
 }
 
+/// Largest `max_new_tokens` a request or spec may ask for.
+pub const MAX_NEW_TOKENS_LIMIT: usize = 32_768;
+/// Largest sampling temperature (the OpenAI API's own bound).
+pub const MAX_TEMPERATURE: f64 = 2.0;
+
 /// Default `max_new_tokens` when neither the request nor the model sets it.
 pub const DEFAULT_MAX_NEW_TOKENS: usize = 256;
 
@@ -318,9 +324,32 @@ impl GenerationSettings {
                 "top_p must be in (0, 1], got {p}"
             )));
         }
-        if self.max_new_tokens == Some(0) {
+        if let Some(t) = self.temperature
+            && t > MAX_TEMPERATURE
+        {
+            return Err(InferenceError::InvalidRequest(format!(
+                "temperature must be at most {MAX_TEMPERATURE}, got {t}"
+            )));
+        }
+        if let Some(n) = self.max_new_tokens
+            && !(1..=MAX_NEW_TOKENS_LIMIT).contains(&n)
+        {
+            return Err(InferenceError::InvalidRequest(format!(
+                "max_new_tokens must be between 1 and {MAX_NEW_TOKENS_LIMIT}, got {n}"
+            )));
+        }
+        if self.stop.len() > 16 || self.stop.iter().any(|s| s.len() > 256) {
             return Err(InferenceError::InvalidRequest(
-                "max_new_tokens must be at least 1".into(),
+                "at most 16 stop strings of at most 256 bytes each".into(),
+            ));
+        }
+        if self
+            .json_schema
+            .as_ref()
+            .is_some_and(|s| s.to_string().len() > 64 * 1024)
+        {
+            return Err(InferenceError::InvalidRequest(
+                "a JSON schema has at most 64 KiB".into(),
             ));
         }
         if self.stop.iter().any(String::is_empty) {

@@ -79,6 +79,11 @@ impl std::str::FromStr for AdapterKind {
     }
 }
 
+/// Longest model name, in characters.
+pub const MAX_MODEL_NAME_CHARS: usize = 200;
+/// Most concurrent requests one remote model may keep open.
+pub const MAX_IN_FLIGHT: usize = 1024;
+
 /// A model registry row (stored as JSON by the caller).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelSpec {
@@ -173,6 +178,31 @@ impl ModelSpec {
         if self.name.trim().is_empty() {
             return bad("name must not be empty".into());
         }
+        if self.name.chars().count() > MAX_MODEL_NAME_CHARS || self.name.chars().any(char::is_control) {
+            return Err(InferenceError::InvalidSpec(format!(
+                "a model name has at most {MAX_MODEL_NAME_CHARS} characters and no control characters"
+            )));
+        }
+        for (field, value, max) in [
+            ("local_path", &self.local_path, 4096),
+            ("base_url", &self.base_url, 2048),
+            ("model_id", &self.model_id, 512),
+            ("api_key_env", &self.api_key_env, 128),
+        ] {
+            if let Some(v) = value
+                && (v.len() > max || v.chars().any(char::is_control))
+            {
+                return bad(format!(
+                    "{field} has at most {max} bytes and no control characters"
+                ));
+            }
+        }
+        if self.max_in_flight.is_some_and(|n| n > MAX_IN_FLIGHT) {
+            return bad(format!("max_in_flight must be at most {MAX_IN_FLIGHT}"));
+        }
+        if self.timeout_secs.is_some_and(|t| t > 3600.0) {
+            return bad("timeout_secs must be at most 3600".into());
+        }
         self.generation.validate()?;
         for (n, p) in [
             ("input", self.price_input_per_million),
@@ -217,9 +247,16 @@ impl ModelSpec {
                 return bad("the openai adapter needs model_id".into());
             }
             if let Some(v) = &self.api_key_env
-                && (v.is_empty() || v.contains('='))
+                && !super::net::secret_allowed(v)
             {
-                return bad(format!("api_key_env {v:?} is not a variable name"));
+                return bad(format!(
+                    "api_key_env {v:?} is not an allowed secret name: use a variable named {}* or one an admin listed in {}",
+                    super::net::SECRET_PREFIX,
+                    super::net::ALLOWED_SECRETS_ENV
+                ));
+            }
+            if let Some(url) = &self.base_url {
+                super::net::outbound_policy().check_url(url)?;
             }
         }
         Ok(())

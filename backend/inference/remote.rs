@@ -8,7 +8,8 @@
 //! pacing limiter for requests per minute. Failed attempts on 408, 429, 5xx,
 //! timeouts, connection errors and truncated bodies are retried with
 //! exponential backoff plus jitter, honouring `Retry-After` (seconds or an
-//! HTTP date). Errors quote the server's answer.
+//! HTTP date). Errors quote at most a short, sanitised excerpt of the server's
+//! answer; where requests may go and which secrets they may carry is [`super::net`]'s policy.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -86,7 +87,16 @@ pub struct RemoteModel {
 impl RemoteModel {
     /// Builds the client; fails if the API key variable is named but unset.
     pub fn new(cfg: RemoteConfig) -> Result<Self, InferenceError> {
+        let policy = super::net::outbound_policy();
+        policy.check_url(&cfg.base_url)?;
         let api_key = match &cfg.api_key_env {
+            Some(var) if !super::net::secret_allowed(var) => {
+                return Err(InferenceError::InvalidSpec(format!(
+                    "api_key_env {var:?} is not an allowed secret name (use {}* or a name listed in {})",
+                    super::net::SECRET_PREFIX,
+                    super::net::ALLOWED_SECRETS_ENV
+                )));
+            }
             Some(var) => match std::env::var(var) {
                 Ok(k) if !k.is_empty() => Some(k),
                 _ => return Err(InferenceError::MissingApiKey(var.clone())),
@@ -95,6 +105,11 @@ impl RemoteModel {
         };
         let client = reqwest::Client::builder()
             .connect_timeout(cfg.timeout.min(Duration::from_secs(30)))
+            // The checked address must be the one connected to: no proxies from the
+            // environment, no redirects to elsewhere, every resolved address vetted.
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(Arc::new(super::net::GuardedResolver::new(policy)))
             .build()
             .map_err(|e| InferenceError::Internal(format!("cannot build HTTP client: {e}")))?;
         let url = format!("{}/chat/completions", cfg.base_url.trim_end_matches('/'));
@@ -252,15 +267,7 @@ impl RemoteModel {
 }
 
 fn snippet(text: &str) -> String {
-    const MAX: usize = 2000;
-    if text.len() <= MAX {
-        return text.to_string();
-    }
-    let mut end = MAX;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}… ({} bytes)", &text[..end], text.len())
+    super::net::excerpt(text)
 }
 
 /// `Retry-After` as seconds or an HTTP date.

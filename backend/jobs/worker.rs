@@ -320,12 +320,16 @@ impl Worker {
             worker_id: self.id.clone(),
         };
         let started = std::time::Instant::now();
-        let mut run = handler.run(ctx);
+        // A handler that panics fails its job (permanently: the same input panics again);
+        // the worker itself goes on.
+        let mut run = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(handler.run(ctx)));
         let mut heartbeat = tokio::time::interval(self.options.heartbeat);
         heartbeat.tick().await;
         let outcome = loop {
             tokio::select! {
-                outcome = &mut run => break Some(outcome),
+                outcome = &mut run => break Some(outcome.unwrap_or_else(|panic| {
+                    Err(JobError::Permanent(format!("the job's handler panicked: {}", panic_text(&*panic))))
+                })),
                 _ = heartbeat.tick() => {
                     match self.extend_lease(job.id).await {
                         Ok(LeaseState::Held) => {}
@@ -475,4 +479,13 @@ mod tests {
             );
         }
     }
+}
+
+/// The message of a caught panic, when it is text.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into())
 }

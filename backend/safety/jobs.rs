@@ -52,15 +52,47 @@ impl From<super::store::StoreError> for JobError {
     }
 }
 
+/// The spec of model `name` as the run (or, with `evaluator_id`, that evaluation) started
+/// with it; runs from before snapshots existed fall back to the registry.
+async fn snapshot_spec(
+    pool: &PgPool,
+    run_id: i64,
+    evaluator_id: Option<i64>,
+    name: &str,
+) -> Result<crate::inference::ModelSpec, JobError> {
+    let stored: Option<serde_json::Value> = sqlx::query_scalar(
+        "SELECT COALESCE(re.model_specs -> $3, r.model_specs -> $3) FROM runs r
+         LEFT JOIN run_evaluations re ON re.run_id = r.id AND re.evaluator_id = $2
+         WHERE r.id = $1",
+    )
+    .bind(run_id)
+    .bind(evaluator_id)
+    .bind(name)
+    .fetch_optional(pool)
+    .await?
+    .flatten();
+    match stored {
+        Some(spec) => serde_json::from_value(spec)
+            .map_err(|e| JobError::Permanent(format!("stored spec of {name:?}: {e}"))),
+        None => Ok(registry::get(pool, name)
+            .await
+            .map_err(|e| JobError::Permanent(e.to_string()))?
+            .spec),
+    }
+}
+
 /// Loaded models of this process, by registry name and spec (a changed spec reloads).
-async fn model(pool: &PgPool, name: &str) -> Result<Arc<dyn ChatModel>, JobError> {
+async fn model(
+    pool: &PgPool,
+    run_id: i64,
+    evaluator_id: Option<i64>,
+    name: &str,
+) -> Result<Arc<dyn ChatModel>, JobError> {
     static LOADED: OnceLock<Mutex<HashMap<String, Arc<dyn ChatModel>>>> = OnceLock::new();
-    let registered = registry::get(pool, name)
-        .await
-        .map_err(|e| JobError::Permanent(e.to_string()))?;
+    let spec = snapshot_spec(pool, run_id, evaluator_id, name).await?;
     let key = format!(
         "{name}\u{0}{}",
-        serde_json::to_string(&registered.spec).unwrap_or_default()
+        serde_json::to_string(&spec).unwrap_or_default()
     );
     let mut loaded = LOADED
         .get_or_init(|| Mutex::new(HashMap::new()))
@@ -69,7 +101,7 @@ async fn model(pool: &PgPool, name: &str) -> Result<Arc<dyn ChatModel>, JobError
     if let Some(model) = loaded.get(&key) {
         return Ok(model.clone());
     }
-    let model = load_model(&registered.spec, &crate::cli::models::device())
+    let model = load_model(&spec, &crate::cli::models::device())
         .await
         .map_err(|e| {
             if e.is_retryable() {
@@ -144,7 +176,7 @@ async fn run_generate(ctx: JobContext) -> Result<Option<serde_json::Value>, JobE
     }
     let mut retry_later = None;
     if !requests.is_empty() {
-        let model = model(pool, &model_name).await?;
+        let model = model(pool, job.run_id, None, &model_name).await?;
         let replies = model.generate_batch(requests).await;
         for (item_id, reply) in asked.iter().zip(replies) {
             match reply {
@@ -303,7 +335,7 @@ async fn run_judge(ctx: JobContext) -> Result<Option<serde_json::Value>, JobErro
         .zip(&keys)
         .filter(|(item, _)| !cached.contains(&item.response_id))
         .collect();
-    let judge = model(pool, &judge_name).await?;
+    let judge = model(pool, job.run_id, Some(job.evaluator_id), &judge_name).await?;
     // The fallback judge is loaded only when some reply stays unparseable, once per chunk.
     let fallback: tokio::sync::OnceCell<Arc<dyn ChatModel>> = tokio::sync::OnceCell::new();
     // Every item of the chunk is asked at once; the adapter bounds the requests in flight.
@@ -326,7 +358,7 @@ async fn run_judge(ctx: JobContext) -> Result<Option<serde_json::Value>, JobErro
                 return Ok(first.answered_by(judge_name));
             }
             let fallback = fallback
-                .get_or_try_init(|| model(pool, fallback_name))
+                .get_or_try_init(|| model(pool, job.run_id, Some(job.evaluator_id), fallback_name))
                 .await?;
             Ok::<_, JobError>(match ask_judge(fallback, fallback_name, &request).await? {
                 Asked::Reply {

@@ -85,7 +85,7 @@ pub struct Run {
 /// Find or create the evaluator for a judge (and optional fallback judge), template and
 /// threshold.
 pub async fn evaluator(
-    pool: &PgPool,
+    conn: &mut sqlx::PgConnection,
     judge: &str,
     fallback_judge: Option<&str>,
     template: &JudgeTemplate,
@@ -107,25 +107,63 @@ pub async fn evaluator(
     .bind(template.fingerprint())
     .bind(threshold)
     .bind(fallback_judge.unwrap_or(""))
-    .fetch_one(pool)
+    .fetch_one(conn)
     .await?;
     Ok(id)
 }
 
-async fn require_models(pool: &PgPool, names: Vec<String>) -> Result<(), StoreError> {
-    for name in names {
-        let exists: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM models WHERE name = $1)")
-                .bind(&name)
-                .fetch_one(pool)
-                .await?;
-        if !exists {
-            return Err(StoreError::Invalid(format!(
-                "no model named {name:?}; register it first"
-            )));
-        }
+/// The registered specs of these models by name (the snapshot a run keeps); a missing model is
+/// a clear error.
+async fn snapshot_models(
+    pool: &PgPool,
+    names: Vec<String>,
+) -> Result<serde_json::Value, StoreError> {
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    match crate::inference::store::snapshot(pool, &names).await {
+        Ok(map) => Ok(serde_json::Value::Object(map)),
+        Err(crate::inference::store::RegistryError::NoSuchModel(name)) => Err(
+            StoreError::Invalid(format!("no model named {name:?}; register it first")),
+        ),
+        Err(e) => Err(StoreError::Invalid(e.to_string())),
+    }
+}
+
+/// Most entries in a run's category, source and pair-type filters.
+pub const MAX_FILTER_VALUES: usize = 64;
+/// Largest seeded sample of a run.
+pub const MAX_RUN_ITEMS: usize = 1_000_000;
+
+fn bounded_names(field: &str, values: &[String]) -> Result<(), StoreError> {
+    if values.len() > MAX_FILTER_VALUES || values.iter().any(|v| v.len() > 200) {
+        return Err(StoreError::Invalid(format!(
+            "{field}: at most {MAX_FILTER_VALUES} values of at most 200 bytes"
+        )));
     }
     Ok(())
+}
+
+impl RunRequest {
+    /// Every bound of the request, checked before anything is stored.
+    pub fn validate(&self) -> Result<(), StoreError> {
+        bounded_names("categories", &self.categories)?;
+        bounded_names("sources", &self.sources)?;
+        bounded_names("pair_types", &self.pair_types)?;
+        if let Some(limit) = self.limit
+            && !(1..=MAX_RUN_ITEMS).contains(&limit)
+        {
+            return Err(StoreError::Invalid(format!(
+                "limit must be between 1 and {MAX_RUN_ITEMS}, not {limit}"
+            )));
+        }
+        crate::inference::GenerationSettings {
+            max_new_tokens: self.max_new_tokens,
+            temperature: self.temperature,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        Ok(())
+    }
 }
 
 /// Create a run, select its items, and enqueue its generation chunks.
@@ -137,12 +175,13 @@ pub async fn create_run(
     if request.fallback_judge.is_some() && request.judge.is_none() {
         return Err(StoreError::Invalid("a fallback judge needs a judge".into()));
     }
+    request.validate()?;
     let names = std::iter::once(&request.model)
         .chain(&request.judge)
         .chain(&request.fallback_judge)
         .cloned()
         .collect();
-    require_models(pool, names).await?;
+    let model_specs = snapshot_models(pool, names).await?;
     for code in &request.categories {
         code.parse::<Category>()
             .map_err(|e| StoreError::Invalid(e.to_string()))?;
@@ -159,10 +198,11 @@ pub async fn create_run(
         .threshold
         .unwrap_or(super::rubric::DEFAULT_UNSAFE_THRESHOLD);
     let template = judge_template(request.judge_template.as_ref())?;
+    let mut tx = pool.begin().await?;
     let evaluator_id = match &request.judge {
         Some(judge) => Some(
             evaluator(
-                pool,
+                &mut tx,
                 judge,
                 request.fallback_judge.as_deref(),
                 &template,
@@ -172,7 +212,6 @@ pub async fn create_run(
         ),
         None => None,
     };
-    let mut tx = pool.begin().await?;
     let benchmark: Option<i64> = sqlx::query_scalar("SELECT id FROM benchmarks WHERE id = $1")
         .bind(request.benchmark_id)
         .fetch_optional(&mut *tx)
@@ -200,8 +239,8 @@ pub async fn create_run(
         "limit": request.limit, "seed": request.seed,
     });
     let run_id: i64 = sqlx::query_scalar(
-        "INSERT INTO runs (model_name, benchmark_id, evaluator_id, settings, filter, items, created_by)
-         VALUES ($1, $2, $3, $4, $5, 0, $6) RETURNING id",
+        "INSERT INTO runs (model_name, benchmark_id, evaluator_id, settings, filter, items, created_by, model_specs)
+         VALUES ($1, $2, $3, $4, $5, 0, $6, $7) RETURNING id",
     )
     .bind(&request.model)
     .bind(request.benchmark_id)
@@ -209,6 +248,7 @@ pub async fn create_run(
     .bind(settings)
     .bind(filter)
     .bind(created_by)
+    .bind(&model_specs)
     .fetch_one(&mut *tx)
     .await?;
     // A seeded, reproducible sample: order by a hash of (seed, item id).
@@ -333,29 +373,40 @@ pub async fn add_evaluation(
         .chain(&request.fallback_judge)
         .cloned()
         .collect();
-    require_models(pool, names).await?;
+    let model_specs = snapshot_models(pool, names).await?;
     let threshold = request
         .threshold
         .unwrap_or(super::rubric::DEFAULT_UNSAFE_THRESHOLD);
+    let template = judge_template(request.judge_template.as_ref())?;
+    // Record the evaluation before looking at the answers: a generation job stores its answers
+    // before it reads the evaluations, so every chunk is enqueued by one side or the other.
+    let mut tx = pool.begin().await?;
+    let run_exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM runs WHERE id = $1)")
+        .bind(run_id)
+        .fetch_one(&mut *tx)
+        .await?;
+    if !run_exists {
+        return Err(StoreError::Sql(sqlx::Error::RowNotFound));
+    }
     let evaluator_id = evaluator(
-        pool,
+        &mut tx,
         &request.judge,
         request.fallback_judge.as_deref(),
-        &judge_template(request.judge_template.as_ref())?,
+        &template,
         threshold,
     )
     .await?;
-    // Record the evaluation before looking at the answers: a generation job stores its answers
-    // before it reads the evaluations, so every chunk is enqueued by one side or the other.
     sqlx::query(
-        "INSERT INTO run_evaluations (run_id, evaluator_id, created_by) VALUES ($1, $2, $3)
+        "INSERT INTO run_evaluations (run_id, evaluator_id, created_by, model_specs) VALUES ($1, $2, $3, $4)
          ON CONFLICT DO NOTHING",
     )
     .bind(run_id)
     .bind(evaluator_id)
     .bind(created_by)
-    .execute(pool)
+    .bind(&model_specs)
+    .execute(&mut *tx)
     .await?;
+    tx.commit().await?;
     let rows: Vec<(i64, bool)> = sqlx::query_as(
         "SELECT ri.item_id, EXISTS (SELECT 1 FROM responses s WHERE s.run_id = ri.run_id AND s.item_id = ri.item_id)
          FROM run_items ri WHERE ri.run_id = $1 ORDER BY ri.position",

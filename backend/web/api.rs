@@ -38,6 +38,7 @@ pub(crate) fn routes(routes: Routes) -> Routes {
         super::compression::import_api, super::safety::list_benchmarks_api, super::safety::list_items_api,
         super::safety::import_items_api, super::safety::import_elite_api, super::safety::filter_api, super::safety::generate_api, super::safety::align_api,
         super::models::list_api, super::models::get_api, super::models::register_api,
+        super::models::update_api, super::models::revisions_api,
         super::runs::list_api, super::runs::start_api, super::runs::results_api, super::runs::export_api, super::runs::cancel_api,
         super::runs::get_api, super::runs::progress_api, super::runs::list_evaluations_api, super::runs::add_evaluation_api,
         super::runs::item_api, super::runs::override_api,
@@ -98,12 +99,30 @@ pub struct Pagination {
 }
 
 impl Pagination {
-    fn limit(&self) -> i64 {
-        self.limit.unwrap_or(50).clamp(1, 500)
+    /// The page size and offset; out-of-range values are refused, never clamped.
+    fn checked(&self) -> Result<(i64, i64), AppError> {
+        page_bounds(self.limit, self.offset)
     }
-    fn offset(&self) -> i64 {
-        self.offset.unwrap_or(0).max(0)
+}
+
+/// A page size of 1-500 (default 50) and a non-negative offset, or 422.
+pub(crate) fn page_bounds(
+    limit: Option<i64>,
+    offset: Option<i64>,
+) -> Result<(i64, i64), AppError> {
+    let limit = limit.unwrap_or(50);
+    let offset = offset.unwrap_or(0);
+    if !(1..=500).contains(&limit) {
+        return Err(AppError::Invalid(format!(
+            "limit must be between 1 and 500, not {limit}"
+        )));
     }
+    if !(0..=1_000_000_000).contains(&offset) {
+        return Err(AppError::Invalid(format!(
+            "offset must be between 0 and 1000000000, not {offset}"
+        )));
+    }
+    Ok((limit, offset))
 }
 
 /// The signed-in user.
@@ -199,11 +218,12 @@ async fn list_jobs(
     State(state): State<AppState>,
     AppQuery(page): AppQuery<Pagination>,
 ) -> Result<ApiJson<Page<Job>>, AppError> {
-    let items = jobs::list_recent(&state.pool, page.limit(), page.offset()).await?;
+    let (limit, offset) = page.checked()?;
+    let items = jobs::list_recent(&state.pool, limit, offset).await?;
     Ok(ApiJson(Page {
         items,
-        limit: page.limit(),
-        offset: page.offset(),
+        limit,
+        offset,
     }))
 }
 

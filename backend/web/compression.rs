@@ -9,6 +9,7 @@ use axum::response::Redirect;
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 
+use super::server_paths;
 use super::auth::{CsrfToken, CurrentUser};
 use super::error::{ApiJson, AppForm};
 use super::pages::PageCtx;
@@ -64,16 +65,39 @@ async fn enqueue(
     if request.fine_tune_epochs > 200 {
         return Err(AppError::Invalid("at most 200 fine-tuning epochs".into()));
     }
-    let model = ModelSource::parse(&request.model).map_err(invalid)?;
-    if let ModelSource::Checkpoint { path } = &model
-        && !path.is_file()
-    {
-        return Err(AppError::Invalid(format!(
-            "no checkpoint at {}",
-            path.display()
-        )));
-    }
-    let data: DataSource = request.data.parse().map_err(invalid)?;
+    // Keywords (`demo`, `synthetic:N`) are anyone's; a server path is an admin's, under the
+    // configured roots (see `server_paths`).
+    let model = if server_paths::names_a_path(&request.model) {
+        let path = server_paths::resolve(&state.config, user, &request.model)?;
+        if !path.is_file() {
+            return Err(AppError::Invalid("the checkpoint path is not a file".into()));
+        }
+        ModelSource::Checkpoint { path }
+    } else {
+        match ModelSource::parse(&request.model).map_err(invalid)? {
+            ModelSource::Checkpoint { .. } => {
+                return Err(AppError::Invalid(format!(
+                    "unknown model {:?}: `demo`, `demo:EPOCHS`, or an absolute checkpoint path (admins)",
+                    request.model.trim()
+                )));
+            }
+            keyword => keyword,
+        }
+    };
+    let data: DataSource = if server_paths::names_a_path(&request.data) {
+        let path = server_paths::resolve(&state.config, user, &request.data)?;
+        path.to_string_lossy().parse().map_err(invalid)?
+    } else {
+        match request.data.parse().map_err(invalid)? {
+            DataSource::Cifar10 { .. } | DataSource::Cifar100 { .. } | DataSource::Folder { .. } => {
+                return Err(AppError::Invalid(format!(
+                    "unknown data source {:?}: a built-in set (`synthetic`, `synthetic:N`) or an absolute folder path (admins)",
+                    request.data.trim()
+                )));
+            }
+            keyword => keyword,
+        }
+    };
     let payload = ExperimentJob {
         model,
         data,

@@ -2,7 +2,6 @@
 //! (upload or server path), PP&PR results with plots, toy experiments. Computation is
 //! enqueued as jobs; handlers only parse, store and render.
 
-use std::path::PathBuf;
 
 use askama::Template;
 use askama_web::WebTemplate;
@@ -160,6 +159,9 @@ pub struct ComputeRequest {
     pub label: String,
 }
 
+/// Largest k (and PRDC k) a computation may ask for.
+pub const MAX_K: usize = 1000;
+
 fn default_a() -> f64 {
     1.2
 }
@@ -176,10 +178,13 @@ async fn enqueue_compute(
     user: &crate::accounts::User,
     request: ComputeRequest,
 ) -> Result<i64, AppError> {
-    if !(request.a > 0.0 && request.a.is_finite()) || request.k == 0 || request.prdc_k == 0 {
-        return Err(AppError::Invalid(
-            "a must be positive; k and prdc k at least 1".into(),
-        ));
+    if !(request.a > 0.0 && request.a.is_finite() && request.a <= 1000.0)
+        || !(1..=MAX_K).contains(&request.k)
+        || !(1..=MAX_K).contains(&request.prdc_k)
+    {
+        return Err(AppError::Invalid(format!(
+            "a must be in (0, 1000]; k and prdc k between 1 and {MAX_K}"
+        )));
     }
     if request.label.chars().count() > 200 {
         return Err(AppError::Invalid(
@@ -438,15 +443,23 @@ async fn register_path_page(
         .as_deref()
         .map(str::trim)
         .filter(|t| !t.is_empty());
+    let path = super::server_paths::resolve(&state.config, &user, &form.path)?;
     let stored = store::insert_path_set(
         &state.pool,
         form.name.trim(),
-        &PathBuf::from(form.path.trim()),
+        &path,
         dim,
         tensor,
         Some(user.id),
     )
-    .await?;
+    .await
+    .map_err(|e| match e {
+        // The reader's reason may quote the file: say only that it is unreadable.
+        StoreError::Metrics(_) => AppError::Invalid(
+            "the file is not a readable embedding set (.npy, .safetensors, CSV or raw f32)".into(),
+        ),
+        other => other.into(),
+    })?;
     let notice = format!(
         "Registered {:?}: {} rows of dimension {}.",
         stored.name, stored.rows, stored.dim

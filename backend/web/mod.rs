@@ -10,10 +10,12 @@ pub mod compression;
 pub mod error;
 pub mod events;
 pub mod genmetrics;
+pub mod hygiene;
 pub mod models;
 pub mod pages;
 pub mod runs;
 pub mod safety;
+pub mod server_paths;
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -51,6 +53,8 @@ pub struct WebConfig {
     pub login_window: Duration,
     /// Largest file upload (embedding sets, images), in bytes.
     pub upload_limit: usize,
+    /// Folders under which admins may name server paths (see [`server_paths`]).
+    pub server_roots: Vec<std::path::PathBuf>,
 }
 
 impl Default for WebConfig {
@@ -60,6 +64,7 @@ impl Default for WebConfig {
             login_max_failures: 10,
             login_window: Duration::from_secs(900),
             upload_limit: 256 * 1024 * 1024,
+            server_roots: server_paths::roots_from_env(),
         }
     }
 }
@@ -163,6 +168,15 @@ impl Routes {
         self.add(Method::POST, path, access, handler)
     }
 
+    pub(crate) fn put(
+        self,
+        path: &'static str,
+        access: Access,
+        handler: MethodRouter<AppState>,
+    ) -> Self {
+        self.add(Method::PUT, path, access, handler)
+    }
+
     pub(crate) fn delete(
         self,
         path: &'static str,
@@ -224,6 +238,7 @@ pub fn app(state: AppState) -> (Router, Vec<RouteInfo>) {
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
         .merge(static_files)
+        .layer(middleware::from_fn(hygiene::refuse_control_characters))
         .layer(middleware::from_fn(render_error_pages))
         .layer(middleware::from_fn(auth::csrf_cookie))
         .layer(middleware::from_fn(record_metrics))

@@ -1,5 +1,8 @@
-//! The model registry's page and `/api/v1/models`: list and register targets and judges.
-//! Handlers store specs; models are only loaded by workers and the CLI.
+//! The model registry's page and `/api/v1/models`: list, register and update targets and
+//! judges. Registering or changing a model names a server path, an endpoint or a server secret,
+//! so it is for admins; researchers list and use models, and see them without those fields.
+//! A name is owned: registering a taken name is 409, a change is an explicit `PUT` (kept as a
+//! revision). Handlers store specs; models are only loaded by workers and the CLI.
 
 use askama::Template;
 use askama_web::WebTemplate;
@@ -11,7 +14,7 @@ use serde::Deserialize;
 use super::auth::{CsrfToken, CurrentUser};
 use super::error::{ApiJson, AppForm, AppPath};
 use super::pages::PageCtx;
-use super::{AppError, AppState, RESEARCHER, Routes};
+use super::{ADMIN, AppError, AppState, RESEARCHER, Routes};
 use crate::accounts::Role;
 use crate::inference::store::{self, RegisteredModel, RegistryError};
 use crate::inference::{AdapterKind, ModelSpec};
@@ -19,10 +22,16 @@ use crate::inference::{AdapterKind, ModelSpec};
 pub(crate) fn routes(routes: Routes) -> Routes {
     routes
         .get("/safety/models", RESEARCHER, get(models_page))
-        .post("/safety/models", RESEARCHER, post(register_page))
+        .post("/safety/models", ADMIN, post(register_page))
         .get("/api/v1/models", RESEARCHER, get(list_api))
-        .post("/api/v1/models", RESEARCHER, post(register_api))
+        .post("/api/v1/models", ADMIN, post(register_api))
         .get("/api/v1/models/{name}", RESEARCHER, get(get_api))
+        .put("/api/v1/models/{name}", ADMIN, axum::routing::put(update_api))
+        .get(
+            "/api/v1/models/{name}/revisions",
+            ADMIN,
+            get(revisions_api),
+        )
 }
 
 impl From<RegistryError> for AppError {
@@ -30,6 +39,8 @@ impl From<RegistryError> for AppError {
         match e {
             RegistryError::Spec(e) => AppError::Invalid(e.to_string()),
             RegistryError::NoSuchModel(_) => AppError::NotFound,
+            RegistryError::Exists(_) => AppError::Conflict(e.to_string()),
+            RegistryError::Rename(_) => AppError::Invalid(e.to_string()),
             RegistryError::Corrupt(..) => AppError::internal(e),
             RegistryError::Sql(e) => e.into(),
         }
@@ -42,6 +53,7 @@ struct ModelsPage {
     ctx: PageCtx,
     models: Vec<RegisteredModel>,
     adapters: Vec<&'static str>,
+    is_admin: bool,
     notice: Option<String>,
 }
 
@@ -51,9 +63,11 @@ async fn render(
     csrf: &CsrfToken,
     notice: Option<String>,
 ) -> Result<ModelsPage, AppError> {
+    let is_admin = user.role == Role::Admin;
     Ok(ModelsPage {
         ctx: PageCtx::new("Models", "safety", Some(user), csrf),
-        models: store::list(&state.pool).await?,
+        models: visible(store::list(&state.pool).await?, is_admin),
+        is_admin,
         adapters: AdapterKind::ALL.iter().map(|a| a.as_str()).collect(),
         notice,
     })
@@ -77,6 +91,34 @@ struct ModelForm {
     api_key_env: Option<String>,
     price_input_per_million: Option<String>,
     price_output_per_million: Option<String>,
+}
+
+/// A local model's path is a server path: it must lie under the server roots (see
+/// `server_paths`); it is stored canonical. `hf:` references name no server path.
+fn check_local_path(
+    state: &AppState,
+    user: &crate::accounts::User,
+    mut spec: ModelSpec,
+) -> Result<ModelSpec, AppError> {
+    spec.validate()
+        .map_err(|e| AppError::Invalid(e.to_string()))?;
+    if let Some(path) = spec.local_path.as_deref()
+        && spec.adapter.is_local()
+        && !path.starts_with("hf:")
+    {
+        let canonical = super::server_paths::resolve(&state.config, user, path)?;
+        spec.local_path = Some(canonical.to_string_lossy().into_owned());
+    }
+    Ok(spec)
+}
+
+/// What a user of this role may see of the models.
+fn visible(models: Vec<RegisteredModel>, is_admin: bool) -> Vec<RegisteredModel> {
+    if is_admin {
+        models
+    } else {
+        models.into_iter().map(RegisteredModel::redacted).collect()
+    }
 }
 
 fn non_empty(value: Option<String>) -> Option<String> {
@@ -127,21 +169,21 @@ async fn register_page(
         price(form.price_input_per_million, "price per 1M input tokens")?;
     spec.price_output_per_million =
         price(form.price_output_per_million, "price per 1M output tokens")?;
-    let (model, replaced) = store::upsert(&state.pool, &spec, Some(user.id)).await?;
-    let notice = format!(
-        "{} {}.",
-        if replaced { "Updated" } else { "Registered" },
-        model.name
-    );
+    let spec = check_local_path(&state, &user, spec)?;
+    let model = store::create(&state.pool, &spec, Some(user.id)).await?;
+    let notice = format!("Registered {}.", model.name);
     render(&state, user, &csrf, Some(notice)).await
 }
 
-/// Registered models.
+/// Registered models (without server paths, endpoints and secret names unless the caller is
+/// an admin).
 #[utoipa::path(get, path = "/api/v1/models", tag = "models", responses((status = 200, body = Vec<RegisteredModel>)))]
 pub(crate) async fn list_api(
     State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
 ) -> Result<ApiJson<Vec<RegisteredModel>>, AppError> {
-    Ok(ApiJson(store::list(&state.pool).await?))
+    let models = store::list(&state.pool).await?;
+    Ok(ApiJson(visible(models, user.role == Role::Admin)))
 }
 
 /// One model by name.
@@ -150,26 +192,54 @@ pub(crate) async fn list_api(
     responses((status = 200, body = RegisteredModel), (status = 404)))]
 pub(crate) async fn get_api(
     State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
     AppPath(name): AppPath<String>,
 ) -> Result<ApiJson<RegisteredModel>, AppError> {
-    Ok(ApiJson(store::get(&state.pool, &name).await?))
+    let model = store::get(&state.pool, &name).await?;
+    Ok(ApiJson(if user.role == Role::Admin {
+        model
+    } else {
+        model.redacted()
+    }))
 }
 
-/// Register a model (a `ModelSpec`); an existing name is updated (200) rather than created (201).
+/// Register a model (a `ModelSpec`; admins). A taken name is 409: change it with `PUT`.
 #[utoipa::path(post, path = "/api/v1/models", tag = "models", request_body(content = Object, description = "ModelSpec"),
-    responses((status = 201, body = RegisteredModel), (status = 200, body = RegisteredModel), (status = 422)))]
+    responses((status = 201, body = RegisteredModel), (status = 409), (status = 422)))]
 pub(crate) async fn register_api(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
     ApiJson(spec): ApiJson<ModelSpec>,
 ) -> Result<(StatusCode, ApiJson<RegisteredModel>), AppError> {
-    let (model, replaced) = store::upsert(&state.pool, &spec, Some(user.id)).await?;
-    Ok((
-        if replaced {
-            StatusCode::OK
-        } else {
-            StatusCode::CREATED
-        },
-        ApiJson(model),
+    let spec = check_local_path(&state, &user, spec)?;
+    let model = store::create(&state.pool, &spec, Some(user.id)).await?;
+    Ok((StatusCode::CREATED, ApiJson(model)))
+}
+
+/// Change a registered model (admins); the replaced spec is kept as a revision, and runs keep
+/// the spec they started with.
+#[utoipa::path(put, path = "/api/v1/models/{name}", tag = "models", request_body(content = Object, description = "ModelSpec"),
+    params(("name" = String, Path, description = "model name")),
+    responses((status = 200, body = RegisteredModel), (status = 404), (status = 422)))]
+pub(crate) async fn update_api(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+    AppPath(name): AppPath<String>,
+    ApiJson(spec): ApiJson<ModelSpec>,
+) -> Result<ApiJson<RegisteredModel>, AppError> {
+    let spec = check_local_path(&state, &user, spec)?;
+    Ok(ApiJson(
+        store::update(&state.pool, &name, &spec, Some(user.id)).await?,
     ))
+}
+
+/// The specs a model had before each change, newest first (admins).
+#[utoipa::path(get, path = "/api/v1/models/{name}/revisions", tag = "models",
+    params(("name" = String, Path, description = "model name")),
+    responses((status = 200, body = Vec<store::Revision>), (status = 404)))]
+pub(crate) async fn revisions_api(
+    State(state): State<AppState>,
+    AppPath(name): AppPath<String>,
+) -> Result<ApiJson<Vec<store::Revision>>, AppError> {
+    Ok(ApiJson(store::revisions(&state.pool, &name).await?))
 }

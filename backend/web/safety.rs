@@ -118,9 +118,8 @@ async fn items_page(
     let benchmark = store::get_benchmark(&state.pool, id)
         .await?
         .ok_or(AppError::NotFound)?;
+    let (limit, offset) = super::api::page_bounds(filter.limit, filter.offset)?;
     let (items, total) = store::list_items(&state.pool, id, &filter).await?;
-    let limit = filter.limit.unwrap_or(50).clamp(1, 500);
-    let offset = filter.offset.unwrap_or(0).max(0);
     let shown = items.len() as i64;
     Ok(ItemsPage {
         ctx: PageCtx::new(benchmark.name.clone(), "safety", Some(user), &csrf),
@@ -317,6 +316,7 @@ pub(crate) async fn list_items_api(
     store::get_benchmark(&state.pool, id)
         .await?
         .ok_or(AppError::NotFound)?;
+    super::api::page_bounds(filter.limit, filter.offset)?;
     let (items, total) = store::list_items(&state.pool, id, &filter).await?;
     Ok(ApiJson(ItemPage { items, total }))
 }
@@ -404,8 +404,11 @@ pub(crate) async fn import_elite_api(
     ApiJson(request): ApiJson<EliteImportRequest>,
 ) -> Result<(StatusCode, ApiJson<ImportSummary>), AppError> {
     use crate::safety::import::{check_elite_import, read_elite_csv};
-    let csv = std::path::PathBuf::from(&request.csv);
-    let images = request.images.clone().map(std::path::PathBuf::from);
+    let csv = super::server_paths::resolve(&state.config, &user, &request.csv)?;
+    let images = match &request.images {
+        Some(dir) => Some(super::server_paths::resolve(&state.config, &user, dir)?),
+        None => None,
+    };
     let (parsed, report) = tokio::task::spawn_blocking(move || {
         let parsed = read_elite_csv(&csv)?;
         let report = check_elite_import(&parsed, images.as_deref(), ImageLimits::default());
@@ -413,7 +416,12 @@ pub(crate) async fn import_elite_api(
     })
     .await
     .map_err(AppError::internal)?
-    .map_err(|e| AppError::Invalid(e.to_string()))?;
+    // The reason may quote the file; a server file's contents never travel in an error.
+    .map_err(|_| {
+        AppError::Invalid(
+            "the file is not an ELITE CSV (UTF-8, with the release's five columns)".into(),
+        )
+    })?;
     let source = format!("elite-csv:{}", request.csv);
     let summary = store::import_elite(
         &state.pool,

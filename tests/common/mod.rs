@@ -124,8 +124,25 @@ where
     H: axum::handler::Handler<T, ()>,
     T: 'static,
 {
+    allow_loopback_models();
     let router = Router::new().route("/v1/chat/completions", axum::routing::post(handler));
     format!("{}/v1", serve_router(router).await)
+}
+
+/// Let models of this process reach loopback servers (the tests' fake model servers), as a
+/// lab running vLLM on the same machine would configure it.
+pub fn allow_loopback_models() {
+    elite::inference::net::set_outbound_policy(
+        elite::inference::net::OutboundPolicy::parse("127.0.0.0/8").expect("valid policy"),
+    );
+}
+
+/// The configuration of the tests' app: server paths may be read under the temporary folder.
+pub fn test_config() -> WebConfig {
+    WebConfig {
+        server_roots: vec![std::env::temp_dir()],
+        ..WebConfig::default()
+    }
 }
 
 /// The app over a fresh database.
@@ -147,8 +164,10 @@ pub struct Browser {
 pub const PASSWORD: &str = "correct horse battery";
 
 impl TestApp {
+    /// The app as the tests use it: [`test_config`], loopback model servers allowed.
     pub async fn new() -> Self {
-        Self::with_config(WebConfig::default()).await
+        allow_loopback_models();
+        Self::with_config(test_config()).await
     }
 
     pub async fn with_config(config: WebConfig) -> Self {
@@ -203,6 +222,30 @@ impl TestApp {
             .await
             .expect("count rows")
     }
+}
+
+/// Rows per table of the public schema (`_sqlx_migrations` aside), to show a refused request
+/// stored nothing.
+pub async fn table_counts(pool: &PgPool) -> std::collections::BTreeMap<String, i64> {
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT table_name::text FROM information_schema.tables
+         WHERE table_schema = 'public' AND table_type = 'BASE TABLE' AND table_name <> '_sqlx_migrations'
+         ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("list tables");
+    let mut counts = std::collections::BTreeMap::new();
+    for table in tables {
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM \"{table}\""
+        )))
+        .fetch_one(pool)
+        .await
+        .expect("count rows");
+        counts.insert(table, n);
+    }
+    counts
 }
 
 pub async fn body_text(response: Response<Body>) -> String {
@@ -281,7 +324,10 @@ pub async fn wait_job(app: &TestApp, id: i64) -> elite::jobs::Job {
 /// Run the `elite` binary (no DATABASE_URL unless given): (success, stdout, stderr).
 pub fn run_elite(args: &[&str], database_url: Option<&str>) -> (bool, String, String) {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_elite"));
-    command.args(args).env("ELITE_LOG", "warn");
+    command
+        .args(args)
+        .env("ELITE_LOG", "warn")
+        .env("ELITE_OUTBOUND_ALLOW", "127.0.0.0/8");
     match database_url {
         Some(url) => command.env("DATABASE_URL", url),
         None => command.env_remove("DATABASE_URL"),
