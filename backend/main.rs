@@ -50,7 +50,11 @@ enum Command {
         secure_cookies: bool,
         /// Folders whose files admins may name in requests (imports, checkpoints, data sets);
         /// repeat the flag or separate with ':'. None: server paths are refused.
-        #[arg(long = "server-root", env = "ELITE_SERVER_ROOTS", value_delimiter = ':')]
+        #[arg(
+            long = "server-root",
+            env = "ELITE_SERVER_ROOTS",
+            value_delimiter = ':'
+        )]
         server_roots: Vec<std::path::PathBuf>,
         #[command(flatten)]
         workers: WorkerArgs,

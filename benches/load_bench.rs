@@ -77,8 +77,8 @@ async fn drive(base: &str, target: &Target, connections: usize, seconds: u64) ->
                 match client.request(request).await {
                     Ok(response) => {
                         let ok = response.status().is_success();
-                        let body = axum::body::to_bytes(Body::new(response.into_body()), 1 << 24)
-                            .await;
+                        let body =
+                            axum::body::to_bytes(Body::new(response.into_body()), 1 << 24).await;
                         if ok && body.is_ok() {
                             latencies.push(sent.elapsed());
                         } else {
@@ -142,15 +142,21 @@ fn main() {
             .await
             .unwrap();
         db::MIGRATOR.run(&pool).await.unwrap();
-        let user = accounts::create_user(&pool, "loader", "correct horse battery", Role::Researcher)
-            .await
-            .unwrap();
-        let (_, token) = accounts::create_api_token(&pool, user.id, "load").await.unwrap();
-        let session = accounts::create_session(&pool, user.id).await.unwrap();
-        for i in 0..50 {
-            jobs::enqueue(&pool, NewJob::new("bench.idle", serde_json::json!({ "n": i })))
+        let user =
+            accounts::create_user(&pool, "loader", "correct horse battery", Role::Researcher)
                 .await
                 .unwrap();
+        let (_, token) = accounts::create_api_token(&pool, user.id, "load")
+            .await
+            .unwrap();
+        let session = accounts::create_session(&pool, user.id).await.unwrap();
+        for i in 0..50 {
+            jobs::enqueue(
+                &pool,
+                NewJob::new("bench.idle", serde_json::json!({ "n": i })),
+            )
+            .await
+            .unwrap();
         }
         let state = AppState::new(pool, WebConfig::default());
         let (router, _) = web::app(state);
@@ -206,7 +212,13 @@ fn main() {
             per_second,
             percentile(&outcome.latencies, 50.0).as_secs_f64() * 1e3,
             percentile(&outcome.latencies, 99.0).as_secs_f64() * 1e3,
-            outcome.latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+            outcome
+                .latencies
+                .last()
+                .copied()
+                .unwrap_or_default()
+                .as_secs_f64()
+                * 1e3,
             outcome.errors,
         );
     }

@@ -70,11 +70,24 @@ async fn an_experiment_runs_as_a_job_and_is_plotted() {
     }
 
     // Bad requests are refused before anything is queued.
-    for bad in [
-        r#"{"model": "demo", "data": "synthetic", "method": "magic", "ratio": 0.5}"#,
-        r#"{"model": "demo", "data": "synthetic", "method": "l1", "ratio": 1.5}"#,
-        r#"{"model": "/nonexistent.safetensors", "data": "synthetic", "method": "l1", "ratio": 0.5}"#,
-        r#"{"model": "demo", "data": "/nonexistent-dir", "method": "l1", "ratio": 0.5}"#,
+    // Server paths are an admin's (researchers get 403 whether or not the path exists).
+    for (bad, status) in [
+        (
+            r#"{"model": "demo", "data": "synthetic", "method": "magic", "ratio": 0.5}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            r#"{"model": "demo", "data": "synthetic", "method": "l1", "ratio": 1.5}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            r#"{"model": "/nonexistent.safetensors", "data": "synthetic", "method": "l1", "ratio": 0.5}"#,
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            r#"{"model": "demo", "data": "/nonexistent-dir", "method": "l1", "ratio": 0.5}"#,
+            StatusCode::FORBIDDEN,
+        ),
     ] {
         let response = app
             .send(api(
@@ -84,7 +97,7 @@ async fn an_experiment_runs_as_a_job_and_is_plotted() {
                 Some(bad),
             ))
             .await;
-        assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
+        assert_eq!(response.status(), status, "{bad}");
     }
     assert_eq!(app.count("jobs").await, 1);
 

@@ -387,7 +387,12 @@ async fn generic_jsonl_and_csv_benchmarks_import() {
 #[tokio::test]
 async fn benchmarks_import_over_the_api() {
     use base64::Engine;
-    let app = TestApp::new().await;
+    // The admin imports the release from the repository's test data: a server root here.
+    let mut config = test_config();
+    config
+        .server_roots
+        .push(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data"));
+    let app = TestApp::with_config(config).await;
     let researcher = app.user("rita", Role::Researcher).await;
     let admin = app.user("ada", Role::Admin).await;
     let (rt, at) = (app.token(&researcher).await, app.token(&admin).await);
@@ -674,7 +679,7 @@ async fn the_cli_generates_pairs_from_a_seeds_file() {
     .unwrap();
     let run = |extra: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_elite"))
-        .env("ELITE_OUTBOUND_ALLOW", "127.0.0.0/8")
+            .env("ELITE_OUTBOUND_ALLOW", "127.0.0.0/8")
             .args([
                 "import",
                 "generated",

@@ -43,17 +43,18 @@ impl OutboundPolicy {
     /// public addresses only.
     pub fn parse(list: &str) -> Result<Self, InferenceError> {
         let mut allowed = Vec::new();
-        for entry in list.split([',', ' ']).map(str::trim).filter(|e| !e.is_empty()) {
+        for entry in list
+            .split([',', ' '])
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+        {
             let net = match entry.parse::<IpNet>() {
                 Ok(net) => net,
-                Err(_) => entry
-                    .parse::<IpAddr>()
-                    .map(IpNet::from)
-                    .map_err(|_| {
-                        InferenceError::InvalidSpec(format!(
-                            "outbound allow-list entry {entry:?} is not an address or CIDR block"
-                        ))
-                    })?,
+                Err(_) => entry.parse::<IpAddr>().map(IpNet::from).map_err(|_| {
+                    InferenceError::InvalidSpec(format!(
+                        "outbound allow-list entry {entry:?} is not an address or CIDR block"
+                    ))
+                })?,
             };
             allowed.push(net);
         }
@@ -74,7 +75,11 @@ impl OutboundPolicy {
         let host = parsed
             .host_str()
             .ok_or_else(|| InferenceError::InvalidSpec("base_url has no host".into()))?;
-        match host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+        match host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+        {
             Ok(ip) => self.check_ip(ip),
             Err(_) => Ok(()),
         }
@@ -139,7 +144,7 @@ fn is_special_v6(ip: Ipv6Addr) -> bool {
         || (first & 0xfe00) == 0xfc00
         || (first & 0xffc0) == 0xfe80
         || (first == 0x2001 && ip.segments()[1] == 0x0db8)
-        || ip.to_ipv4().is_some_and(|v4| is_special_v4(v4))
+        || ip.to_ipv4().is_some_and(is_special_v4)
 }
 
 fn slot() -> &'static RwLock<Option<Arc<OutboundPolicy>>> {
@@ -182,16 +187,18 @@ impl Resolve for GuardedResolver {
         let policy = self.policy.clone();
         let host = name.as_str().to_string();
         Box::pin(async move {
-            let found: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .collect();
+            let found: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             let permitted: Vec<SocketAddr> = found
                 .iter()
                 .copied()
                 .filter(|a| policy.permits(a.ip()))
                 .collect();
             if permitted.is_empty() {
-                let shown = found.first().map(|a| a.ip().to_string()).unwrap_or_default();
+                let shown = found
+                    .first()
+                    .map(|a| a.ip().to_string())
+                    .unwrap_or_default();
                 let error: Box<dyn std::error::Error + Send + Sync> = format!(
                     "{host} resolves to {shown}, which the outbound policy refuses (an admin can allow it with {OUTBOUND_ALLOW_ENV})"
                 )

@@ -178,7 +178,9 @@ impl ModelSpec {
         if self.name.trim().is_empty() {
             return bad("name must not be empty".into());
         }
-        if self.name.chars().count() > MAX_MODEL_NAME_CHARS || self.name.chars().any(char::is_control) {
+        if self.name.chars().count() > MAX_MODEL_NAME_CHARS
+            || self.name.chars().any(char::is_control)
+        {
             return Err(InferenceError::InvalidSpec(format!(
                 "a model name has at most {MAX_MODEL_NAME_CHARS} characters and no control characters"
             )));

@@ -141,7 +141,9 @@ pub async fn upsert(
     created_by: Option<i64>,
 ) -> Result<(RegisteredModel, bool), RegistryError> {
     match create(pool, spec, created_by).await {
-        Err(RegistryError::Exists(_)) => Ok((update(pool, &spec.name, spec, created_by).await?, true)),
+        Err(RegistryError::Exists(_)) => {
+            Ok((update(pool, &spec.name, spec, created_by).await?, true))
+        }
         other => Ok((other?, false)),
     }
 }

@@ -322,7 +322,8 @@ impl Worker {
         let started = std::time::Instant::now();
         // A handler that panics fails its job (permanently: the same input panics again);
         // the worker itself goes on.
-        let mut run = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(handler.run(ctx)));
+        let mut run =
+            futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(handler.run(ctx)));
         let mut heartbeat = tokio::time::interval(self.options.heartbeat);
         heartbeat.tick().await;
         let outcome = loop {
@@ -455,6 +456,15 @@ fn whole_microseconds(d: Duration) -> Duration {
     Duration::from_micros(d.as_micros().min(u64::MAX as u128) as u64)
 }
 
+/// The message of a caught panic, when it is text.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -479,13 +489,4 @@ mod tests {
             );
         }
     }
-}
-
-/// The message of a caught panic, when it is text.
-fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "no message".into())
 }

@@ -121,9 +121,9 @@ async fn snapshot_models(
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     match crate::inference::store::snapshot(pool, &names).await {
         Ok(map) => Ok(serde_json::Value::Object(map)),
-        Err(crate::inference::store::RegistryError::NoSuchModel(name)) => Err(
-            StoreError::Invalid(format!("no model named {name:?}; register it first")),
-        ),
+        Err(crate::inference::store::RegistryError::NoSuchModel(name)) => Err(StoreError::Invalid(
+            format!("no model named {name:?}; register it first"),
+        )),
         Err(e) => Err(StoreError::Invalid(e.to_string())),
     }
 }

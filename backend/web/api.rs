@@ -106,10 +106,7 @@ impl Pagination {
 }
 
 /// A page size of 1-500 (default 50) and a non-negative offset, or 422.
-pub(crate) fn page_bounds(
-    limit: Option<i64>,
-    offset: Option<i64>,
-) -> Result<(i64, i64), AppError> {
+pub(crate) fn page_bounds(limit: Option<i64>, offset: Option<i64>) -> Result<(i64, i64), AppError> {
     let limit = limit.unwrap_or(50);
     let offset = offset.unwrap_or(0);
     if !(1..=500).contains(&limit) {

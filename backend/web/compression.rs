@@ -9,10 +9,10 @@ use axum::response::Redirect;
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 
-use super::server_paths;
 use super::auth::{CsrfToken, CurrentUser};
 use super::error::{ApiJson, AppForm};
 use super::pages::PageCtx;
+use super::server_paths;
 use super::{AppError, AppState, RESEARCHER, Routes};
 use crate::accounts::Role;
 use crate::charts::{self, Frame, Series};
@@ -70,7 +70,9 @@ async fn enqueue(
     let model = if server_paths::names_a_path(&request.model) {
         let path = server_paths::resolve(&state.config, user, &request.model)?;
         if !path.is_file() {
-            return Err(AppError::Invalid("the checkpoint path is not a file".into()));
+            return Err(AppError::Invalid(
+                "the checkpoint path is not a file".into(),
+            ));
         }
         ModelSource::Checkpoint { path }
     } else {
@@ -89,7 +91,9 @@ async fn enqueue(
         path.to_string_lossy().parse().map_err(invalid)?
     } else {
         match request.data.parse().map_err(invalid)? {
-            DataSource::Cifar10 { .. } | DataSource::Cifar100 { .. } | DataSource::Folder { .. } => {
+            DataSource::Cifar10 { .. }
+            | DataSource::Cifar100 { .. }
+            | DataSource::Folder { .. } => {
                 return Err(AppError::Invalid(format!(
                     "unknown data source {:?}: a built-in set (`synthetic`, `synthetic:N`) or an absolute folder path (admins)",
                     request.data.trim()

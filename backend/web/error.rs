@@ -111,17 +111,19 @@ impl From<sqlx::Error> for AppError {
         // Data the database refuses is the client's error: a NUL byte or other text PostgreSQL
         // cannot store (SQLSTATE class 22) or a value outside a column's CHECK (23514). The
         // statement failed, so nothing of it was stored.
-        let refused = e
-            .as_database_error()
-            .and_then(|d| d.code())
-            .map(|code| match code.as_ref() {
-                "22021" | "22P05" => Some("text must not contain NUL bytes or invalid characters"),
-                "22003" => Some("a number is out of range"),
-                "22001" => Some("a text value is too long"),
-                "23514" => Some("a value is outside its allowed range"),
-                c if c.starts_with("22") => Some("a value is malformed"),
-                _ => None,
-            });
+        let refused =
+            e.as_database_error()
+                .and_then(|d| d.code())
+                .map(|code| match code.as_ref() {
+                    "22021" | "22P05" => {
+                        Some("text must not contain NUL bytes or invalid characters")
+                    }
+                    "22003" => Some("a number is out of range"),
+                    "22001" => Some("a text value is too long"),
+                    "23514" => Some("a value is outside its allowed range"),
+                    c if c.starts_with("22") => Some("a value is malformed"),
+                    _ => None,
+                });
         match (e, refused) {
             (sqlx::Error::RowNotFound, _) => AppError::NotFound,
             (_, Some(Some(message))) => AppError::Invalid(message.to_string()),

@@ -2,7 +2,6 @@
 //! (upload or server path), PP&PR results with plots, toy experiments. Computation is
 //! enqueued as jobs; handlers only parse, store and render.
 
-
 use askama::Template;
 use askama_web::WebTemplate;
 use axum::extract::{DefaultBodyLimit, Multipart, State};
@@ -178,10 +177,9 @@ async fn enqueue_compute(
     user: &crate::accounts::User,
     request: ComputeRequest,
 ) -> Result<i64, AppError> {
-    if !(request.a > 0.0 && request.a.is_finite() && request.a <= 1000.0)
-        || !(1..=MAX_K).contains(&request.k)
-        || !(1..=MAX_K).contains(&request.prdc_k)
-    {
+    let a_ok = request.a > 0.0 && request.a.is_finite() && request.a <= 1000.0;
+    let k_ok = (1..=MAX_K).contains(&request.k) && (1..=MAX_K).contains(&request.prdc_k);
+    if !(a_ok && k_ok) {
         return Err(AppError::Invalid(format!(
             "a must be in (0, 1000]; k and prdc k between 1 and {MAX_K}"
         )));

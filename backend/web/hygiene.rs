@@ -53,9 +53,7 @@ fn control_error() -> Response {
 pub async fn refuse_control_characters(request: Request, next: Next) -> Response {
     let uri = request.uri();
     let path_ok = percent_decode(uri.path()).is_some_and(|p| clean(&p, false));
-    let query_ok = uri
-        .query()
-        .is_none_or(|q| form_clean(q.as_bytes(), false));
+    let query_ok = uri.query().is_none_or(|q| form_clean(q.as_bytes(), false));
     if !path_ok || !query_ok {
         return control_error();
     }
@@ -92,7 +90,8 @@ pub async fn refuse_control_characters(request: Request, next: Next) -> Response
     if !ok {
         return control_error();
     }
-    next.run(Request::from_parts(parts, Body::from(bytes))).await
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
 }
 
 /// Percent-decode a path; None when the result is not UTF-8.

@@ -26,12 +26,12 @@ pub(crate) fn routes(routes: Routes) -> Routes {
         .get("/api/v1/models", RESEARCHER, get(list_api))
         .post("/api/v1/models", ADMIN, post(register_api))
         .get("/api/v1/models/{name}", RESEARCHER, get(get_api))
-        .put("/api/v1/models/{name}", ADMIN, axum::routing::put(update_api))
-        .get(
-            "/api/v1/models/{name}/revisions",
+        .put(
+            "/api/v1/models/{name}",
             ADMIN,
-            get(revisions_api),
+            axum::routing::put(update_api),
         )
+        .get("/api/v1/models/{name}/revisions", ADMIN, get(revisions_api))
 }
 
 impl From<RegistryError> for AppError {

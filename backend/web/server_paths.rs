@@ -53,7 +53,11 @@ pub fn resolve(config: &WebConfig, user: &User, raw: &str) -> Result<PathBuf, Ap
         root.canonicalize()
             .is_ok_and(|root| canonical.starts_with(root))
     });
-    if inside { Ok(canonical) } else { Err(refused()) }
+    if inside {
+        Ok(canonical)
+    } else {
+        Err(refused())
+    }
 }
 
 /// Whether a typed source names a server path (absolute, or relative with a separator) rather

@@ -107,8 +107,10 @@ pub async fn end_process(pool: PgPool) {
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), pool.close()).await;
 }
 
-/// Serve `router` on a free local port; returns `http://127.0.0.1:PORT`.
+/// Serve `router` on a free local port; returns `http://127.0.0.1:PORT`. Models of this
+/// process may then reach loopback servers (see [`allow_loopback_models`]).
 pub async fn serve_router(router: Router) -> String {
+    allow_loopback_models();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind a local port");

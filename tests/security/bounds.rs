@@ -38,7 +38,9 @@ pub async fn small_benchmark(app: &TestApp) -> i64 {
         ))
         .await;
     assert_eq!(created.status(), StatusCode::CREATED);
-    body_json(created).await["benchmark"]["id"].as_i64().unwrap()
+    body_json(created).await["benchmark"]["id"]
+        .as_i64()
+        .unwrap()
 }
 
 fn fast() -> WorkerOptions {
@@ -58,7 +60,8 @@ async fn a_huge_synthetic_set_is_refused_and_a_stored_one_fails_cleanly() {
     let token = app.token(&user).await;
     let before = table_counts(&app.pool).await;
     // Finding 3: this request used to abort the server with a 24 TB allocation.
-    let body = json!({"model": "demo:1", "data": "synthetic:100000000000", "method": "l1", "ratio": 0.5});
+    let body =
+        json!({"model": "demo:1", "data": "synthetic:100000000000", "method": "l1", "ratio": 0.5});
     let response = app
         .send(api(
             "POST",
@@ -114,7 +117,11 @@ async fn a_panicking_job_fails_and_the_worker_goes_on() {
     let failed = wait_job(&app, bad).await;
     assert_eq!(failed.status, JobStatus::Failed, "{failed:?}");
     assert!(
-        failed.last_error.as_deref().unwrap_or("").contains("panicked"),
+        failed
+            .last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("panicked"),
         "{failed:?}"
     );
     // The same single worker still takes the next job.
@@ -133,8 +140,13 @@ async fn out_of_range_settings_are_refused_with_nothing_stored() {
     let user = app.user("rhea", Role::Researcher).await;
     let token = app.token(&user).await;
     let model = json!({"name": "m", "adapter": "openai", "base_url": "https://a.example/v1", "model_id": "x"});
-    app.send(api("POST", "/api/v1/models", Some(&admin_token), Some(&model.to_string())))
-        .await;
+    app.send(api(
+        "POST",
+        "/api/v1/models",
+        Some(&admin_token),
+        Some(&model.to_string()),
+    ))
+    .await;
     let benchmark = small_benchmark(&app).await;
     let long_name = "n".repeat(1_000_000);
     let before = table_counts(&app.pool).await;
@@ -150,7 +162,11 @@ async fn out_of_range_settings_are_refused_with_nothing_stored() {
         ("/api/v1/annotation/queues", json!({"name": "q", "annotators": ["a"], "annotators_per_item": 1, "guideline": "g".repeat(1_500_000)}).to_string(), "guideline"),
     ];
     for (path, body, expect) in &cases {
-        let tok = if path.contains("models") { &admin_token } else { &token };
+        let tok = if path.contains("models") {
+            &admin_token
+        } else {
+            &token
+        };
         let response = app.send(api("POST", path, Some(tok), Some(body))).await;
         let status = response.status();
         let text = body_text(response).await;
@@ -163,9 +179,18 @@ async fn out_of_range_settings_are_refused_with_nothing_stored() {
     // Negative and oversized page limits are refused, not silently clamped.
     for query in ["limit=-5", "limit=100000", "offset=-1"] {
         let response = app
-            .send(api("GET", &format!("/api/v1/jobs?{query}"), Some(&token), None))
+            .send(api(
+                "GET",
+                &format!("/api/v1/jobs?{query}"),
+                Some(&token),
+                None,
+            ))
             .await;
-        assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY, "{query}");
+        assert_eq!(
+            response.status(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{query}"
+        );
         let response = app
             .send(api(
                 "GET",
@@ -174,7 +199,11 @@ async fn out_of_range_settings_are_refused_with_nothing_stored() {
                 None,
             ))
             .await;
-        assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY, "{query}");
+        assert_eq!(
+            response.status(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{query}"
+        );
     }
     assert_eq!(table_counts(&app.pool).await, before);
 }
@@ -190,19 +219,43 @@ async fn nul_bytes_and_control_characters_are_refused_everywhere() {
     let benchmark = small_benchmark(&app).await;
     let before = table_counts(&app.pool).await;
     let json_cases = [
-        ("/api/v1/models", json!({"name": "a\u{0}b", "adapter": "openai", "base_url": "https://a.example/v1", "model_id": "x"}), &admin_token),
-        ("/api/v1/runs", json!({"model": "m\u{0}", "benchmark_id": benchmark}), &token),
-        ("/api/v1/runs", json!({"model": "m", "benchmark_id": benchmark, "prompt_template": "{text}\u{1b}[2J"}), &token),
+        (
+            "/api/v1/models",
+            json!({"name": "a\u{0}b", "adapter": "openai", "base_url": "https://a.example/v1", "model_id": "x"}),
+            &admin_token,
+        ),
+        (
+            "/api/v1/runs",
+            json!({"model": "m\u{0}", "benchmark_id": benchmark}),
+            &token,
+        ),
+        (
+            "/api/v1/runs",
+            json!({"model": "m", "benchmark_id": benchmark, "prompt_template": "{text}\u{1b}[2J"}),
+            &token,
+        ),
         ("/api/v1/tokens", json!({"name": "t\u{0}"}), &token),
-        ("/api/v1/genmetrics/results", json!({"real_set_id": 1, "fake_set_id": 1, "label": "x\u{0}"}), &token),
+        (
+            "/api/v1/genmetrics/results",
+            json!({"real_set_id": 1, "fake_set_id": 1, "label": "x\u{0}"}),
+            &token,
+        ),
     ];
     for (path, body, tok) in json_cases {
-        let response = app.send(api("POST", path, Some(tok), Some(&body.to_string()))).await;
-        assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY, "{path} {body}");
+        let response = app
+            .send(api("POST", path, Some(tok), Some(&body.to_string())))
+            .await;
+        assert_eq!(
+            response.status(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{path} {body}"
+        );
     }
     // The same in a form, a query string and a path.
     let form_body = format!("csrf_token={}&name=x%00y&adapter=openai", browser.csrf);
-    let response = app.send(form("/safety/models", Some(&browser), &form_body)).await;
+    let response = app
+        .send(form("/safety/models", Some(&browser), &form_body))
+        .await;
     assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
     let response = app
         .send(api("GET", "/api/v1/models/a%00b", Some(&token), None))
@@ -241,7 +294,12 @@ async fn server_paths_are_admin_only_confined_to_roots_and_never_echoed() {
     let garbage = root.path().join("garbage.csv");
     std::fs::write(&garbage, "SECRET-INSIDE-ROOT\u{1}\u{2}\n").unwrap();
     let before = table_counts(&app.pool).await;
-    for csv in [secret.to_str().unwrap(), link.to_str().unwrap(), "/etc/passwd", garbage.to_str().unwrap()] {
+    for csv in [
+        secret.to_str().unwrap(),
+        link.to_str().unwrap(),
+        "/etc/passwd",
+        garbage.to_str().unwrap(),
+    ] {
         let response = app
             .send(api(
                 "POST",
@@ -252,7 +310,10 @@ async fn server_paths_are_admin_only_confined_to_roots_and_never_echoed() {
             .await;
         assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY, "{csv}");
         let text = body_text(response).await;
-        assert!(!text.contains("SECRET") && !text.contains("root:"), "{csv}: {text}");
+        assert!(
+            !text.contains("SECRET") && !text.contains("root:"),
+            "{csv}: {text}"
+        );
     }
     // Researchers never name server paths; an existing and a missing folder look the same.
     let mut answers = Vec::new();

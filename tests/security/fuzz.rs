@@ -64,8 +64,22 @@ fn field_names(doc: &Value) -> Vec<String> {
         .unwrap_or_default();
     names.extend(
         [
-            "name", "adapter", "base_url", "model_id", "local_path", "api_key_env", "model",
-            "benchmark_id", "judge", "limit", "data", "method", "ratio", "csv", "images", "k",
+            "name",
+            "adapter",
+            "base_url",
+            "model_id",
+            "local_path",
+            "api_key_env",
+            "model",
+            "benchmark_id",
+            "judge",
+            "limit",
+            "data",
+            "method",
+            "ratio",
+            "csv",
+            "images",
+            "k",
         ]
         .map(String::from),
     );
@@ -107,7 +121,10 @@ fn plausible(doc: &Value, schema: &Value, rng: &mut StdRng, depth: usize) -> Val
     if depth > 4 {
         return Value::Null;
     }
-    if let Some(variants) = schema.get("oneOf").or(schema.get("anyOf")).and_then(Value::as_array)
+    if let Some(variants) = schema
+        .get("oneOf")
+        .or(schema.get("anyOf"))
+        .and_then(Value::as_array)
         && let Some(first) = variants.first()
     {
         return plausible(doc, first, rng, depth + 1);
@@ -156,7 +173,10 @@ fn malformed(doc: &Value, endpoint: &Endpoint, names: &[String], rng: &mut StdRn
     if map.is_empty() || rng.random_bool(0.3) {
         for _ in 0..rng.random_range(1..6) {
             let name = &names[rng.random_range(0..names.len())];
-            map.insert(name.clone(), plausible(doc, &json!({"type": "string"}), rng, 0));
+            map.insert(
+                name.clone(),
+                plausible(doc, &json!({"type": "string"}), rng, 0),
+            );
         }
     }
     let keys: Vec<String> = map.keys().cloned().collect();
@@ -172,7 +192,7 @@ fn malformed(doc: &Value, endpoint: &Endpoint, names: &[String], rng: &mut StdRn
                 "{\"a\": \"\\ud800\"}",
                 "\u{0}",
             ][rng.random_range(0..7)]
-                .to_string();
+            .to_string();
         }
         // A required field missing.
         1 if !keys.is_empty() => {
@@ -201,7 +221,10 @@ fn fill_path(path: &str, rng: &mut StdRng) -> String {
     let mut rest = path;
     while let Some(start) = rest.find('{') {
         out.push_str(&rest[..start]);
-        let end = rest[start..].find('}').map(|e| start + e + 1).unwrap_or(rest.len());
+        let end = rest[start..]
+            .find('}')
+            .map(|e| start + e + 1)
+            .unwrap_or(rest.len());
         out.push_str(
             ["1", "2", "0", "-1", "9223372036854775807", "x", "%00"][rng.random_range(0..7)],
         );
@@ -219,7 +242,11 @@ async fn malformed_bodies_from_the_openapi_schemas_never_give_5xx_or_partial_wri
     crate::bounds::small_benchmark(&app).await;
     let doc = body_json(app.send(get("/api/openapi.json", None)).await).await;
     let endpoints = json_endpoints(&doc);
-    assert!(endpoints.len() >= 15, "only {} JSON endpoints", endpoints.len());
+    assert!(
+        endpoints.len() >= 15,
+        "only {} JSON endpoints",
+        endpoints.len()
+    );
     let names = field_names(&doc);
     let mut rng = StdRng::seed_from_u64(0x5eed);
     let mut counts = table_counts(&app.pool).await;
@@ -252,5 +279,8 @@ async fn malformed_bodies_from_the_openapi_schemas_never_give_5xx_or_partial_wri
         assert_ne!(status, StatusCode::NOT_IMPLEMENTED);
     }
     // Malformed bodies are overwhelmingly refused.
-    assert!(refused > BODIES * 9 / 10, "only {refused} of {BODIES} refused");
+    assert!(
+        refused > BODIES * 9 / 10,
+        "only {refused} of {BODIES} refused"
+    );
 }

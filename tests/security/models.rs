@@ -108,7 +108,9 @@ async fn a_researcher_cannot_register_or_repoint_models() {
         .await;
     assert_eq!(again.status(), StatusCode::CONFLICT);
     assert_eq!(table_counts(&app.pool).await, before);
-    let stored = elite::inference::store::get(&app.pool, "judge").await.unwrap();
+    let stored = elite::inference::store::get(&app.pool, "judge")
+        .await
+        .unwrap();
     assert_eq!(
         stored.spec.base_url.as_deref(),
         Some("https://api.example.com/v1")
@@ -142,9 +144,18 @@ async fn secrets_and_internal_addresses_are_refused_at_registration() {
         ),
     ] {
         let response = app
-            .send(api("POST", "/api/v1/models", Some(&token), Some(&spec.to_string())))
+            .send(api(
+                "POST",
+                "/api/v1/models",
+                Some(&token),
+                Some(&spec.to_string()),
+            ))
             .await;
-        assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY, "{spec}");
+        assert_eq!(
+            response.status(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{spec}"
+        );
         let text = body_text(response).await;
         assert!(text.contains(why), "{text}");
     }
@@ -161,17 +172,29 @@ async fn no_request_reaches_a_refused_address_and_no_secret_leaves() {
         "internal-admin-console root:secret".into(),
     )
     .await;
-    let port = internal.split(':').nth(2).unwrap().split('/').next().unwrap();
+    let port = internal
+        .split(':')
+        .nth(2)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap();
     // A host name that resolves to loopback passes registration (names are checked when they
     // resolve) but the request is never sent.
     let by_name = ModelSpec::remote("n", format!("http://localhost:{port}/v1"), "x");
-    let model = load_model(&by_name, &candle_core::Device::Cpu).await.unwrap();
+    let model = load_model(&by_name, &candle_core::Device::Cpu)
+        .await
+        .unwrap();
     let error = model.generate(ask()).await.unwrap_err().to_string();
     assert!(error.contains("outbound policy"), "{error}");
     assert!(!error.contains("root:secret"), "{error}");
     // A literal address is refused before any client is built.
     let literal = ModelSpec::remote("l", internal.clone(), "x");
-    assert!(load_model(&literal, &candle_core::Device::Cpu).await.is_err());
+    assert!(
+        load_model(&literal, &candle_core::Device::Cpu)
+            .await
+            .is_err()
+    );
     assert_eq!(hits.load(Ordering::SeqCst), 0);
 
     // A secret outside the allowed names is never read, even from a spec stored earlier.
@@ -193,14 +216,17 @@ async fn remote_errors_quote_only_a_short_clean_excerpt() {
         "upstream failure\n\u{1b}[2J{}",
         "internal-stack-frame ".repeat(500)
     );
-    let (base, hits, _) =
-        counting_server("127.0.0.2", StatusCode::BAD_REQUEST, long.clone()).await;
+    let (base, hits, _) = counting_server("127.0.0.2", StatusCode::BAD_REQUEST, long.clone()).await;
     let spec = ModelSpec::remote("e", base, "x");
     let model = load_model(&spec, &candle_core::Device::Cpu).await.unwrap();
     let error = model.generate(ask()).await.unwrap_err().to_string();
     assert_eq!(hits.load(Ordering::SeqCst), 1);
     assert!(error.contains("upstream failure"), "{error}");
-    assert!(error.chars().count() < 320, "{} chars: {error}", error.len());
+    assert!(
+        error.chars().count() < 320,
+        "{} chars: {error}",
+        error.len()
+    );
     assert!(!error.chars().any(|c| c.is_control()), "{error:?}");
 }
 
@@ -212,7 +238,12 @@ async fn runs_keep_the_model_spec_they_started_with() {
     let token = app.token(&admin).await;
     let spec = json!({"name": "target", "adapter": "openai", "base_url": "https://a.example/v1", "model_id": "v1"});
     let created = app
-        .send(api("POST", "/api/v1/models", Some(&token), Some(&spec.to_string())))
+        .send(api(
+            "POST",
+            "/api/v1/models",
+            Some(&token),
+            Some(&spec.to_string()),
+        ))
         .await;
     assert_eq!(created.status(), StatusCode::CREATED);
     let benchmark = crate::bounds::small_benchmark(&app).await;
@@ -224,10 +255,20 @@ async fn runs_keep_the_model_spec_they_started_with() {
             Some(&json!({"model": "target", "benchmark_id": benchmark}).to_string()),
         ))
         .await;
-    assert_eq!(run.status(), StatusCode::ACCEPTED, "{}", body_text(run).await);
+    assert_eq!(
+        run.status(),
+        StatusCode::ACCEPTED,
+        "{}",
+        body_text(run).await
+    );
     let changed = json!({"name": "target", "adapter": "openai", "base_url": "https://b.example/v1", "model_id": "v2"});
     let updated = app
-        .send(api("PUT", "/api/v1/models/target", Some(&token), Some(&changed.to_string())))
+        .send(api(
+            "PUT",
+            "/api/v1/models/target",
+            Some(&token),
+            Some(&changed.to_string()),
+        ))
         .await;
     assert_eq!(updated.status(), StatusCode::OK);
     let snapshot: serde_json::Value =
