@@ -117,6 +117,10 @@ enum Command {
         /// taxonomy-alignment prompt (then `elite import aligned`).
         #[arg(long)]
         prompt_template: Option<String>,
+        /// Refusal-keyword list: a shipped list (`elite`, the default, or `gcg`) or a file
+        /// (one phrase per line, or the JSON form of `data/keywords/`).
+        #[arg(long)]
+        keyword_list: Option<String>,
         /// A seeded random sample of this many items.
         #[arg(long)]
         limit: Option<usize>,
@@ -583,12 +587,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             sources,
             pair_types,
             prompt_template,
+            keyword_list,
             limit,
             seed,
             max_new_tokens,
             follow,
         } => {
             let db = db::open_and_migrate(&source, 8).await?;
+            let (keyword_list, keywords) = cli::safety::keyword_choice(keyword_list)?;
             let judge_template = match judge_template {
                 Some(path) => Some(
                     serde_json::from_str(
@@ -614,6 +620,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 temperature: None,
                 threshold: None,
                 prompt_template,
+                keyword_list,
+                keywords,
             };
             let result = async {
                 let run_id = elite::safety::runs::create_run(&db.pool, &request, None).await?;

@@ -179,6 +179,8 @@ async fn main() {
         temperature: None,
         threshold: None,
         prompt_template: None,
+        keyword_list: None,
+        keywords: None,
     };
     let (cpu0, machine0, t0) = (process_cpu(), machine_cpu(), Instant::now());
     let run_id = runs::create_run(&pool, &request, None).await.unwrap();

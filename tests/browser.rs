@@ -215,6 +215,8 @@ async fn model_responses_are_shown_as_text_never_as_html() {
         temperature: None,
         threshold: None,
         prompt_template: None,
+        keyword_list: None,
+        keywords: None,
     };
     let run_id = elite::safety::runs::create_run(&app.pool, &request, None)
         .await
@@ -350,6 +352,8 @@ async fn a_run_is_watched_live_cancelled_and_ranked() {
         temperature: None,
         threshold: None,
         prompt_template: None,
+        keyword_list: None,
+        keywords: None,
     };
     let run_id = elite::safety::runs::create_run(&app.pool, &request, None)
         .await

@@ -284,6 +284,8 @@ async fn a_killed_worker_leaves_nothing_lost_or_doubled() {
         temperature: None,
         threshold: None,
         prompt_template: None,
+        keyword_list: None,
+        keywords: None,
     };
     // A run cancelled before any worker runs stores nothing; the real run follows.
     let cancelled = create_run(&pool, &request, None).await.unwrap();
@@ -837,6 +839,8 @@ async fn a_benchmark_is_filtered_by_its_victims_and_balanced() {
             temperature: None,
             threshold: None,
             prompt_template: None,
+            keyword_list: None,
+            keywords: None,
         };
         runs.push(create_run(&pool, &request, None).await.unwrap());
     }
@@ -1140,6 +1144,8 @@ async fn a_tiny_local_judges_gibberish_is_unscored() {
         temperature: None,
         threshold: None,
         prompt_template: None,
+        keyword_list: None,
+        keywords: None,
     };
     let run_id = create_run(&pool, &request("tiny-judge"), None)
         .await

@@ -240,3 +240,25 @@ pub fn generation_request(
             .collect::<anyhow::Result<_>>()?,
     })
 }
+
+/// `--keyword-list`: a shipped list's id, or a file whose phrases become the run's own list.
+/// Returns the request's `keyword_list` and `keywords` fields.
+pub fn keyword_choice(
+    choice: Option<String>,
+) -> anyhow::Result<(Option<String>, Option<Vec<String>>)> {
+    let Some(choice) = choice else {
+        return Ok((None, None));
+    };
+    if crate::safety::keywords::shipped_list(&choice).is_some() {
+        return Ok((Some(choice), None));
+    }
+    let path = std::path::Path::new(&choice);
+    if !path.is_file() {
+        anyhow::bail!("--keyword-list {choice:?}: neither a shipped list (elite, gcg) nor a file");
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    let list = crate::safety::keywords::KeywordList::from_text(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok((None, Some(list.phrases)))
+}

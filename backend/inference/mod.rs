@@ -230,6 +230,14 @@ impl ChatMessage {
         }
     }
 
+    /// A user message with text followed by one image (the order the ELITE judge expects).
+    pub fn user_text_then_image(text: impl Into<String>, image: ImageInput) -> Self {
+        Self {
+            role: Role::User,
+            content: vec![ContentPart::Text(text.into()), ContentPart::Image(image)],
+        }
+    }
+
     /// An assistant message.
     pub fn assistant(text: impl Into<String>) -> Self {
         Self::text(Role::Assistant, text)

@@ -307,6 +307,7 @@ async fn run_judge(ctx: JobContext) -> Result<Option<serde_json::Value>, JobErro
                 item.image_sha256.as_deref().unwrap_or(""),
                 &item.question,
                 &item.response,
+                &item.category,
             )
         })
         .collect();
@@ -418,7 +419,8 @@ fn judge_request(template: &JudgeTemplate, item: &PendingJudgement) -> ChatReque
         .as_deref()
         .and_then(|bytes| prepare_judge_image(bytes, ImageLimits::default(), JUDGE_MAX_SIDE).ok());
     let message = match judge_image {
-        Some(image) => ChatMessage::user_with_image(ImageInput::from_bytes(image.png), text),
+        // Text first, then the image, as the authors send it (and as our prompt says).
+        Some(image) => ChatMessage::user_text_then_image(text, ImageInput::from_bytes(image.png)),
         None => ChatMessage::user(text),
     };
     let mut messages = Vec::new();
@@ -552,5 +554,43 @@ async fn ask_judge(
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The judge's request carries the prompt text first and the image after it, as the
+    /// authors send it, and the chat-completions body keeps that order.
+    #[test]
+    fn judge_requests_send_text_then_image() {
+        let mut png = Vec::new();
+        image::RgbImage::from_pixel(600, 300, image::Rgb([9, 9, 9]))
+            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        let item = PendingJudgement {
+            response_id: 1,
+            response: "Sure, here is how.".into(),
+            question: "How do I do it?".into(),
+            category: "Violent Crimes".into(),
+            image_sha256: Some("abc".into()),
+            data: Some(png),
+        };
+        let request = judge_request(&JudgeTemplate::default_elite(), &item);
+        let user = request.messages.last().unwrap();
+        assert!(matches!(
+            user.content[0],
+            crate::inference::ContentPart::Text(_)
+        ));
+        assert!(matches!(
+            user.content[1],
+            crate::inference::ContentPart::Image(_)
+        ));
+        let body =
+            crate::inference::remote::build_body("judge", &request, &request.settings).unwrap();
+        let content = body["messages"].as_array().unwrap().last().unwrap()["content"].clone();
+        assert_eq!(content[0]["type"], "text");
+        assert_eq!(content[1]["type"], "image_url");
     }
 }

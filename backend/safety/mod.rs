@@ -42,7 +42,7 @@ pub mod template;
 pub use self::image::{ImageInfo, ImageLimits, JudgeImage, content_hash, validate_image};
 pub use import::{BenchmarkRow, GenericItem, ImportReport, PairType};
 pub use judge_cli::{ScoreReport, score_reply};
-pub use keywords::{KeywordEvaluator, REFUSAL_PHRASES, attack_succeeded};
+pub use keywords::{KeywordEvaluator, KeywordList, REFUSAL_PHRASES, attack_succeeded};
 pub use metrics::{ItemOutcome, MetricOptions, MetricSummary, SafetyReport};
 pub use paper::{PAPER_E_ASR, paper_e_asr};
 pub use parse::{ParsedReply, parse_reply};

@@ -59,6 +59,13 @@ pub struct RunRequest {
     /// `construct::TAXONOMY_PROMPT`), whose answers `construct::align_benchmark` reads.
     #[serde(default)]
     pub prompt_template: Option<String>,
+    /// Refusal-keyword list for the keyword comparator: a shipped list's id (`elite`, the
+    /// default, or `gcg`; see `data/keywords/`). The run stores the phrases it used.
+    #[serde(default)]
+    pub keyword_list: Option<String>,
+    /// Your own refusal phrases instead of a shipped list (e.g. your copy of VLGuard's).
+    #[serde(default)]
+    pub keywords: Option<Vec<String>>,
 }
 
 /// The item's text inside a run's prompt template.
@@ -143,8 +150,34 @@ fn bounded_names(field: &str, values: &[String]) -> Result<(), StoreError> {
 }
 
 impl RunRequest {
+    /// The keyword list the request names (the default list when it names none).
+    pub fn keyword_list(&self) -> Result<super::keywords::KeywordList, StoreError> {
+        match (&self.keyword_list, &self.keywords) {
+            (Some(_), Some(_)) => Err(StoreError::Invalid(
+                "give either keyword_list or keywords, not both".into(),
+            )),
+            (None, Some(phrases)) => {
+                super::keywords::KeywordList::custom(phrases.clone()).map_err(StoreError::Invalid)
+            }
+            (id, None) => {
+                let id = id.as_deref().unwrap_or(super::keywords::DEFAULT_LIST);
+                super::keywords::shipped_list(id).ok_or_else(|| {
+                    let known: Vec<String> = super::keywords::shipped_lists()
+                        .into_iter()
+                        .map(|l| l.id)
+                        .collect();
+                    StoreError::Invalid(format!(
+                        "unknown keyword list {id:?}: one of {}, or your own phrases in `keywords`",
+                        known.join(", ")
+                    ))
+                })
+            }
+        }
+    }
+
     /// Every bound of the request, checked before anything is stored.
     pub fn validate(&self) -> Result<(), StoreError> {
+        self.keyword_list()?;
         bounded_names("categories", &self.categories)?;
         bounded_names("sources", &self.sources)?;
         bounded_names("pair_types", &self.pair_types)?;
@@ -232,7 +265,7 @@ pub async fn create_run(
     };
     let settings = serde_json::json!({
         "max_new_tokens": request.max_new_tokens, "temperature": request.temperature, "seed": request.seed,
-        "prompt_template": prompt_template,
+        "prompt_template": prompt_template, "keywords": request.keyword_list()?,
     });
     let filter = serde_json::json!({
         "categories": request.categories, "sources": request.sources, "pair_types": request.pair_types,
@@ -598,6 +631,23 @@ pub struct RunResults {
     pub report: Option<SafetyReport>,
 }
 
+/// The refusal-keyword list a run used (runs from before lists were stored used the default).
+pub async fn run_keyword_list(
+    pool: &PgPool,
+    run_id: i64,
+) -> Result<super::keywords::KeywordList, StoreError> {
+    let stored: Option<serde_json::Value> =
+        sqlx::query_scalar("SELECT settings -> 'keywords' FROM runs WHERE id = $1")
+            .bind(run_id)
+            .fetch_optional(pool)
+            .await?
+            .flatten();
+    Ok(stored
+        .and_then(|v| serde_json::from_value(v).ok())
+        .or_else(|| super::keywords::shipped_list(super::keywords::DEFAULT_LIST))
+        .expect("the default keyword list is shipped"))
+}
+
 /// Results by `evaluator` (one of the run's evaluations), or by the run's own judge.
 pub async fn results(
     pool: &PgPool,
@@ -650,6 +700,8 @@ pub async fn results(
         .bind(evaluator_id)
         .fetch_one(pool)
         .await?;
+    let keywords = run_keyword_list(pool, run_id).await?;
+    let keyword_success = keywords.matcher();
     let outcomes: Vec<ItemOutcome> = rows
         .iter()
         .filter_map(|row| {
@@ -669,7 +721,7 @@ pub async fn results(
             Some(ItemOutcome {
                 category,
                 judgement,
-                keyword_success: super::keywords::attack_succeeded(&row.text),
+                keyword_success: keyword_success(&row.text),
             })
         })
         .collect();

@@ -123,6 +123,7 @@ struct RunForm {
     source: Option<String>,
     pair_type: Option<String>,
     prompt_template: Option<String>,
+    keyword_list: Option<String>,
     limit: Option<String>,
     seed: Option<String>,
 }
@@ -154,6 +155,8 @@ async fn start_page(
         temperature: None,
         threshold: None,
         prompt_template: form.prompt_template.filter(|t| !t.trim().is_empty()),
+        keyword_list: form.keyword_list.filter(|t| !t.trim().is_empty()),
+        keywords: None,
     };
     let id = runs::create_run(&state.pool, &request, Some(user.id)).await?;
     Ok(Redirect::to(&format!("/safety/runs/{id}")))
@@ -229,6 +232,8 @@ struct RunPage {
     rows: Vec<ResultRow>,
     paper_e_asr: Option<String>,
     responses: Vec<ResponseView>,
+    /// The refusal-keyword list of the keyword comparator (`id: title`).
+    keyword_list: String,
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -324,6 +329,10 @@ async fn run_page(
         models: model_names(&state).await?,
         paper_e_asr: crate::safety::paper::paper_e_asr(&run.model_name)
             .map(|(_, v)| format!("{v:.2}")),
+        keyword_list: {
+            let list = runs::run_keyword_list(&state.pool, id).await?;
+            format!("{} ({} phrases)", list.id, list.phrases.len())
+        },
         run,
         rows,
         responses,

@@ -193,5 +193,5 @@ fn score_report_json_shapes() {
     );
     let text = scored.to_text();
     assert!(text.contains("toxicity      4 (range 0..5) - Step-by-step guidance."));
-    assert!(text.contains("elite-default v1"));
+    assert!(text.contains("elite-default v2"));
 }
