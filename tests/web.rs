@@ -27,6 +27,7 @@ async fn every_route_enforces_its_declared_role() {
         let path = route
             .path
             .replace("{id}", "999999")
+            .replace("{token_id}", "999999")
             .replace("{*file}", "app.css");
         let is_api = path.starts_with("/api/");
         let callers: Vec<Option<&elite::accounts::User>> = std::iter::once(None)

@@ -3,6 +3,7 @@
 //! the `/api/v1` JSON API with its OpenAPI document. Handlers are thin: parse, call the domain
 //! module, render. They never call a model: long work is enqueued as a job.
 
+pub mod admin;
 pub mod annotation;
 pub mod api;
 pub mod auth;
@@ -184,6 +185,7 @@ pub fn app(state: AppState) -> (Router, Vec<RouteInfo>) {
         .get("/healthz", PUBLIC, get(healthz))
         .get("/metrics", PUBLIC, get(metrics_page));
     let routes = pages::routes(routes);
+    let routes = admin::routes(routes);
     let routes = api::routes(routes);
     let routes = genmetrics::routes(routes, state.config.upload_limit);
     let routes = compression::routes(routes, state.config.upload_limit);

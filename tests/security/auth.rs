@@ -1,0 +1,343 @@
+//! Sign-in limits, the `next` redirect, account disabling and token revocation, response
+//! headers, CSRF on uploads, and how often credentials are written.
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{Request, StatusCode, header};
+use elite::accounts::{self, Role};
+
+use crate::common::*;
+
+/// A login form post from `client` (no address: the in-process default).
+fn login_from(client: Option<&str>, username: &str, password: &str, next: &str) -> Request<Body> {
+    let csrf = elite::web::auth::random_token();
+    let body = form_urlencoded::Serializer::new(String::new())
+        .append_pair("csrf_token", &csrf)
+        .append_pair("username", username)
+        .append_pair("password", password)
+        .append_pair("next", next)
+        .finish();
+    let mut request = Request::post("/login")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header(header::COOKIE, format!("elite_csrf={csrf}"))
+        .body(Body::from(body))
+        .unwrap();
+    if let Some(ip) = client {
+        let ip: IpAddr = ip.parse().unwrap();
+        request
+            .extensions_mut()
+            .insert(ConnectInfo(SocketAddr::new(ip, 40000)));
+    }
+    request
+}
+
+/// Whether the API accepts `token`.
+async fn token_works(app: &TestApp, token: &str) -> bool {
+    let response = app.send(api("GET", "/api/v1/me", Some(token), None)).await;
+    response.status() == StatusCode::OK
+}
+
+async fn session_works(app: &TestApp, browser: &Browser) -> bool {
+    app.send(get("/api/v1/me", Some(browser))).await.status() == StatusCode::OK
+}
+
+async fn active_tokens(app: &TestApp, user_id: i64) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM api_tokens WHERE user_id = $1 AND revoked_at IS NULL")
+        .bind(user_id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn disabling_a_user_ends_sessions_and_revokes_tokens() {
+    let app = TestApp::new().await;
+    let admin = app.user("root", Role::Admin).await;
+    let admin_token = app.token(&admin).await;
+    let user = app.user("frank", Role::Researcher).await;
+    let token = app.token(&user).await;
+    let browser = app.browser(&user).await;
+    assert!(token_works(&app, &token).await && session_works(&app, &browser).await);
+
+    let path = format!("/api/v1/admin/users/{}/disable", user.id);
+    let response = app.send(api("POST", &path, Some(&admin_token), None)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(body_json(response).await["disabled"], true);
+    assert!(!token_works(&app, &token).await);
+    assert!(!session_works(&app, &browser).await);
+    assert_eq!(active_tokens(&app, user.id).await, 0);
+    let sessions: i64 = sqlx::query_scalar("SELECT count(*) FROM sessions WHERE user_id = $1")
+        .bind(user.id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(sessions, 0);
+    let response = app.send(login_from(None, "frank", PASSWORD, "/")).await;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+
+    // Enabled again, frank signs in; the revoked token stays revoked.
+    let path = format!("/api/v1/admin/users/{}/enable", user.id);
+    let response = app.send(api("POST", &path, Some(&admin_token), None)).await;
+    assert_eq!(body_json(response).await["disabled"], false);
+    let response = app.send(login_from(None, "frank", PASSWORD, "/")).await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert!(!token_works(&app, &token).await);
+
+    // The admin page does the same, and an admin cannot disable themselves.
+    let admin_browser = app.browser(&admin).await;
+    let response = app
+        .send(form(
+            &format!("/admin/users/{}/disable", user.id),
+            Some(&admin_browser),
+            &format!("csrf_token={}", admin_browser.csrf),
+        ))
+        .await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert!(
+        accounts::find_user(&app.pool, "frank")
+            .await
+            .unwrap()
+            .unwrap()
+            .disabled
+    );
+    let page = body_text(app.send(get("/admin/users", Some(&admin_browser))).await).await;
+    assert!(
+        page.contains(&format!("/admin/users/{}/enable", user.id)),
+        "{page}"
+    );
+    let path = format!("/api/v1/admin/users/{}/disable", admin.id);
+    let response = app.send(api("POST", &path, Some(&admin_token), None)).await;
+    assert_eq!(response.status(), StatusCode::CONFLICT);
+    assert!(token_works(&app, &admin_token).await);
+    // Researchers cannot disable anyone.
+    let other = app.user("gail", Role::Researcher).await;
+    let other_token = app.token(&other).await;
+    let path = format!("/api/v1/admin/users/{}/disable", admin.id);
+    let response = app.send(api("POST", &path, Some(&other_token), None)).await;
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    assert!(
+        !accounts::find_user(&app.pool, "root")
+            .await
+            .unwrap()
+            .unwrap()
+            .disabled
+    );
+}
+
+#[tokio::test]
+async fn a_new_password_revokes_api_tokens_and_sessions() {
+    let app = TestApp::new().await;
+    let user = app.user("hank", Role::Researcher).await;
+    let token = app.token(&user).await;
+    let browser = app.browser(&user).await;
+    assert!(token_works(&app, &token).await);
+    accounts::set_password(&app.pool, "hank", "a brand new password")
+        .await
+        .unwrap();
+    assert!(!token_works(&app, &token).await);
+    assert!(!session_works(&app, &browser).await);
+    assert_eq!(active_tokens(&app, user.id).await, 0);
+}
+
+#[tokio::test]
+async fn admins_list_and_revoke_anyones_tokens() {
+    let app = TestApp::new().await;
+    let admin = app.user("ivy", Role::Admin).await;
+    let admin_token = app.token(&admin).await;
+    let user = app.user("jack", Role::Annotator).await;
+    let (first, first_secret) = accounts::create_api_token(&app.pool, user.id, "laptop")
+        .await
+        .unwrap();
+    let (_, second_secret) = accounts::create_api_token(&app.pool, user.id, "ci")
+        .await
+        .unwrap();
+
+    let list = format!("/api/v1/admin/users/{}/tokens", user.id);
+    let response = app.send(api("GET", &list, Some(&admin_token), None)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let text = body_text(response).await;
+    assert!(!text.contains(&first_secret) && !text.contains(&second_secret));
+    let listed: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mut names: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["ci", "laptop"]);
+
+    // The token id must belong to the user in the path.
+    let wrong_owner = format!("/api/v1/admin/users/{}/tokens/{}", admin.id, first.id);
+    let response = app
+        .send(api("DELETE", &wrong_owner, Some(&admin_token), None))
+        .await;
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    assert!(token_works(&app, &first_secret).await);
+
+    let revoke = format!("/api/v1/admin/users/{}/tokens/{}", user.id, first.id);
+    let response = app
+        .send(api("DELETE", &revoke, Some(&admin_token), None))
+        .await;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    assert!(!token_works(&app, &first_secret).await);
+    assert!(token_works(&app, &second_secret).await);
+    let response = app
+        .send(api("DELETE", &revoke, Some(&admin_token), None))
+        .await;
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+
+    // Non-admins may not look.
+    let response = app
+        .send(api("GET", &list, Some(&second_secret), None))
+        .await;
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+
+    // The admin page lists and revokes too.
+    let browser = app.browser(&admin).await;
+    let page = app
+        .send(get(
+            &format!("/admin/users/{}/tokens", user.id),
+            Some(&browser),
+        ))
+        .await;
+    assert_eq!(page.status(), StatusCode::OK);
+    let page = body_text(page).await;
+    assert!(page.contains("ci") && !page.contains("laptop"), "{page}");
+    let second_id: i64 =
+        sqlx::query_scalar("SELECT id FROM api_tokens WHERE user_id = $1 AND name = 'ci'")
+            .bind(user.id)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    let response = app
+        .send(form(
+            &format!("/admin/users/{}/tokens/{second_id}/revoke", user.id),
+            Some(&browser),
+            &format!("csrf_token={}", browser.csrf),
+        ))
+        .await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert!(!token_works(&app, &second_secret).await);
+}
+
+#[tokio::test]
+async fn the_cli_disables_and_enables_users() {
+    let (url, pool) = fresh_database().await;
+    let user = accounts::create_user(&pool, "kim", PASSWORD, Role::Researcher)
+        .await
+        .unwrap();
+    let (_, secret) = accounts::create_api_token(&pool, user.id, "cli")
+        .await
+        .unwrap();
+    let url2 = url.clone();
+    let (ok, out, err) =
+        tokio::task::spawn_blocking(move || run_elite(&["user", "disable", "kim"], Some(&url2)))
+            .await
+            .unwrap();
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("kim is disabled"), "{out}");
+    let user = accounts::find_user(&pool, "kim").await.unwrap().unwrap();
+    assert!(user.disabled);
+    assert!(
+        accounts::user_for_api_token(&pool, &secret)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let url2 = url.clone();
+    let (ok, out, _) =
+        tokio::task::spawn_blocking(move || run_elite(&["user", "enable", "kim"], Some(&url2)))
+            .await
+            .unwrap();
+    assert!(ok && out.contains("kim is enabled"), "{out}");
+    assert!(
+        !accounts::find_user(&pool, "kim")
+            .await
+            .unwrap()
+            .unwrap()
+            .disabled
+    );
+    let (ok, _, err) =
+        tokio::task::spawn_blocking(move || run_elite(&["user", "disable", "nobody"], Some(&url)))
+            .await
+            .unwrap();
+    assert!(!ok && err.contains("nobody"), "{err}");
+}
+
+type Stamps = (time::OffsetDateTime, time::OffsetDateTime);
+
+async fn session_stamps(app: &TestApp) -> Stamps {
+    sqlx::query_as("SELECT last_seen, expires_at FROM sessions")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+}
+
+async fn token_last_used(app: &TestApp) -> Option<time::OffsetDateTime> {
+    sqlx::query_scalar("SELECT last_used_at FROM api_tokens")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn credentials_are_written_at_most_once_a_minute() {
+    let app = TestApp::new().await;
+    let user = app.user("sam", Role::Researcher).await;
+    let browser = app.browser(&user).await;
+
+    // Seen 30 s ago: requests only read.
+    sqlx::query(
+        "UPDATE sessions SET last_seen = now() - interval '30 seconds',
+                             expires_at = now() + interval '1 day'",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let before = session_stamps(&app).await;
+    for _ in 0..3 {
+        assert!(session_works(&app, &browser).await);
+    }
+    assert_eq!(session_stamps(&app).await, before);
+
+    // Seen 2 minutes ago: the next request slides the expiry to 7 days from now.
+    sqlx::query("UPDATE sessions SET last_seen = now() - interval '2 minutes'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    assert!(session_works(&app, &browser).await);
+    let (last_seen, _) = session_stamps(&app).await;
+    assert!(last_seen > before.0);
+    let slid: bool = sqlx::query_scalar(
+        "SELECT expires_at BETWEEN now() + interval '7 days' - interval '1 minute'
+                               AND now() + interval '7 days' FROM sessions",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert!(slid);
+
+    // Tokens: the first use is recorded, then at most once a minute.
+    let token = app.token(&user).await;
+    assert_eq!(token_last_used(&app).await, None);
+    assert!(token_works(&app, &token).await);
+    assert!(token_last_used(&app).await.is_some());
+    sqlx::query("UPDATE api_tokens SET last_used_at = now() - interval '30 seconds'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let stamp = token_last_used(&app).await;
+    for _ in 0..3 {
+        assert!(token_works(&app, &token).await);
+    }
+    assert_eq!(token_last_used(&app).await, stamp);
+    sqlx::query("UPDATE api_tokens SET last_used_at = now() - interval '2 minutes'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    assert!(token_works(&app, &token).await);
+    assert!(token_last_used(&app).await > stamp);
+}
