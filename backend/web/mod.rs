@@ -47,9 +47,16 @@ pub const BODY_LIMIT: usize = 2 * 1024 * 1024;
 pub struct WebConfig {
     /// Mark cookies `Secure` (serve behind HTTPS).
     pub secure_cookies: bool,
-    /// Failed logins allowed per username and per address within `login_window`.
-    pub login_max_failures: usize,
+    /// Failed logins one client address gets per account before exponential back-off
+    /// starts (see [`auth`] for the whole policy).
+    pub login_max_failures: u32,
+    /// Longest back-off, and the window of the per-address and per-account budgets.
     pub login_window: Duration,
+    /// Failed logins one client address may make per window, across all usernames.
+    pub login_address_max_failures: u32,
+    /// Failed logins one account may receive per window from addresses that never signed
+    /// into it.
+    pub login_account_max_failures: u32,
     /// Largest file upload (embedding sets, images), in bytes.
     pub upload_limit: usize,
 }
@@ -60,6 +67,8 @@ impl Default for WebConfig {
             secure_cookies: false,
             login_max_failures: 10,
             login_window: Duration::from_secs(900),
+            login_address_max_failures: 50,
+            login_account_max_failures: 200,
             upload_limit: 256 * 1024 * 1024,
         }
     }
@@ -77,7 +86,13 @@ pub struct AppState {
 impl AppState {
     /// Build the state; starts the task that relays job events from PostgreSQL to pages.
     pub fn new(pool: PgPool, config: WebConfig) -> Self {
-        let limiter = auth::LoginLimiter::new(config.login_max_failures, config.login_window);
+        let limiter = auth::LoginLimiter::new(auth::LoginPolicy {
+            pair_free_failures: config.login_max_failures,
+            window: config.login_window,
+            address_max_failures: config.login_address_max_failures,
+            account_max_failures: config.login_account_max_failures,
+            ..auth::LoginPolicy::default()
+        });
         AppState {
             events: events::EventHub::start(pool.clone()),
             pool,

@@ -5,8 +5,9 @@ use std::net::{IpAddr, SocketAddr};
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
-use axum::http::{Request, StatusCode, header};
+use axum::http::{Request, Response, StatusCode, header};
 use elite::accounts::{self, Role};
+use elite::web::WebConfig;
 
 use crate::common::*;
 
@@ -31,6 +32,166 @@ fn login_from(client: Option<&str>, username: &str, password: &str, next: &str) 
             .insert(ConnectInfo(SocketAddr::new(ip, 40000)));
     }
     request
+}
+
+fn location(response: &Response<Body>) -> &str {
+    response.headers()[header::LOCATION].to_str().unwrap()
+}
+
+fn sets_session(response: &Response<Body>) -> bool {
+    response
+        .headers()
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .any(|c| c.to_str().unwrap().starts_with("elite_session="))
+}
+
+fn limited(max_failures: u32) -> WebConfig {
+    WebConfig {
+        login_max_failures: max_failures,
+        ..WebConfig::default()
+    }
+}
+
+#[tokio::test]
+async fn concurrent_attempts_are_counted_before_passwords_are_checked() {
+    let app = TestApp::with_config(limited(3)).await;
+    app.user("alice", Role::Researcher).await;
+    let attempts = (0..12).map(|i| app.send(login_from(None, "alice", &format!("guess-{i}"), "/")));
+    let statuses: Vec<StatusCode> = futures::future::join_all(attempts)
+        .await
+        .iter()
+        .map(|r| r.status())
+        .collect();
+    let checked = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::UNAUTHORIZED)
+        .count();
+    let refused = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    assert_eq!((checked, refused), (3, 9), "{statuses:?}");
+}
+
+#[tokio::test]
+async fn a_stranger_cannot_lock_the_owner_out() {
+    let app = TestApp::with_config(limited(3)).await;
+    app.user("bob", Role::Annotator).await;
+    let stranger = Some("203.0.113.9");
+    for _ in 0..3 {
+        let response = app
+            .send(login_from(stranger, "bob", "wrong-password", "/"))
+            .await;
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    }
+    // The stranger's address is now backing off for bob, even with the right password.
+    let response = app.send(login_from(stranger, "bob", PASSWORD, "/")).await;
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    // Bob, from his own address, signs in.
+    let response = app
+        .send(login_from(Some("198.51.100.20"), "bob", PASSWORD, "/"))
+        .await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert!(sets_session(&response));
+    assert_eq!(app.count("sessions").await, 1);
+}
+
+#[tokio::test]
+async fn one_address_cannot_spray_passwords_over_many_usernames() {
+    let app = TestApp::with_config(WebConfig {
+        login_address_max_failures: 5,
+        ..WebConfig::default()
+    })
+    .await;
+    let sprayer = Some("192.0.2.50");
+    for i in 0..5 {
+        let response = app
+            .send(login_from(sprayer, &format!("user{i}"), "Summer2026!", "/"))
+            .await;
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "user{i}");
+    }
+    let response = app
+        .send(login_from(sprayer, "user5", "Summer2026!", "/"))
+        .await;
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    // Another address is not affected.
+    let response = app
+        .send(login_from(Some("192.0.2.51"), "user5", "Summer2026!", "/"))
+        .await;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn overlong_usernames_are_refused_before_anything_is_remembered() {
+    let app = TestApp::with_config(limited(3)).await;
+    let long = "a".repeat(100_000);
+    for name in [long.as_str(), &"b".repeat(65)] {
+        for _ in 0..5 {
+            let response = app
+                .send(login_from(None, name, "wrong-password", "/"))
+                .await;
+            // Never counted, so never rate limited: a plain failed login.
+            assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+            let page = body_text(response).await;
+            assert!(page.contains("Wrong username or password"));
+            assert!(
+                !page.contains(&"a".repeat(65)),
+                "the long name is not echoed"
+            );
+        }
+    }
+    assert_eq!(app.state.login_limiter.tracked(), 0);
+    // A valid username is remembered: one entry per table (pair, address, account).
+    app.send(login_from(None, "carol", "wrong-password", "/"))
+        .await;
+    assert_eq!(app.state.login_limiter.tracked(), 3);
+}
+
+#[tokio::test]
+async fn nul_in_the_username_is_a_failed_login() {
+    let app = TestApp::new().await;
+    app.user("dora", Role::Researcher).await;
+    for name in ["a\0b", "dora\0", "\0"] {
+        let response = app.send(login_from(None, name, PASSWORD, "/")).await;
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{name:?}");
+        assert!(!sets_session(&response));
+    }
+    assert_eq!(app.count("sessions").await, 0);
+    assert_eq!(app.state.login_limiter.tracked(), 0);
+}
+
+#[tokio::test]
+async fn next_after_sign_in_stays_on_this_site() {
+    let app = TestApp::new().await;
+    let user = app.user("erin", Role::Researcher).await;
+    for (next, expected) in [
+        ("/jobs?page=2", "/jobs?page=2"),
+        ("/\t/evil.example/path", "/"),
+        ("/\n/evil.example", "/"),
+        ("/jobs\r\nSet-Cookie: x=1", "/"),
+        ("\t//evil.example", "/"),
+        ("//evil.example", "/"),
+        ("/\\evil.example", "/"),
+        ("https://evil.example/", "/"),
+        ("jobs", "/"),
+    ] {
+        let response = app.send(login_from(None, "erin", PASSWORD, next)).await;
+        assert_eq!(response.status(), StatusCode::SEE_OTHER, "{next:?}");
+        assert_eq!(location(&response), expected, "{next:?}");
+    }
+    // Already signed in, GET /login?next=... redirects with the same rule.
+    let browser = app.browser(&user).await;
+    for (query, expected) in [
+        ("%2F%09%2Fevil.example%2Fpath", "/"),
+        ("%2Fsafety", "/safety"),
+    ] {
+        let response = app
+            .send(get(&format!("/login?next={query}"), Some(&browser)))
+            .await;
+        assert_eq!(response.status(), StatusCode::SEE_OTHER, "{query}");
+        assert_eq!(location(&response), expected, "{query}");
+    }
 }
 
 /// Whether the API accepts `token`.
