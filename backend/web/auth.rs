@@ -2,6 +2,17 @@
 //! per-route access guard, CSRF protection for cookie-authenticated state changes, and the
 //! login limiter.
 //!
+//! # CSRF
+//!
+//! Double submit: a state-changing request that rides on the session cookie must carry the
+//! `elite_csrf` cookie's value in the `X-CSRF-Token` header or a `csrf_token` form field. For
+//! `application/x-www-form-urlencoded` bodies (at most [`BODY_LIMIT`]) the guard reads the
+//! field; for `multipart/form-data` uploads the field must be the *first* part: the guard reads
+//! the body only until that part is complete (at most [`CSRF_PEEK_LIMIT`] bytes), checks it,
+//! and hands the handler a body that replays those bytes and then streams the rest, so uploads
+//! are never buffered whole. Tokens in the query string are not accepted (URLs end up in logs,
+//! history and `Referer` headers).
+//!
 //! # Login limits
 //!
 //! Every attempt is counted *before* its password is checked, under one lock: the attempt is
@@ -32,13 +43,14 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum_extra::extract::cookie::{Cookie, CookieJar, SameSite};
+use futures::StreamExt;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
@@ -234,8 +246,9 @@ async fn guard_inner(
     Ok(Request::from_parts(parts, body))
 }
 
-/// Double-submit check: the token in the form field or `X-CSRF-Token` header must equal the
-/// `elite_csrf` cookie. Returns the body (buffered when the token had to be read from it).
+/// Double-submit check: the token in the `X-CSRF-Token` header, the urlencoded form field or
+/// the first multipart part must equal the `elite_csrf` cookie. Returns the body to hand on:
+/// buffered for urlencoded forms (small), replayed-then-streamed for multipart uploads.
 async fn check_csrf(parts: &Parts, body: Body) -> Result<Body, AppError> {
     let jar = CookieJar::from_headers(&parts.headers);
     let expected = jar
@@ -258,17 +271,11 @@ async fn check_csrf(parts: &Parts, body: Body) -> Result<Body, AppError> {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     if content_type.starts_with("multipart/form-data") {
-        // File uploads carry the token in the form's action URL: reading it from the body
-        // would mean buffering the whole upload before the handler streams it.
-        let sent = parts
-            .uri
-            .query()
-            .and_then(|q| form_urlencoded_field(q.as_bytes(), CSRF_FIELD))
-            .ok_or(AppError::Csrf)?;
-        return if constant_time_eq(&sent, &expected) {
-            Ok(body)
-        } else {
-            Err(AppError::Csrf)
+        let boundary = multipart_boundary(content_type).ok_or(AppError::Csrf)?;
+        let (sent, body) = peek_first_part(body, &boundary).await?;
+        return match sent {
+            Some(sent) if constant_time_eq(&sent, &expected) => Ok(body),
+            _ => Err(AppError::Csrf),
         };
     }
     if !content_type.starts_with("application/x-www-form-urlencoded") {
@@ -282,6 +289,119 @@ async fn check_csrf(parts: &Parts, body: Body) -> Result<Body, AppError> {
         return Err(AppError::Csrf);
     }
     Ok(Body::from(bytes))
+}
+
+/// Most bytes of a multipart body the guard reads to find the CSRF token in its first part.
+pub const CSRF_PEEK_LIMIT: usize = 16 * 1024;
+
+/// The `boundary` parameter of a `multipart/form-data` content type.
+fn multipart_boundary(content_type: &str) -> Option<String> {
+    content_type.split(';').skip(1).find_map(|param| {
+        let (name, value) = param.trim().split_once('=')?;
+        if !name.trim().eq_ignore_ascii_case("boundary") {
+            return None;
+        }
+        let value = value.trim().trim_matches('"');
+        (!value.is_empty() && value.len() <= 200).then(|| value.to_string())
+    })
+}
+
+/// What the bytes read so far say about the first part of a multipart body.
+#[derive(Debug, PartialEq, Eq)]
+enum FirstPart {
+    /// Not complete yet.
+    NeedMore,
+    /// The first part is the CSRF field, with this value.
+    Token(String),
+    /// The first part is something else, or the body is malformed.
+    Other,
+}
+
+fn find(haystack: &[u8], needle: &[u8], from: usize) -> Option<usize> {
+    haystack
+        .get(from..)?
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .map(|i| i + from)
+}
+
+/// Parse the first part of a multipart body from its first bytes.
+fn first_part(buf: &[u8], boundary: &str) -> FirstPart {
+    let delimiter = format!("--{boundary}");
+    let delimiter = delimiter.as_bytes();
+    // Anything before the first delimiter is a preamble, which senders may include.
+    let start = if buf.starts_with(delimiter) {
+        0
+    } else {
+        let mut crlf_delimiter = b"\r\n".to_vec();
+        crlf_delimiter.extend_from_slice(delimiter);
+        match find(buf, &crlf_delimiter, 0) {
+            Some(i) => i + 2,
+            None => return FirstPart::NeedMore,
+        }
+    };
+    let after = start + delimiter.len();
+    let Some(line_end) = buf.get(after..after + 2) else {
+        return FirstPart::NeedMore;
+    };
+    if line_end != b"\r\n" {
+        return FirstPart::Other;
+    }
+    let headers_start = after + 2;
+    let Some(headers_end) = find(buf, b"\r\n\r\n", headers_start) else {
+        return FirstPart::NeedMore;
+    };
+    let Ok(headers) = std::str::from_utf8(&buf[headers_start..headers_end]) else {
+        return FirstPart::Other;
+    };
+    let is_token_field = headers.split("\r\n").any(|line| {
+        let Some((name, value)) = line.split_once(':') else {
+            return false;
+        };
+        name.trim().eq_ignore_ascii_case("content-disposition")
+            && value.split(';').skip(1).any(|param| {
+                param.trim().split_once('=').is_some_and(|(k, v)| {
+                    k.trim() == "name" && v.trim().trim_matches('"') == CSRF_FIELD
+                })
+            })
+    });
+    if !is_token_field {
+        return FirstPart::Other;
+    }
+    let value_start = headers_end + 4;
+    let mut end_marker = b"\r\n".to_vec();
+    end_marker.extend_from_slice(delimiter);
+    let Some(value_end) = find(buf, &end_marker, value_start) else {
+        return FirstPart::NeedMore;
+    };
+    match std::str::from_utf8(&buf[value_start..value_end]) {
+        Ok(value) => FirstPart::Token(value.to_string()),
+        Err(_) => FirstPart::Other,
+    }
+}
+
+/// Read `body` until its first part is complete (at most [`CSRF_PEEK_LIMIT`] bytes, or one
+/// chunk past it); return the CSRF token if that part is the token field, and a body that
+/// replays what was read followed by the rest of the stream.
+async fn peek_first_part(body: Body, boundary: &str) -> Result<(Option<String>, Body), AppError> {
+    let mut stream = body.into_data_stream();
+    let mut peeked: Vec<u8> = Vec::new();
+    let token = loop {
+        match first_part(&peeked, boundary) {
+            FirstPart::Token(token) => break Some(token),
+            FirstPart::Other => break None,
+            FirstPart::NeedMore if peeked.len() >= CSRF_PEEK_LIMIT => break None,
+            FirstPart::NeedMore => match stream.next().await {
+                Some(Ok(chunk)) => peeked.extend_from_slice(&chunk),
+                Some(Err(e)) => return Err(AppError::BadRequest(format!("unreadable body: {e}"))),
+                None => break None,
+            },
+        }
+    };
+    let replay =
+        futures::stream::once(async move { Ok::<Bytes, axum::Error>(Bytes::from(peeked)) })
+            .chain(stream);
+    Ok((token, Body::from_stream(replay)))
 }
 
 fn form_urlencoded_field(body: &[u8], name: &str) -> Option<String> {
@@ -847,5 +967,30 @@ mod tests {
             let _ = limiter.begin_at(&format!("user{i}-{}", "x".repeat(1000)), ip, now);
         }
         assert!(limiter.tracked() <= 3 * 64, "{}", limiter.tracked());
+    }
+
+    #[test]
+    fn the_first_multipart_part_is_found() {
+        let body = b"--XB\r\nContent-Disposition: form-data; name=\"csrf_token\"\r\n\r\nabc123\r\n--XB\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a\"\r\n\r\ndata\r\n--XB--\r\n";
+        assert_eq!(first_part(body, "XB"), FirstPart::Token("abc123".into()));
+        for cut in [0, 5, 30, 60, 70] {
+            assert_eq!(first_part(&body[..cut], "XB"), FirstPart::NeedMore, "{cut}");
+        }
+        let preamble = [b"ignored\r\n".as_slice(), body].concat();
+        assert_eq!(
+            first_part(&preamble, "XB"),
+            FirstPart::Token("abc123".into())
+        );
+        let file_first =
+            b"--XB\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\nx\r\n--XB--";
+        assert_eq!(first_part(file_first, "XB"), FirstPart::Other);
+        let similar =
+            b"--XB\r\nContent-Disposition: form-data; name=\"csrf_token2\"\r\n\r\nx\r\n--XB--";
+        assert_eq!(first_part(similar, "XB"), FirstPart::Other);
+        assert_eq!(
+            multipart_boundary("multipart/form-data; charset=utf-8; boundary=\"a b\""),
+            Some("a b".into())
+        );
+        assert_eq!(multipart_boundary("multipart/form-data"), None);
     }
 }

@@ -2,12 +2,14 @@
 //! headers, CSRF on uploads, and how often credentials are written.
 
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{Request, Response, StatusCode, header};
 use elite::accounts::{self, Role};
 use elite::web::WebConfig;
+use futures::StreamExt;
 
 use crate::common::*;
 
@@ -426,6 +428,256 @@ async fn the_cli_disables_and_enables_users() {
             .await
             .unwrap();
     assert!(!ok && err.contains("nobody"), "{err}");
+}
+
+const DIRECTIVES: [&str; 8] = [
+    "default-src 'self'",
+    "script-src 'self'",
+    "object-src 'none'",
+    "base-uri 'none'",
+    "frame-ancestors 'none'",
+    "form-action 'self'",
+    "img-src 'self' data:",
+    "style-src 'self'",
+];
+
+#[tokio::test]
+async fn every_response_carries_a_strict_content_security_policy() {
+    let app = TestApp::new().await;
+    let admin = app.user("lena", Role::Admin).await;
+    let browser = app.browser(&admin).await;
+    for (path, signed_in) in [
+        ("/login", false),
+        ("/", true),
+        ("/admin/users", true),
+        ("/api/docs/", false),
+        ("/api/openapi.json", false),
+        ("/api/v1/me", false),
+        ("/static/app.css", false),
+        ("/no/such/page", true),
+    ] {
+        let response = app.send(get(path, signed_in.then_some(&browser))).await;
+        let policy = response
+            .headers()
+            .get(header::CONTENT_SECURITY_POLICY)
+            .unwrap_or_else(|| panic!("{path}: no CSP"))
+            .to_str()
+            .unwrap()
+            .to_string();
+        for directive in DIRECTIVES {
+            assert!(policy.contains(directive), "{path}: {policy}");
+        }
+        assert!(!policy.contains("unsafe"), "{path}: {policy}");
+    }
+}
+
+/// Problems a strict CSP would cause in an HTML page: inline scripts, handlers, styles.
+fn inline_code(html: &str) -> Vec<String> {
+    let lower = html.to_ascii_lowercase();
+    let mut found = Vec::new();
+    for (i, _) in lower.match_indices("<script") {
+        let tag_end = lower[i..].find('>').map(|e| i + e).unwrap_or(lower.len());
+        if !lower[i..tag_end].contains(" src=") {
+            found.push(format!("inline <script> at {i}"));
+        }
+    }
+    for needle in ["<style", " style=", "javascript:"] {
+        if lower.contains(needle) {
+            found.push(needle.to_string());
+        }
+    }
+    for (i, _) in lower.match_indices(" on") {
+        let rest = &lower[i + 3..];
+        let name_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
+        if name_len > 0 && rest[name_len..].starts_with('=') {
+            found.push(format!("handler attribute at {i}"));
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn pages_have_no_inline_script_or_style() {
+    let app = TestApp::new().await;
+    let admin = app.user("mona", Role::Admin).await;
+    let browser = app.browser(&admin).await;
+    let mut checked = 0;
+    for route in app.routes.clone() {
+        if route.method != axum::http::Method::GET
+            || route.path.contains('{')
+            || route.path.starts_with("/api/v1")
+            || route.path.contains("events")
+        {
+            continue;
+        }
+        let response = app.send(get(route.path, Some(&browser))).await;
+        let is_html = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.to_str().unwrap().starts_with("text/html"));
+        if !is_html {
+            continue;
+        }
+        let html = body_text(response).await;
+        assert_eq!(inline_code(&html), Vec::<String>::new(), "{}", route.path);
+        checked += 1;
+    }
+    assert!(checked >= 10, "only {checked} pages checked");
+    // The checker itself finds what it looks for.
+    assert_eq!(inline_code("<script>alert(1)</script>").len(), 1);
+    assert_eq!(inline_code("<a onclick=\"x()\">").len(), 1);
+    assert_eq!(inline_code("<p style=\"color:red\">").len(), 1);
+}
+
+const BOUNDARY: &str = "SECURITYBOUNDARY";
+
+fn part(name: &str, value: &str) -> String {
+    format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n")
+}
+
+fn csv_file_part() -> String {
+    let csv = "architecture,dataset,method,ratio,param_reduction,mac_reduction,accuracy_pruned\nResNet-56,CIFAR-10,l1,0.3,0.3,0.28,0.91\n";
+    format!(
+        "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"r.csv\"\r\nContent-Type: text/csv\r\n\r\n{csv}\r\n--{BOUNDARY}--\r\n"
+    )
+}
+
+fn upload(uri: &str, browser: &Browser, body: Body) -> Request<Body> {
+    Request::post(uri)
+        .header(header::COOKIE, &browser.cookie)
+        .header(
+            header::CONTENT_TYPE,
+            format!("multipart/form-data; boundary={BOUNDARY}"),
+        )
+        .body(body)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn uploads_take_the_csrf_token_from_the_first_part_or_the_header() {
+    let app = TestApp::new().await;
+    let user = app.user("nina", Role::Researcher).await;
+    let browser = app.browser(&user).await;
+    let file = csv_file_part();
+
+    // In the query string: no longer accepted.
+    let query = format!("/compression/import?csrf_token={}", browser.csrf);
+    let response = app
+        .send(upload(&query, &browser, Body::from(file.clone())))
+        .await;
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    // Not the first part: refused.
+    let late = format!("{}{}", part("note", "x"), part("csrf_token", &browser.csrf)) + &file;
+    let response = app
+        .send(upload("/compression/import", &browser, Body::from(late)))
+        .await;
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    // A wrong token first: refused.
+    let wrong = part("csrf_token", &elite::web::auth::random_token()) + &file;
+    let response = app
+        .send(upload("/compression/import", &browser, Body::from(wrong)))
+        .await;
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    assert_eq!(app.count("compression_experiments").await, 0);
+
+    // First part, delivered in small chunks that split the token part: accepted, and the
+    // handler reads the whole upload.
+    let body = part("csrf_token", &browser.csrf) + &file;
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        body.as_bytes().chunks(7).map(|c| Ok(c.to_vec())).collect();
+    let response = app
+        .send(upload(
+            "/compression/import",
+            &browser,
+            Body::from_stream(futures::stream::iter(chunks)),
+        ))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(body_text(response).await.contains("Imported 1 rows."));
+    // The header works too.
+    let mut request = upload("/compression/import", &browser, Body::from(file));
+    request
+        .headers_mut()
+        .insert("x-csrf-token", browser.csrf.parse().unwrap());
+    assert_eq!(app.send(request).await.status(), StatusCode::OK);
+    assert_eq!(app.count("compression_experiments").await, 2);
+}
+
+#[tokio::test]
+async fn a_wrong_upload_token_is_refused_without_reading_the_upload() {
+    let app = TestApp::new().await;
+    let user = app.user("olaf", Role::Researcher).await;
+    let browser = app.browser(&user).await;
+    // The first part and the start of the file part, then a body that never ends: the guard
+    // must decide from the first part.
+    let first = part("csrf_token", &elite::web::auth::random_token())
+        + &format!(
+            "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big\"\r\n\r\n"
+        )
+        + &"x".repeat(1000);
+    let endless = futures::stream::iter([Ok::<_, std::io::Error>(first.into_bytes())])
+        .chain(futures::stream::pending());
+    let response = tokio::time::timeout(
+        Duration::from_secs(10),
+        app.send(upload(
+            "/compression/import",
+            &browser,
+            Body::from_stream(endless),
+        )),
+    )
+    .await
+    .expect("the guard answered without waiting for the rest of the body");
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn upload_forms_send_the_token_first_and_not_in_the_url() {
+    let app = TestApp::new().await;
+    let user = app.user("pia", Role::Researcher).await;
+    let browser = app.browser(&user).await;
+    for path in ["/compression", "/genmetrics"] {
+        let html = body_text(app.send(get(path, Some(&browser))).await).await;
+        let start = html
+            .find("enctype=\"multipart/form-data\"")
+            .unwrap_or_else(|| panic!("{path}: no upload form"));
+        let form_tag = &html[html[..start].rfind("<form").unwrap()..];
+        assert!(
+            !form_tag[..form_tag.find('>').unwrap()].contains("csrf_token"),
+            "{path}"
+        );
+        let first_input = &form_tag[form_tag.find("<input").unwrap()..];
+        assert!(
+            first_input.starts_with(&format!(
+                "<input type=\"hidden\" name=\"csrf_token\" value=\"{}\"",
+                browser.csrf
+            )),
+            "{path}: {}",
+            &first_input[..80.min(first_input.len())]
+        );
+    }
+}
+
+#[tokio::test]
+async fn metrics_are_for_admins() {
+    let app = TestApp::new().await;
+    let researcher = app.user("quinn", Role::Researcher).await;
+    let admin = app.user("rita", Role::Admin).await;
+    let anonymous = app.send(get("/metrics", None)).await;
+    assert_eq!(anonymous.status(), StatusCode::SEE_OTHER);
+    assert!(location(&anonymous).starts_with("/login"));
+    let researcher = app.browser(&researcher).await;
+    assert_eq!(
+        app.send(get("/metrics", Some(&researcher))).await.status(),
+        StatusCode::FORBIDDEN
+    );
+    let admin = app.browser(&admin).await;
+    let response = app.send(get("/metrics", Some(&admin))).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        body_text(response)
+            .await
+            .contains("elite_http_requests_total")
+    );
 }
 
 type Stamps = (time::OffsetDateTime, time::OffsetDateTime);
