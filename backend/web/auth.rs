@@ -26,8 +26,12 @@
 //! - per client address, across usernames: [`LoginPolicy::address_max_failures`] failures per
 //!   window, which slows password spraying from one address.
 //! - per account, across addresses: [`LoginPolicy::account_max_failures`] failures per window;
-//!   past it, only addresses that have signed into that account before may keep trying, so a
-//!   distributed guesser is slowed without locking the owner out.
+//!   past it, only addresses that have signed into that account before may keep trying until
+//!   the window ends, so a guesser with many addresses is slowed while the owner keeps the
+//!   addresses they use.
+//!
+//! The tables live in memory (a restart clears them; "signed in before" is forgotten when its
+//! entry is evicted).
 //!
 //! The client address is the TCP peer (`ConnectInfo<SocketAddr>`; a fixed placeholder when
 //! absent, as in in-process tests); IPv6 addresses count by their /64 prefix. Behind a reverse
