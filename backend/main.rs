@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
-use elite::accounts::{self, Role};
+use elite::accounts::Role;
 use elite::cli::{self, genmetrics::EncoderChoice, genmetrics::SetSource};
 use elite::db::{self, DbSource, LocalCluster};
 use elite::genmetrics::Params;
@@ -500,8 +500,13 @@ enum UserCommand {
     },
     /// Change a user's role.
     SetRole { username: String, role: Role },
-    /// Set a user's password from standard input (ends their sessions).
+    /// Set a user's password from standard input (ends their sessions, revokes their tokens).
     SetPassword { username: String },
+    /// Disable a user: they cannot sign in or use the API; ends their sessions and revokes
+    /// their API tokens.
+    Disable { username: String },
+    /// Enable a disabled user (revoked tokens stay revoked).
+    Enable { username: String },
     /// List users.
     List,
 }
@@ -943,7 +948,7 @@ async fn user_command(command: UserCommand, source: &DbSource) -> anyhow::Result
 }
 
 async fn user_command_inner(command: UserCommand, pool: &sqlx::PgPool) -> anyhow::Result<()> {
-    match command {
+    let text = match command {
         UserCommand::Add {
             username,
             role,
@@ -951,42 +956,32 @@ async fn user_command_inner(command: UserCommand, pool: &sqlx::PgPool) -> anyhow
             generate_password,
             if_missing,
         } => {
-            if if_missing && accounts::find_user(pool, &username).await?.is_some() {
-                println!("user {username} already exists; unchanged");
-                return Ok(());
-            }
             let password = if generate_password {
-                elite::web::auth::random_token()[..20].to_string()
+                cli::users::NewPassword::Generate
             } else if password_stdin {
-                read_password_stdin()?
+                cli::users::NewPassword::Given(read_password_stdin()?)
             } else {
                 bail!("give the password with --password-stdin, or use --generate-password");
             };
-            let user = accounts::create_user(pool, &username, &password, role).await?;
-            println!("created {} ({})", user.username, user.role);
-            if generate_password {
-                println!("password: {password}");
-            }
+            cli::users::add(pool, &username, role, password, if_missing).await?
         }
         UserCommand::SetRole { username, role } => {
-            let user = accounts::set_role(pool, &username, role).await?;
-            println!("{} is now {}", user.username, user.role);
+            cli::users::set_role(pool, &username, role).await?
         }
         UserCommand::SetPassword { username } => {
             let password = read_password_stdin()?;
-            accounts::set_password(pool, &username, &password).await?;
-            println!("password of {username} changed; their sessions have ended");
+            cli::users::set_password(pool, &username, &password).await?
         }
-        UserCommand::List => {
-            for user in accounts::list_users(pool).await? {
-                println!(
-                    "{}\t{}\t{}",
-                    user.username,
-                    user.role,
-                    if user.disabled { "disabled" } else { "active" }
-                );
-            }
+        UserCommand::Disable { username } => {
+            cli::users::set_disabled(pool, &username, true).await?
         }
+        UserCommand::Enable { username } => {
+            cli::users::set_disabled(pool, &username, false).await?
+        }
+        UserCommand::List => cli::users::list(pool).await?,
+    };
+    if !text.is_empty() {
+        println!("{}", text.trim_end());
     }
     Ok(())
 }

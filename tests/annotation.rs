@@ -1159,17 +1159,15 @@ async fn queue_page_forms_create_add_annotators_and_import() {
         let body = format!(
             "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"labels.csv\"\r\nContent-Type: text/csv\r\n\r\n{file}\r\n--{boundary}--\r\n"
         );
-        axum::http::Request::post(format!(
-            "/annotation/queues/{queue}/import?csrf_token={}",
-            browser.csrf
-        ))
-        .header("cookie", &browser.cookie)
-        .header(
-            "content-type",
-            format!("multipart/form-data; boundary={boundary}"),
-        )
-        .body(axum::body::Body::from(body))
-        .unwrap()
+        axum::http::Request::post(format!("/annotation/queues/{queue}/import"))
+            .header("cookie", &browser.cookie)
+            .header("x-csrf-token", &browser.csrf)
+            .header(
+                "content-type",
+                format!("multipart/form-data; boundary={boundary}"),
+            )
+            .body(axum::body::Body::from(body))
+            .unwrap()
     };
     let response = s
         .app

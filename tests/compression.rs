@@ -158,6 +158,11 @@ async fn external_results_import_all_or_nothing() {
     let mut body = format!(
         "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"r.csv\"\r\n\r\n{csv}\r\n--{BOUNDARY}--\r\n"
     );
+    // The CSRF token travels as the first part of the upload.
+    let token_part = format!(
+        "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"csrf_token\"\r\n\r\n{}\r\n",
+        browser.csrf
+    );
     let request = |path: String, body: String| {
         Request::post(path)
             .header(header::COOKIE, &browser.cookie)
@@ -176,8 +181,8 @@ async fn external_results_import_all_or_nothing() {
     );
     let response = app
         .send(request(
-            format!("/compression/import?csrf_token={}", browser.csrf),
-            body.clone(),
+            "/compression/import".into(),
+            format!("{token_part}{body}"),
         ))
         .await;
     assert_eq!(response.status(), StatusCode::OK);
@@ -190,8 +195,8 @@ async fn external_results_import_all_or_nothing() {
     body = body.replace("0.91", "nine");
     let response = app
         .send(request(
-            format!("/compression/import?csrf_token={}", browser.csrf),
-            body,
+            "/compression/import".into(),
+            format!("{token_part}{body}"),
         ))
         .await;
     assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);

@@ -301,31 +301,26 @@ async fn bad_uploads_and_requests_are_refused_and_store_nothing() {
     );
     assert_eq!(app.count("jobs").await, 0);
 
-    // Browser uploads need the CSRF token in the form's URL.
+    // Browser uploads carry the CSRF token as the form's first part.
     let browser = app.browser(&user).await;
-    let form = |path: String| {
-        Request::post(path)
+    let form = |token: &str| {
+        Request::post("/genmetrics/sets")
             .header(header::COOKIE, &browser.cookie)
             .header(
                 header::CONTENT_TYPE,
                 format!("multipart/form-data; boundary={BOUNDARY}"),
             )
             .body(Body::from(multipart(
-                &[("name", "web"), ("dim", "4")],
+                &[("csrf_token", token), ("name", "web"), ("dim", "4")],
                 Some(("w.f32", &[0u8; 48])),
             )))
             .unwrap()
     };
     assert_eq!(
-        app.send(form("/genmetrics/sets".into())).await.status(),
+        app.send(form("not-the-token")).await.status(),
         StatusCode::FORBIDDEN
     );
-    let ok = app
-        .send(form(format!(
-            "/genmetrics/sets?csrf_token={}",
-            browser.csrf
-        )))
-        .await;
+    let ok = app.send(form(&browser.csrf)).await;
     assert_eq!(ok.status(), StatusCode::OK);
     assert!(body_text(ok).await.contains("Stored set"));
 }

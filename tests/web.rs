@@ -27,6 +27,7 @@ async fn every_route_enforces_its_declared_role() {
         let path = route
             .path
             .replace("{id}", "999999")
+            .replace("{token_id}", "999999")
             .replace("{*file}", "app.css");
         let is_api = path.starts_with("/api/");
         let callers: Vec<Option<&elite::accounts::User>> = std::iter::once(None)
@@ -498,7 +499,16 @@ async fn operations_endpoints_answer() {
     }
     let docs = app.send(get("/api/docs/", None)).await;
     assert_eq!(docs.status(), StatusCode::OK);
-    let metrics = body_text(app.send(get("/metrics", None)).await).await;
+    // Metrics are for admins only.
+    assert_eq!(
+        app.send(get("/metrics", None)).await.status(),
+        StatusCode::SEE_OTHER
+    );
+    let admin = app.user("operator", Role::Admin).await;
+    let browser = app.browser(&admin).await;
+    let metrics = app.send(get("/metrics", Some(&browser))).await;
+    assert_eq!(metrics.status(), StatusCode::OK);
+    let metrics = body_text(metrics).await;
     assert!(metrics.contains("elite_http_requests_total"), "{metrics}");
     let css = app.send(get("/static/app.css", None)).await;
     assert_eq!(css.status(), StatusCode::OK);

@@ -1,6 +1,11 @@
 //! Accounts: users and their roles, argon2id password hashes, server-side sessions and
 //! personal API tokens. Storage and rules only; the web layer turns these into cookies,
 //! extractors and pages, and the CLI into `elite user ...`.
+//!
+//! Credentials end together: a new password or disabling a user deletes all of the user's
+//! sessions and revokes all of their API tokens in the same transaction. Resolving a session
+//! or token only reads, except at most once per [`TOUCH_INTERVAL`] per credential, when the
+//! session's sliding expiry or the token's `last_used_at` is written.
 
 use std::fmt;
 use std::str::FromStr;
@@ -120,7 +125,8 @@ pub struct ApiToken {
     pub last_used_at: Option<OffsetDateTime>,
 }
 
-fn valid_username(name: &str) -> bool {
+/// Whether `name` could be a username: 1-64 characters of letters, digits, `_`, `.`, `@`, `-`.
+pub fn valid_username(name: &str) -> bool {
     (1..=64).contains(&name.len())
         && name
             .chars()
@@ -220,6 +226,8 @@ pub async fn set_role_by_id(pool: &PgPool, id: i64, role: Role) -> Result<User, 
     .ok_or_else(|| AccountError::NoSuchUser(format!("#{id}")))
 }
 
+/// Set a user's password. Ends every session of the user and revokes every API token: whoever
+/// held the old password may have made them.
 pub async fn set_password(
     pool: &PgPool,
     username: &str,
@@ -229,21 +237,80 @@ pub async fn set_password(
         return Err(AccountError::WeakPassword);
     }
     let hash = hash_password(password.to_string()).await?;
-    let updated = sqlx::query("UPDATE users SET password_hash = $2 WHERE username = $1")
-        .bind(username)
-        .bind(hash)
-        .execute(pool)
-        .await?
-        .rows_affected();
-    if updated == 0 {
-        return Err(AccountError::NoSuchUser(username.to_string()));
-    }
-    // A new password ends every open session of that user.
-    sqlx::query("DELETE FROM sessions WHERE user_id = (SELECT id FROM users WHERE username = $1)")
-        .bind(username)
-        .execute(pool)
-        .await?;
+    let mut tx = pool.begin().await?;
+    let id: i64 =
+        sqlx::query_scalar("UPDATE users SET password_hash = $2 WHERE username = $1 RETURNING id")
+            .bind(username)
+            .bind(hash)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| AccountError::NoSuchUser(username.to_string()))?;
+    end_credentials(&mut tx, id).await?;
+    tx.commit().await?;
     Ok(())
+}
+
+/// Delete every session of the user and revoke every API token.
+async fn end_credentials(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    user_id: i64,
+) -> Result<(), AccountError> {
+    sqlx::query("DELETE FROM sessions WHERE user_id = $1")
+        .bind(user_id)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query(
+        "UPDATE api_tokens SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL",
+    )
+    .bind(user_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Disable or enable a user. Disabling also ends their sessions and revokes their API tokens
+/// (enabling does not bring those back). A disabled user cannot sign in or use the API.
+pub async fn set_disabled_by_id(
+    pool: &PgPool,
+    id: i64,
+    disabled: bool,
+) -> Result<User, AccountError> {
+    let mut tx = pool.begin().await?;
+    let user = sqlx::query_as::<_, User>(
+        "UPDATE users SET disabled = $2 WHERE id = $1
+         RETURNING id, username, role, disabled, created_at",
+    )
+    .bind(id)
+    .bind(disabled)
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or_else(|| AccountError::NoSuchUser(format!("#{id}")))?;
+    if disabled {
+        end_credentials(&mut tx, id).await?;
+    }
+    tx.commit().await?;
+    Ok(user)
+}
+
+/// [`set_disabled_by_id`] by username.
+pub async fn set_disabled(
+    pool: &PgPool,
+    username: &str,
+    disabled: bool,
+) -> Result<User, AccountError> {
+    let user = find_user(pool, username)
+        .await?
+        .ok_or_else(|| AccountError::NoSuchUser(username.to_string()))?;
+    set_disabled_by_id(pool, user.id, disabled).await
+}
+
+pub async fn get_user(pool: &PgPool, id: i64) -> Result<Option<User>, AccountError> {
+    Ok(sqlx::query_as::<_, User>(
+        "SELECT id, username, role, disabled, created_at FROM users WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await?)
 }
 
 pub async fn list_users(pool: &PgPool) -> Result<Vec<User>, AccountError> {
@@ -255,6 +322,9 @@ pub async fn list_users(pool: &PgPool) -> Result<Vec<User>, AccountError> {
 }
 
 pub async fn find_user(pool: &PgPool, username: &str) -> Result<Option<User>, AccountError> {
+    if !valid_username(username) {
+        return Ok(None);
+    }
     Ok(sqlx::query_as::<_, User>(
         "SELECT id, username, role, disabled, created_at FROM users WHERE username = $1",
     )
@@ -269,6 +339,10 @@ pub async fn authenticate(
     username: &str,
     password: &str,
 ) -> Result<Option<User>, AccountError> {
+    if !valid_username(username) {
+        // No such account can exist (and PostgreSQL refuses NUL in text).
+        return Ok(None);
+    }
     let row: Option<(i64, String, Role, bool, OffsetDateTime, String)> = sqlx::query_as(
         "SELECT id, username, role, disabled, created_at, password_hash FROM users WHERE username = $1",
     )
@@ -320,20 +394,45 @@ pub async fn create_session(pool: &PgPool, user_id: i64) -> Result<String, Accou
     Ok(secret)
 }
 
-/// The user behind a session cookie, sliding its expiry forward. None when unknown or expired.
+/// How often a session's expiry slides forward and a token's `last_used_at` is written: at
+/// most once per this period per credential, so authenticated requests mostly only read.
+pub const TOUCH_INTERVAL: Duration = Duration::minutes(1);
+
+/// The user behind a session cookie, or None when unknown, expired or disabled. The session's
+/// `last_seen` and expiry (now + [`SESSION_TTL`]) are written when the stored `last_seen` is
+/// older than [`TOUCH_INTERVAL`], so the sliding expiry is exact to within that interval.
 pub async fn user_for_session(pool: &PgPool, secret: &str) -> Result<Option<User>, AccountError> {
-    Ok(sqlx::query_as::<_, User>(
-        "WITH s AS (
-             UPDATE sessions SET last_seen = now(), expires_at = now() + $2
-             WHERE id_hash = $1 AND expires_at > now()
-             RETURNING user_id)
-         SELECT u.id, u.username, u.role, u.disabled, u.created_at
-         FROM users u JOIN s ON s.user_id = u.id WHERE NOT u.disabled",
+    let hash = sha256(secret);
+    let row: Option<(i64, String, Role, bool, OffsetDateTime, bool)> = sqlx::query_as(
+        "SELECT u.id, u.username, u.role, u.disabled, u.created_at, s.last_seen < now() - $2
+         FROM sessions s JOIN users u ON u.id = s.user_id
+         WHERE s.id_hash = $1 AND s.expires_at > now() AND NOT u.disabled",
     )
-    .bind(sha256(secret))
-    .bind(SESSION_TTL)
+    .bind(&hash)
+    .bind(TOUCH_INTERVAL)
     .fetch_optional(pool)
-    .await?)
+    .await?;
+    let Some((id, username, role, disabled, created_at, stale)) = row else {
+        return Ok(None);
+    };
+    if stale {
+        sqlx::query(
+            "UPDATE sessions SET last_seen = now(), expires_at = now() + $2
+             WHERE id_hash = $1 AND last_seen < now() - $3",
+        )
+        .bind(&hash)
+        .bind(SESSION_TTL)
+        .bind(TOUCH_INTERVAL)
+        .execute(pool)
+        .await?;
+    }
+    Ok(Some(User {
+        id,
+        username,
+        role,
+        disabled,
+        created_at,
+    }))
 }
 
 pub async fn delete_session(pool: &PgPool, secret: &str) -> Result<(), AccountError> {
@@ -396,19 +495,39 @@ pub async fn revoke_api_token(
         == 1)
 }
 
-/// The user behind a bearer token, or None.
+/// The user behind a bearer token, or None (unknown, revoked, or the user is disabled). The
+/// token's `last_used_at` is written when older than [`TOUCH_INTERVAL`] (or never set).
 pub async fn user_for_api_token(pool: &PgPool, secret: &str) -> Result<Option<User>, AccountError> {
-    Ok(sqlx::query_as::<_, User>(
-        "WITH t AS (
-             UPDATE api_tokens SET last_used_at = now()
-             WHERE token_hash = $1 AND revoked_at IS NULL
-             RETURNING user_id)
-         SELECT u.id, u.username, u.role, u.disabled, u.created_at
-         FROM users u JOIN t ON t.user_id = u.id WHERE NOT u.disabled",
+    let row: Option<(i64, String, Role, bool, OffsetDateTime, i64, bool)> = sqlx::query_as(
+        "SELECT u.id, u.username, u.role, u.disabled, u.created_at, t.id,
+                t.last_used_at IS NULL OR t.last_used_at < now() - $2
+         FROM api_tokens t JOIN users u ON u.id = t.user_id
+         WHERE t.token_hash = $1 AND t.revoked_at IS NULL AND NOT u.disabled",
     )
     .bind(sha256(secret))
+    .bind(TOUCH_INTERVAL)
     .fetch_optional(pool)
-    .await?)
+    .await?;
+    let Some((id, username, role, disabled, created_at, token_id, stale)) = row else {
+        return Ok(None);
+    };
+    if stale {
+        sqlx::query(
+            "UPDATE api_tokens SET last_used_at = now()
+             WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < now() - $2)",
+        )
+        .bind(token_id)
+        .bind(TOUCH_INTERVAL)
+        .execute(pool)
+        .await?;
+    }
+    Ok(Some(User {
+        id,
+        username,
+        role,
+        disabled,
+        created_at,
+    }))
 }
 
 #[cfg(test)]

@@ -1,10 +1,12 @@
 //! What the CLI shows beyond wiring: progress bars on stderr (indicatif) and the output of
-//! the computational commands (`ppr`, `embed`). `main.rs` parses arguments and calls these.
+//! the computational commands (`ppr`, `embed`), and the account commands (`elite user`).
+//! `main.rs` parses arguments and calls these.
 
 pub mod compression;
 pub mod genmetrics;
 pub mod models;
 pub mod safety;
+pub mod users;
 
 use indicatif::{ProgressBar, ProgressStyle};
 

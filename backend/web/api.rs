@@ -32,6 +32,7 @@ pub(crate) fn routes(routes: Routes) -> Routes {
     info(title = "elite API", description = "Evaluate the safety and quality of vision models."),
     paths(
         me, list_tokens, create_token, revoke_token, list_users, create_user, list_jobs, get_job, cancel_job,
+        super::admin::disable_api, super::admin::enable_api, super::admin::tokens_api, super::admin::revoke_api,
         super::genmetrics::list_sets_api, super::genmetrics::upload_set_api, super::genmetrics::list_results_api,
         super::genmetrics::get_result_api, super::genmetrics::compute_api, super::genmetrics::list_toy_api,
         super::genmetrics::run_toy_api, super::compression::list_api, super::compression::run_api,

@@ -3,6 +3,7 @@
 //! the `/api/v1` JSON API with its OpenAPI document. Handlers are thin: parse, call the domain
 //! module, render. They never call a model: long work is enqueued as a job.
 
+pub mod admin;
 pub mod annotation;
 pub mod api;
 pub mod auth;
@@ -43,14 +44,28 @@ use crate::accounts::Role;
 /// Largest request body accepted by default (forms and JSON). Upload routes set their own.
 pub const BODY_LIMIT: usize = 2 * 1024 * 1024;
 
+/// The Content-Security-Policy of every response, Swagger UI included (its page loads its
+/// scripts and styles from files; nothing inline). Pages use no inline script, style
+/// attribute or `on...` handler; charts are inline SVG with presentation attributes only.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; \
+     object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'; \
+     img-src 'self' data:; style-src 'self'";
+
 /// Settings of the web application.
 #[derive(Debug, Clone)]
 pub struct WebConfig {
     /// Mark cookies `Secure` (serve behind HTTPS).
     pub secure_cookies: bool,
-    /// Failed logins allowed per username and per address within `login_window`.
-    pub login_max_failures: usize,
+    /// Failed logins one client address gets per account before exponential back-off
+    /// starts (see [`auth`] for the whole policy).
+    pub login_max_failures: u32,
+    /// Longest back-off, and the window of the per-address and per-account budgets.
     pub login_window: Duration,
+    /// Failed logins one client address may make per window, across all usernames.
+    pub login_address_max_failures: u32,
+    /// Failed logins one account may receive per window from addresses that never signed
+    /// into it.
+    pub login_account_max_failures: u32,
     /// Largest file upload (embedding sets, images), in bytes.
     pub upload_limit: usize,
     /// Folders under which admins may name server paths (see [`server_paths`]).
@@ -63,6 +78,8 @@ impl Default for WebConfig {
             secure_cookies: false,
             login_max_failures: 10,
             login_window: Duration::from_secs(900),
+            login_address_max_failures: 50,
+            login_account_max_failures: 200,
             upload_limit: 256 * 1024 * 1024,
             server_roots: server_paths::roots_from_env(),
         }
@@ -81,7 +98,13 @@ pub struct AppState {
 impl AppState {
     /// Build the state; starts the task that relays job events from PostgreSQL to pages.
     pub fn new(pool: PgPool, config: WebConfig) -> Self {
-        let limiter = auth::LoginLimiter::new(config.login_max_failures, config.login_window);
+        let limiter = auth::LoginLimiter::new(auth::LoginPolicy {
+            pair_free_failures: config.login_max_failures,
+            window: config.login_window,
+            address_max_failures: config.login_address_max_failures,
+            account_max_failures: config.login_account_max_failures,
+            ..auth::LoginPolicy::default()
+        });
         AppState {
             events: events::EventHub::start(pool.clone()),
             pool,
@@ -196,8 +219,9 @@ pub(crate) const ADMIN: Access = Access::Role(Role::Admin);
 pub fn app(state: AppState) -> (Router, Vec<RouteInfo>) {
     let routes = Routes::new(state.clone())
         .get("/healthz", PUBLIC, get(healthz))
-        .get("/metrics", PUBLIC, get(metrics_page));
+        .get("/metrics", ADMIN, get(metrics_page));
     let routes = pages::routes(routes);
+    let routes = admin::routes(routes);
     let routes = api::routes(routes);
     let routes = genmetrics::routes(routes, state.config.upload_limit);
     let routes = compression::routes(routes, state.config.upload_limit);
@@ -244,6 +268,10 @@ pub fn app(state: AppState) -> (Router, Vec<RouteInfo>) {
         .layer(middleware::from_fn(record_metrics))
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .layer(CompressionLayer::new())
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+        ))
         .layer(SetResponseHeaderLayer::if_not_present(
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),

@@ -16,7 +16,7 @@ use axum_extra::extract::cookie::CookieJar;
 use futures::Stream;
 use serde::Deserialize;
 
-use super::auth::{self, CsrfToken, CurrentUser, MaybeUser};
+use super::auth::{self, ClientAddr, CsrfToken, CurrentUser, MaybeUser};
 use super::error::{AppForm, AppPath, AppQuery, ErrorBody};
 use super::{ADMIN, ANNOTATOR, AppError, AppState, PUBLIC, RESEARCHER, Routes};
 use crate::accounts::{self, ApiToken, Role, User};
@@ -130,34 +130,41 @@ struct LoginForm {
 
 async fn login(
     State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
     csrf: CsrfToken,
     jar: CookieJar,
     AppForm(form): AppForm<LoginForm>,
 ) -> Result<Response, AppError> {
-    let keys = vec![format!("user:{}", form.username.to_lowercase())];
     let next = auth::safe_next(form.next.as_deref());
-    if state.login_limiter.is_blocked(&keys) {
-        tracing::warn!(username = %form.username, "login rate limit reached");
-        return Err(AppError::TooManyRequests);
+    let failed = |username: String| {
+        let page = LoginPage {
+            ctx: PageCtx::new("Sign in", "", None, &csrf),
+            error: Some("Wrong username or password.".into()),
+            next: next.clone(),
+            username,
+        };
+        (StatusCode::UNAUTHORIZED, page).into_response()
+    };
+    // No account has such a name (too long, NUL, ...): refuse before counting or looking up.
+    if !accounts::valid_username(&form.username) {
+        return Ok(failed(String::new()));
     }
+    let attempt = state
+        .login_limiter
+        .begin(&form.username, client)
+        .map_err(|refusal| {
+            tracing::warn!(username = %form.username, %client, ?refusal, "login refused by the limiter");
+            AppError::TooManyRequests
+        })?;
     match accounts::authenticate(&state.pool, &form.username, &form.password).await? {
         Some(user) => {
-            state.login_limiter.clear(&keys);
+            attempt.succeeded();
             let secret = accounts::create_session(&state.pool, user.id).await?;
             tracing::info!(user = %user.username, "signed in");
             let jar = jar.add(auth::session_cookie(secret, state.config.secure_cookies));
             Ok((jar, Redirect::to(&next)).into_response())
         }
-        None => {
-            state.login_limiter.record_failure(&keys);
-            let page = LoginPage {
-                ctx: PageCtx::new("Sign in", "", None, &csrf),
-                error: Some("Wrong username or password.".into()),
-                next,
-                username: form.username,
-            };
-            Ok((StatusCode::UNAUTHORIZED, page).into_response())
-        }
+        None => Ok(failed(form.username)),
     }
 }
 
