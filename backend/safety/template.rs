@@ -336,7 +336,7 @@ mod tests {
     fn fingerprint_changes_with_content_not_key_order() {
         let template = JudgeTemplate::default_elite();
         let mut changed = template.clone();
-        changed.version = "2".into();
+        changed.version = "changed".into();
         assert_ne!(changed.fingerprint(), template.fingerprint());
         let reordered = r#"{"user": "Q {question} R {response}", "version": "1", "id": "x",
             "json_schema": {"b": 1, "a": [2, {"d": 3, "c": 4}]}}"#;
@@ -400,7 +400,7 @@ mod tests {
             judgement_cache_key("gpt-4o", &template, "abc", "text", "response", "Hate")
         );
         let mut other = template.clone();
-        other.version = "2".into();
+        other.version = "changed".into();
         assert_ne!(
             key,
             judgement_cache_key(

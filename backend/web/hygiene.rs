@@ -1,10 +1,12 @@
-//! Input hygiene before any handler runs: the path, the query string, JSON bodies and form
-//! bodies may not carry NUL bytes or other control characters. Such text can never be stored
-//! (PostgreSQL refuses NUL in `text`) and has no business in names, prompts or templates, so it
-//! is refused with 422 and nothing is stored. Tab, line feed and carriage return stay allowed
-//! in bodies (free text such as prompts, guidelines and comments is multi-line); the path and
-//! query allow none. The policy is the same for every field: refuse, never strip, so what is
-//! stored is exactly what was sent.
+//! Input hygiene before any handler runs: the path, JSON bodies and form bodies may not carry
+//! NUL bytes or other control characters, and the query string may not carry NUL. Such text can
+//! never be stored (PostgreSQL refuses NUL in `text`) and has no business in names, prompts or
+//! templates, so it is refused with 422 and nothing is stored. Tab, line feed and carriage
+//! return stay allowed in bodies (free text such as prompts, guidelines and comments is
+//! multi-line); the path allows none. Query values are search terms and redirect targets that
+//! their handlers check (a `next` with a tab simply falls back to `/`), so only NUL is refused
+//! there. The policy is the same for every field: refuse, never strip, so what is stored is
+//! exactly what was sent.
 //!
 //! Multipart bodies are files and are not inspected here; their text fields reach the handlers,
 //! and the database error mapping in [`super::error`] turns a NUL that slips through into 422.
@@ -53,7 +55,9 @@ fn control_error() -> Response {
 pub async fn refuse_control_characters(request: Request, next: Next) -> Response {
     let uri = request.uri();
     let path_ok = percent_decode(uri.path()).is_some_and(|p| clean(&p, false));
-    let query_ok = uri.query().is_none_or(|q| form_clean(q.as_bytes(), false));
+    let query_ok = uri.query().is_none_or(|q| {
+        form_urlencoded::parse(q.as_bytes()).all(|(k, v)| !k.contains('\0') && !v.contains('\0'))
+    });
     if !path_ok || !query_ok {
         return control_error();
     }
