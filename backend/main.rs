@@ -21,14 +21,11 @@ use elite::web::WebConfig;
     about = "Evaluate the safety and quality of vision models"
 )]
 struct Cli {
-    /// Directory for the private PostgreSQL cluster and other local state.
-    #[arg(
-        long,
-        global = true,
-        env = "ELITE_DATA_DIR",
-        default_value = "./.elite"
-    )]
-    data_dir: PathBuf,
+    /// Directory for the private PostgreSQL cluster and other local state. Default: `./.elite`,
+    /// or `/var/lib/elite` when running as root (the postgres user must be able to enter it,
+    /// which it usually cannot under `/root`).
+    #[arg(long, global = true, env = "ELITE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
     /// Use this PostgreSQL server instead of the private cluster.
     #[arg(long, global = true, env = "DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
@@ -534,10 +531,14 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    let data_dir = cli
+        .data_dir
+        .clone()
+        .unwrap_or_else(elite::db::default_data_dir);
     let source = match &cli.database_url {
         Some(url) => DbSource::Url(url.clone()),
         None => DbSource::Embedded {
-            data_dir: cli.data_dir.clone(),
+            data_dir: data_dir.clone(),
         },
     };
     match cli.command {
@@ -548,6 +549,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             server_roots,
             workers,
         } => {
+            if let DbSource::Embedded { data_dir } = &source {
+                eprintln!("data directory: {}", data_dir.display());
+            }
             workers.apply_outbound_policy()?;
             let db = db::open_and_migrate(&source, 20).await?;
             let config = WebConfig {
@@ -563,7 +567,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let db = db::open_and_migrate(&source, (workers.concurrency as u32 + 4).max(5)).await?;
             elite::server::work(db, workers.options()).await
         }
-        Command::Db { command } => db_command(command, &cli.data_dir, &source).await,
+        Command::Db { command } => db_command(command, &data_dir, &source).await,
         Command::User { command } => user_command(command, &source).await,
         Command::Ppr(args) => tokio::task::spawn_blocking(move || ppr_command(args)).await?,
         Command::Embed {

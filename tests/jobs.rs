@@ -25,6 +25,7 @@ fn fast_options() -> WorkerOptions {
         base_backoff: Duration::from_millis(50),
         max_backoff: Duration::from_millis(200),
         name: "test".into(),
+        only_payload: None,
     }
 }
 

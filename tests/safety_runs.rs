@@ -1227,3 +1227,64 @@ async fn a_tiny_local_judges_gibberish_is_unscored() {
         "an item the judge cannot take does not fail the chunk"
     );
 }
+
+/// `elite run --follow` works on its own run only (other queued runs stay queued) and ends
+/// with a clear error when its run is cancelled instead of waiting for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_works_on_its_own_run_and_ends_on_cancel() {
+    let (url, pool) = fresh_database().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let benchmark = import_with_images(&pool, &tmp.path().join("images")).await;
+    let (judge_base, _judge) = start_judge().await;
+    register_models(&url, tmp.path(), &judge_base).await;
+    let request = RunRequest {
+        model: "tiny-llava".into(),
+        benchmark_id: benchmark,
+        judge: None,
+        fallback_judge: None,
+        judge_template: None,
+        categories: Vec::new(),
+        sources: Vec::new(),
+        pair_types: Vec::new(),
+        limit: Some(2),
+        seed: 3,
+        max_new_tokens: Some(2),
+        temperature: None,
+        threshold: None,
+        prompt_template: None,
+        keyword_list: None,
+        keywords: None,
+    };
+    let other = create_run(&pool, &request, None).await.unwrap();
+    let mine = create_run(&pool, &request, None).await.unwrap();
+    let run = tokio::time::timeout(
+        Duration::from_secs(120),
+        elite::cli::safety::follow_run(&pool, mine),
+    )
+    .await
+    .expect("follow ends")
+    .unwrap();
+    assert_eq!((run.id, run.responses), (mine, 2));
+    let untouched: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM jobs WHERE status = 'queued' AND (payload->>'run_id')::bigint = $1",
+    )
+    .bind(other)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        untouched, 1,
+        "the other run's job was left for other workers"
+    );
+
+    elite::safety::runs::cancel_run(&pool, other).await.unwrap();
+    let error = tokio::time::timeout(
+        Duration::from_secs(30),
+        elite::cli::safety::follow_run(&pool, other),
+    )
+    .await
+    .expect("follow ends on a cancelled run")
+    .unwrap_err()
+    .to_string();
+    assert!(error.contains("was cancelled"), "{error}");
+}

@@ -71,11 +71,13 @@ pub fn describe_import(summary: &ImportSummary) -> String {
 pub async fn follow_run(pool: &PgPool, run_id: i64) -> anyhow::Result<crate::safety::runs::Run> {
     use crate::jobs::{WorkerOptions, WorkerPool};
     use crate::safety::runs::{get_run, is_complete};
+    // Work on this run's jobs only: other queued work belongs to other processes.
     let workers = WorkerPool::start(
         pool.clone(),
         crate::job_registry(),
         WorkerOptions {
             concurrency: 2,
+            only_payload: Some(serde_json::json!({ "run_id": run_id })),
             ..WorkerOptions::default()
         },
     );
@@ -105,6 +107,24 @@ pub async fn follow_run(pool: &PgPool, run_id: i64) -> anyhow::Result<crate::saf
             workers.shutdown().await;
             anyhow::bail!(
                 "{failed} job(s) of run {run_id} failed; see `elite` jobs page or the jobs table"
+            );
+        }
+        let (cancelled, open): (i64, i64) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE status = 'cancelled'),
+                    count(*) FILTER (WHERE status IN ('queued', 'running'))
+             FROM jobs WHERE kind LIKE 'safety.%' AND (payload->>'run_id')::bigint = $1",
+        )
+        .bind(run_id)
+        .fetch_one(pool)
+        .await?;
+        if cancelled > 0 && open == 0 {
+            bar.finish_and_clear();
+            workers.shutdown().await;
+            anyhow::bail!(
+                "run {run_id} was cancelled: {} of {} items answered, {} judged",
+                run.responses,
+                run.items,
+                run.judged
             );
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;

@@ -12,6 +12,17 @@ use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 
 pub use cluster::{ClusterOptions, LocalCluster};
 
+/// The data directory when none is given: `./.elite`, or `/var/lib/elite` for root, whose
+/// home (and so a checkout under it) the postgres user usually cannot enter.
+pub fn default_data_dir() -> PathBuf {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        PathBuf::from("/var/lib/elite")
+    } else {
+        PathBuf::from("./.elite")
+    }
+}
+
 /// Errors of the database layer.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {

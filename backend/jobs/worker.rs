@@ -127,6 +127,9 @@ pub struct WorkerOptions {
     pub max_backoff: Duration,
     /// Prefix of the worker ids (host name and pid are added).
     pub name: String,
+    /// Claim only jobs whose payload contains this JSON (`payload @> only_payload`), e.g.
+    /// `{"run_id": 7}` for `elite run --follow`, which works on its own run only.
+    pub only_payload: Option<serde_json::Value>,
 }
 
 impl Default for WorkerOptions {
@@ -139,6 +142,7 @@ impl Default for WorkerOptions {
             base_backoff: Duration::from_secs(5),
             max_backoff: Duration::from_secs(600),
             name: "worker".into(),
+            only_payload: None,
         }
     }
 }
@@ -288,6 +292,7 @@ impl Worker {
              WHERE id = (
                  SELECT id FROM jobs
                  WHERE kind = ANY($3)
+                   AND ($4::jsonb IS NULL OR payload @> $4)
                    AND ((status = 'queued' AND run_at <= now())
                      OR (status = 'running' AND lease_expires_at < now() AND attempts < max_attempts))
                  ORDER BY priority DESC, id
@@ -299,6 +304,7 @@ impl Worker {
         .bind(&self.id)
         .bind(whole_microseconds(self.options.lease))
         .bind(kinds)
+        .bind(&self.options.only_payload)
         .fetch_optional(&self.pool)
         .await?;
         if let Some(job) = &job {
