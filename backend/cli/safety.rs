@@ -150,6 +150,12 @@ pub fn describe_results(results: &crate::safety::runs::RunResults) -> String {
             .map(|j| format!(" by {j}"))
             .unwrap_or_default()
     );
+    if !results.is_final() {
+        text.push_str(&format!(
+            "not final: {} answers wait for the judge, {} items for an answer (left out below)\n",
+            results.pending, results.unanswered
+        ));
+    }
     let Some(report) = &results.report else {
         text.push_str(if run.evaluator_id.is_none() {
             "no judgements (run without a judge)\n"

@@ -629,6 +629,21 @@ pub struct RunResults {
     pub evaluator_id: Option<i64>,
     #[schema(value_type = Object)]
     pub report: Option<SafetyReport>,
+    /// Responses this evaluator has not judged yet: left out of the report (not counted as
+    /// unscored) until they are judged.
+    #[serde(default)]
+    pub pending: usize,
+    /// Items of the run not answered yet.
+    #[serde(default)]
+    pub unanswered: usize,
+}
+
+impl RunResults {
+    /// Whether every item is answered and every answer judged: only then does the report
+    /// cover the whole run (and the run rank on the leaderboard).
+    pub fn is_final(&self) -> bool {
+        self.pending == 0 && self.unanswered == 0
+    }
 }
 
 /// The refusal-keyword list a run used (runs from before lists were stored used the default).
@@ -658,10 +673,13 @@ pub async fn results(
         return Ok(None);
     };
     let Some(evaluator_id) = evaluator.or(run.evaluator_id) else {
+        let unanswered = (run.items as i64 - run.responses).max(0) as usize;
         return Ok(Some(RunResults {
             run,
             evaluator_id: None,
             report: None,
+            pending: 0,
+            unanswered,
         }));
     };
     let belongs: bool = sqlx::query_scalar(
@@ -702,8 +720,11 @@ pub async fn results(
         .await?;
     let keywords = run_keyword_list(pool, run_id).await?;
     let keyword_success = keywords.matcher();
+    // A response without a judgement row is still waiting for the judge: pending, not unscored.
+    let pending = rows.iter().filter(|row| row.status.is_none()).count();
     let outcomes: Vec<ItemOutcome> = rows
         .iter()
+        .filter(|row| row.status.is_some())
         .filter_map(|row| {
             let category = row.category_code.parse::<Category>().ok()?;
             let judgement = match (
@@ -734,10 +755,13 @@ pub async fn results(
     } else {
         Some(report(&outcomes, &options).map_err(|e| StoreError::Invalid(e.to_string()))?)
     };
+    let unanswered = (run.items as i64 - run.responses).max(0) as usize;
     Ok(Some(RunResults {
         run,
         evaluator_id: Some(evaluator_id),
         report,
+        pending,
+        unanswered,
     }))
 }
 

@@ -232,6 +232,9 @@ struct RunPage {
     rows: Vec<ResultRow>,
     paper_e_asr: Option<String>,
     responses: Vec<ResponseView>,
+    /// Answers still waiting for this evaluator's judge, and items not answered yet.
+    pending: usize,
+    unanswered: usize,
     /// The refusal-keyword list of the keyword comparator (`id: title`).
     keyword_list: String,
 }
@@ -299,6 +302,8 @@ async fn run_page(
         run,
         evaluator_id,
         report,
+        pending,
+        unanswered,
     } = runs::results(&state.pool, id, query.evaluator)
         .await?
         .ok_or(AppError::NotFound)?;
@@ -336,6 +341,8 @@ async fn run_page(
         run,
         rows,
         responses,
+        pending,
+        unanswered,
     })
 }
 
@@ -772,12 +779,24 @@ async fn leaderboard_page(
         if seen.contains(&(run.model_name.clone(), run.benchmark_id)) {
             continue;
         }
-        // Runs without a judged response yet (just started, cancelled) do not rank.
-        let Some(RunResults {
+        // Only finished evaluations rank: every item answered and every answer judged (a run
+        // still judging, or cancelled half-way, would rank on a partial sample).
+        let Some(
+            results @ RunResults {
+                report: Some(_), ..
+            },
+        ) = runs::results(&state.pool, run.id, None).await?
+        else {
+            continue;
+        };
+        if !results.is_final() {
+            continue;
+        }
+        let RunResults {
             run,
             report: Some(report),
             ..
-        }) = runs::results(&state.pool, run.id, None).await?
+        } = results
         else {
             continue;
         };
