@@ -174,6 +174,17 @@ async fn external_results_import_all_or_nothing() {
         page.contains("paper &#60;b&#62;") || page.contains("paper &lt;b&gt;"),
         "notes escaped"
     );
+    // The paper-style summary: the imported VGG-16 / CIFAR-10 Neuron Merging row at 0.5 is
+    // followed by the published numbers for that setting, marked as the paper's.
+    assert!(page.contains(r#"id="summary""#));
+    let summary =
+        &page[page.find(r#"id="summary""#).unwrap()..page.find(r#"id="experiments""#).unwrap()];
+    assert!(
+        summary.contains("paper: Kim et al., NeurIPS 2020"),
+        "{summary}"
+    );
+    assert!(summary.contains("93.16"));
+    assert_eq!(summary.matches("class=\"published\"").count(), 1);
     body = body.replace("0.91", "nine");
     let response = app
         .send(request(

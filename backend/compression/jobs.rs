@@ -37,7 +37,7 @@ pub fn execute(
     let (train_set, test_set) = job.data.load()?;
     let epochs_total = match &job.model {
         ModelSource::Demo { epochs, .. } => *epochs + job.fine_tune_epochs,
-        ModelSource::Checkpoint { .. } => job.fine_tune_epochs,
+        ModelSource::Checkpoint { .. } | ModelSource::Named { .. } => job.fine_tune_epochs,
     }
     .max(1) as u64;
     let epochs_done = std::sync::atomic::AtomicU64::new(0);
@@ -49,6 +49,7 @@ pub fn execute(
     };
     let network = job.model.load(&train_set, &on_event)?;
     let mut config = ExperimentConfig::new(method, job.ratio);
+    config.prune.layer_ratios = super::prune::paper_layer_ratios(&config.prune.method);
     if job.fine_tune_epochs > 0 {
         config.fine_tune = Some(TrainConfig {
             epochs: job.fine_tune_epochs,

@@ -18,6 +18,7 @@ use crate::charts::{self, Frame, Series};
 use crate::compression::jobs::{EXPERIMENT_JOB, ExperimentJob};
 use crate::compression::sources::{DataSource, ModelSource};
 use crate::compression::store::{self, ExperimentRow, ImportRow};
+use crate::compression::table::{Measurement, SummaryRow, summarise};
 use crate::compression::{CompressionError, PruneMethod};
 use crate::jobs::{self, NewJob};
 
@@ -40,7 +41,8 @@ pub(crate) fn routes(routes: Routes, upload_limit: usize) -> Routes {
 pub struct ExperimentRequest {
     /// `demo`, `demo:EPOCHS`, or a checkpoint path on the server.
     pub model: String,
-    /// `synthetic`, `synthetic:N`, or a CIFAR-10/100 or image folder on the server.
+    /// `digits`, `digits:64`, `synthetic`, `synthetic:N`, or a CIFAR-10/100 or image folder
+    /// on the server.
     pub data: String,
     pub method: String,
     pub ratio: f64,
@@ -65,7 +67,7 @@ async fn enqueue(
         return Err(AppError::Invalid("at most 200 fine-tuning epochs".into()));
     }
     let model = ModelSource::parse(&request.model).map_err(invalid)?;
-    if let ModelSource::Checkpoint { path } = &model
+    if let ModelSource::Checkpoint { path } | ModelSource::Named { path, .. } = &model
         && !path.is_file()
     {
         return Err(AppError::Invalid(format!(
@@ -143,6 +145,27 @@ struct IndexPage {
     flops_svg: String,
     params_svg: String,
     methods: Vec<&'static str>,
+    summary: Vec<SummaryRow>,
+}
+
+/// The paper-style summary of the stored rows.
+fn summary_of(rows: &[ExperimentRow]) -> Vec<SummaryRow> {
+    let measurements: Vec<Measurement> = rows
+        .iter()
+        .map(|r| Measurement {
+            architecture: r.architecture.clone(),
+            dataset: r.dataset.clone(),
+            method: r.method.clone(),
+            ratio: r.ratio,
+            fine_tune_epochs: r.fine_tune_epochs,
+            param_reduction: r.param_reduction,
+            mac_reduction: r.mac_reduction,
+            accuracy_before: r.accuracy_before,
+            accuracy_pruned: r.accuracy_pruned,
+            accuracy_fine_tuned: r.accuracy_fine_tuned,
+        })
+        .collect();
+    summarise(&measurements)
 }
 
 async fn render(
@@ -167,6 +190,7 @@ async fn render(
             "parameters removed (%)",
             |r| r.param_reduction,
         ),
+        summary: summary_of(&rows),
         rows,
         methods: method_names(),
     })
