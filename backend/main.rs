@@ -151,7 +151,8 @@ enum Command {
         /// `demo[:EPOCHS]`.
         #[arg(long)]
         model: String,
-        /// l1, l2, geometric-median, random, neuron-merging, reprune-filter or reprune-kernel.
+        /// l1, l2, geometric-median, random, neuron-merging, neuron-merging-exact,
+        /// reprune-filter or reprune-kernel.
         #[arg(long)]
         method: String,
         /// Share of channels removed, in [0, 1).

@@ -10,6 +10,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use common::*;
 use elite::accounts::Role;
+use elite::compression::Network;
 use elite::jobs::{JobStatus, WorkerOptions, WorkerPool};
 use serde_json::Value;
 
@@ -282,4 +283,68 @@ fn train_then_prune_from_the_command_line() {
         "1.0",
     ]);
     assert!(!ok && stderr.contains("ratio"), "{stderr}");
+}
+
+/// A plain PyTorch-named checkpoint (no topology metadata, as the converter script writes)
+/// loads through `ARCH=PATH`; without the architecture it is a clear error.
+#[test]
+fn prune_loads_a_plain_checkpoint_of_a_named_architecture() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("lenet.safetensors");
+    let net = Network::by_name("lenet300_100", 1.0, 10, [1, 8, 8], 3).unwrap();
+    let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = net
+        .named_tensors()
+        .into_iter()
+        .map(|(name, t)| {
+            let values = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            (name, t.dims().to_vec(), bytes)
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .map(|(n, shape, bytes)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
+                    .unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &path).unwrap();
+    let model = format!("lenet300_100={}", path.display());
+    let (ok, stdout, stderr) = run(&[
+        "prune",
+        "--model",
+        &model,
+        "--data",
+        "digits:64",
+        "--method",
+        "neuron-merging",
+        "--ratio",
+        "0.5",
+        "--json",
+    ]);
+    assert!(ok, "{stderr}");
+    let result: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(result["architecture"], "lenet300_100");
+    // 64*300 + 300 + 300*100 + 100 + 100*10 + 10 before; 150 and 50 hidden after.
+    assert_eq!(result["params_before"], 50_610);
+    assert_eq!(
+        result["params_after"],
+        64 * 150 + 150 + 150 * 50 + 50 + 50 * 10 + 10
+    );
+    assert_eq!(result["method_options"]["threshold"], 0.45);
+    let (ok, _, stderr) = run(&[
+        "prune",
+        "--model",
+        path.to_str().unwrap(),
+        "--data",
+        "digits:64",
+        "--method",
+        "l1",
+        "--ratio",
+        "0.5",
+    ]);
+    assert!(!ok && stderr.contains("ARCH=PATH"), "{stderr}");
 }

@@ -522,7 +522,7 @@ mod properties {
 
         /// Any method at any valid ratio gives the documented widths and a working network.
         #[test]
-        fn widths_follow_the_ratio(ratio in 0.0f64..0.95, method_index in 0usize..7, seed in 0u64..4) {
+        fn widths_follow_the_ratio(ratio in 0.0f64..0.95, method_index in 0usize..8, seed in 0u64..4) {
             let net = two_conv_net(true, seed);
             let method = PruneMethod::all_defaults()[method_index].clone();
             let pruned = prune(&net, &PruneOptions::new(method, ratio)).unwrap();

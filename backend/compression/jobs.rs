@@ -16,7 +16,7 @@ pub const EXPERIMENT_JOB: &str = "compression.experiment";
 pub struct ExperimentJob {
     pub model: ModelSource,
     pub data: DataSource,
-    /// `l1`, `random`, `neuron-merging`, `reprune-filter` or `reprune-kernel` (defaults).
+    /// A method name (see `PruneMethod::name`), run with its default options.
     pub method: String,
     pub ratio: f64,
     #[serde(default)]

@@ -11,7 +11,9 @@
 //! - [`count`]: exact parameter and multiply-accumulate (MAC) counts;
 //! - [`mod@prune`]: the pruning methods, each a pure function from a network and
 //!   [`PruneOptions`] to a smaller network with the same input/output interface
-//!   (L1-norm, random, Neuron Merging, REPrune filter clustering, REPrune kernel clustering);
+//!   (L1 / L2 norm, geometric median, random, Neuron Merging (official and exact variants),
+//!   REPrune filter clustering, REPrune kernel clustering; each module says which points
+//!   follow the paper as read and which are the platform's choice);
 //! - [`data`]: CIFAR-10/100 binary batches, image folders, the built-in real handwritten
 //!   digits (as 32x32 images or 64-d vectors) and a seeded synthetic 10-class set;
 //! - [`mod@train`]: SGD training and top-1 evaluation on the CPU;
@@ -74,7 +76,7 @@ pub enum CompressionError {
     #[error("invalid pruning ratio {0}: it must lie in [0, 1)")]
     InvalidRatio(f64),
     #[error(
-        "unknown pruning method '{0}' (expected one of: l1, l2, geometric-median, random, neuron-merging, reprune-filter, reprune-kernel)"
+        "unknown pruning method '{0}' (expected one of: l1, l2, geometric-median, random, neuron-merging, neuron-merging-exact, reprune-filter, reprune-kernel)"
     )]
     UnknownMethod(String),
     #[error("shape mismatch: {0}")]

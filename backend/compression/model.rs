@@ -1284,7 +1284,7 @@ impl Network {
             .ok_or_else(|| {
                 CompressionError::Checkpoint(format!(
                     "{} has no '{TOPOLOGY_METADATA_KEY}' metadata; load it into a constructed \
-                     network with Network::with_weights_from",
+                     network with Network::with_weights_from (CLI and form: --model ARCH=PATH)",
                     path.display()
                 ))
             })?;

@@ -187,7 +187,7 @@ pub fn summarise(rows: &[Measurement]) -> Vec<SummaryRow> {
         };
         let first = members[0];
         let no_ft = Stat::of(&collect(|m| m.accuracy_pruned));
-        let is_merge = key(&first.method) == "neuronmerging";
+        let is_merge = key(&first.method).starts_with("neuronmerging");
         let row = SummaryRow {
             architecture: first.architecture.clone(),
             dataset: first.dataset.clone(),

@@ -106,15 +106,19 @@ pub enum PruneMethod {
 }
 
 impl PruneMethod {
-    /// Stable short name (`l1`, `random`, `neuron-merging`, `reprune-filter`,
-    /// `reprune-kernel`), accepted back by [`PruneMethod::from_str`].
+    /// Stable short name (`l1`, `l2`, `geometric-median`, `random`, `neuron-merging` (the
+    /// official variant), `neuron-merging-exact`, `reprune-filter`, `reprune-kernel`),
+    /// accepted back by [`PruneMethod::from_str`] (which gives the default options).
     pub fn name(&self) -> &'static str {
         match self {
             PruneMethod::L1 => "l1",
             PruneMethod::L2 => "l2",
             PruneMethod::GeometricMedian => "geometric-median",
             PruneMethod::Random { .. } => "random",
-            PruneMethod::NeuronMerging(_) => "neuron-merging",
+            PruneMethod::NeuronMerging(o) => match o.variant {
+                MergeVariant::Official => "neuron-merging",
+                MergeVariant::Exact => "neuron-merging-exact",
+            },
             PruneMethod::RepruneFilter(_) => "reprune-filter",
             PruneMethod::RepruneKernel(_) => "reprune-kernel",
         }
@@ -139,6 +143,10 @@ impl PruneMethod {
             PruneMethod::GeometricMedian,
             PruneMethod::Random { seed: 0 },
             PruneMethod::NeuronMerging(NeuronMergingOptions::default()),
+            PruneMethod::NeuronMerging(NeuronMergingOptions {
+                variant: MergeVariant::Exact,
+                ..Default::default()
+            }),
             PruneMethod::RepruneFilter(RepruneFilterOptions::default()),
             PruneMethod::RepruneKernel(RepruneKernelOptions::default()),
         ]
@@ -156,7 +164,15 @@ impl FromStr for PruneMethod {
             "l2" | "l2-norm" => Ok(PruneMethod::L2),
             "geometric-median" | "gm" | "fpgm" | "l2-gm" => Ok(PruneMethod::GeometricMedian),
             "random" => Ok(PruneMethod::Random { seed: 0 }),
-            "neuron-merging" | "nm" => Ok(PruneMethod::NeuronMerging(Default::default())),
+            "neuron-merging" | "nm" | "neuron-merging-official" => {
+                Ok(PruneMethod::NeuronMerging(Default::default()))
+            }
+            "neuron-merging-exact" | "nm-exact" => {
+                Ok(PruneMethod::NeuronMerging(NeuronMergingOptions {
+                    variant: MergeVariant::Exact,
+                    ..Default::default()
+                }))
+            }
             "reprune-filter" | "reprune-v1" => Ok(PruneMethod::RepruneFilter(Default::default())),
             "reprune-kernel" | "reprune" => Ok(PruneMethod::RepruneKernel(Default::default())),
             _ => Err(CompressionError::UnknownMethod(s.to_string())),
