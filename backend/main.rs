@@ -164,6 +164,10 @@ enum Command {
         data: String,
         #[arg(long, default_value_t = 0)]
         finetune_epochs: usize,
+        /// `one-shot`, `progressive:STAGES`, or `from-scratch:INTERVAL:UNTIL` (REPrune:
+        /// prune while training `demo:0` from scratch for --finetune-epochs epochs).
+        #[arg(long, default_value = "one-shot")]
+        schedule: String,
         #[arg(long)]
         json: bool,
     },
@@ -809,10 +813,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             ratio,
             data,
             finetune_epochs,
+            schedule,
             json,
         } => {
             let result = tokio::task::spawn_blocking(move || {
-                cli::compression::prune(&model, &data, &method, ratio, finetune_epochs)
+                cli::compression::prune(&model, &data, &method, ratio, finetune_epochs, &schedule)
             })
             .await??;
             if json {

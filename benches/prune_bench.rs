@@ -213,7 +213,7 @@ fn cnn(
         let net = build(model, train_set.num_classes(), seed)?;
         let config = TrainConfig {
             epochs,
-            batch_size: 64,
+            batch_size: 32,
             learning_rate: 0.05,
             augment: true,
             seed,

@@ -348,3 +348,45 @@ fn prune_loads_a_plain_checkpoint_of_a_named_architecture() {
     ]);
     assert!(!ok && stderr.contains("ARCH=PATH"), "{stderr}");
 }
+
+/// REPrune's schedule from the command line: LeNet-300-100 (`demo:0`, untrained) pruned
+/// while it trains for two epochs on the 64-d digits; a malformed schedule is refused.
+#[test]
+fn prune_with_the_from_scratch_schedule_from_the_command_line() {
+    let args = |schedule: &'static str| {
+        vec![
+            "prune",
+            "--model",
+            "demo:0",
+            "--data",
+            "digits:64",
+            "--method",
+            "reprune-kernel",
+            "--ratio",
+            "0.5",
+            "--finetune-epochs",
+            "2",
+            "--schedule",
+            schedule,
+            "--json",
+        ]
+    };
+    let (ok, stdout, stderr) = run(&args("from-scratch:1:2"));
+    assert!(ok, "{stderr}");
+    let result: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(result["schedule"]["kind"], "from_scratch");
+    // No batch norm in LeNet: the gamma quantile falls back to floor(n / 2) per layer.
+    let widths: Vec<u64> = result["widths_after"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w[1].as_u64().unwrap())
+        .collect();
+    assert_eq!(widths, vec![150, 50, 10]);
+    let accuracy = result["accuracy_fine_tuned"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&accuracy));
+    let (ok, _, stderr) = run(&args("from-scratch:0:2"));
+    assert!(!ok && stderr.contains("schedule"), "{stderr}");
+    let (ok, _, stderr) = run(&args("sometimes"));
+    assert!(!ok && stderr.contains("unknown schedule"), "{stderr}");
+}

@@ -17,6 +17,7 @@ pub fn prune(
     method: &str,
     ratio: f64,
     fine_tune_epochs: usize,
+    schedule: &str,
 ) -> Result<ExperimentResult, CompressionError> {
     let job = ExperimentJob {
         model: ModelSource::parse(model)?,
@@ -24,6 +25,7 @@ pub fn prune(
         method: method.to_string(),
         ratio,
         fine_tune_epochs,
+        schedule: schedule.parse()?,
         created_by: None,
     };
     let bar = progress_bar(0, &format!("{method} at {ratio}"));

@@ -62,6 +62,45 @@ pub enum PruneSchedule {
     },
 }
 
+/// Most epochs a schedule may name (bounds user input).
+pub const MAX_SCHEDULE_EPOCHS: usize = 1000;
+
+impl std::str::FromStr for PruneSchedule {
+    type Err = CompressionError;
+
+    /// `one-shot`, `progressive:STAGES` or `from-scratch:INTERVAL:UNTIL` (REPrune: prune
+    /// every INTERVAL epochs until epoch UNTIL while training).
+    fn from_str(text: &str) -> Result<Self> {
+        let text = text.trim().to_ascii_lowercase();
+        let parts: Vec<&str> = text.split(':').collect();
+        let number = |s: &str| -> Result<usize> {
+            s.trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=MAX_SCHEDULE_EPOCHS).contains(n))
+                .ok_or_else(|| {
+                    CompressionError::Config(format!(
+                        "schedule {text:?}: {s:?} is not a number in 1..={MAX_SCHEDULE_EPOCHS}"
+                    ))
+                })
+        };
+        match parts.as_slice() {
+            ["one-shot"] | ["oneshot"] | [""] => Ok(PruneSchedule::OneShot),
+            ["progressive", stages] => Ok(PruneSchedule::Progressive {
+                stages: number(stages)?,
+            }),
+            ["from-scratch", interval, until] => Ok(PruneSchedule::FromScratch {
+                interval: number(interval)?,
+                until: number(until)?,
+            }),
+            _ => Err(CompressionError::Config(format!(
+                "unknown schedule {text:?} (expected one-shot, progressive:STAGES or \
+                 from-scratch:INTERVAL:UNTIL)"
+            ))),
+        }
+    }
+}
+
 /// What to run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExperimentConfig {

@@ -21,6 +21,10 @@ pub struct ExperimentJob {
     pub ratio: f64,
     #[serde(default)]
     pub fine_tune_epochs: usize,
+    /// When pruning happens (one-shot by default; `FromScratch` is REPrune's schedule, for
+    /// which the fine-tuning epochs are the training epochs).
+    #[serde(default)]
+    pub schedule: super::PruneSchedule,
     pub created_by: Option<i64>,
 }
 
@@ -50,6 +54,7 @@ pub fn execute(
     let network = job.model.load(&train_set, &on_event)?;
     let mut config = ExperimentConfig::new(method, job.ratio);
     config.prune.layer_ratios = super::prune::paper_layer_ratios(&config.prune.method);
+    config.schedule = job.schedule;
     if job.fine_tune_epochs > 0 {
         config.fine_tune = Some(TrainConfig {
             epochs: job.fine_tune_epochs,

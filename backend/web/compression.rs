@@ -48,6 +48,9 @@ pub struct ExperimentRequest {
     pub ratio: f64,
     #[serde(default)]
     pub fine_tune_epochs: usize,
+    /// `one-shot` (default), `progressive:STAGES` or `from-scratch:INTERVAL:UNTIL`.
+    #[serde(default)]
+    pub schedule: String,
 }
 
 fn invalid(e: CompressionError) -> AppError {
@@ -82,6 +85,7 @@ async fn enqueue(
         method: method.name().to_string(),
         ratio: request.ratio,
         fine_tune_epochs: request.fine_tune_epochs,
+        schedule: request.schedule.parse().map_err(invalid)?,
         created_by: Some(user.id),
     };
     let job = NewJob::new(
