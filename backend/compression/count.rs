@@ -344,6 +344,19 @@ mod tests {
     }
 
     #[test]
+    fn vgg16_as_in_the_authors_code_has_bias_free_convs() {
+        use crate::compression::prune::{LayerRatios, PruneMethod, PruneOptions, prune};
+        let net = Network::vgg_cifar(&VggConfig::vgg16_nm_code(), 1.0, 10, 0).unwrap();
+        // 4,224 conv biases fewer (64*2 + 128*2 + 256*3 + 512*6); the same MACs.
+        assert_eq!(cost(&net), (14_991_946 - 4_224, 313_463_808));
+        let mut options = PruneOptions::new(PruneMethod::L1, 0.5);
+        options.layer_ratios = LayerRatios::PaperDefault;
+        let pruned_a = prune(&net, &options).unwrap();
+        // Pruned-A keeps 32 + 64 + 128 * 2 + 256 * 9 = 2,656 conv biases.
+        assert_eq!(cost(&pruned_a), (5_399_690 - 2_656, 206_279_680));
+    }
+
+    #[test]
     fn cifar_resnets_pin_exact_counts() {
         let r56 = Network::resnet_cifar(56, 1.0, 10, 0).unwrap();
         assert_eq!(cost(&r56), (853_018, 125_485_696));

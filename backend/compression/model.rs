@@ -215,6 +215,16 @@ impl VggConfig {
         }
     }
 
+    /// The same VGG-16 with bias-free convolutions, as in the authors' public code
+    /// (`models/VGG.py`): what their checkpoints hold. The specification's pinned counts
+    /// (14,991,946 parameters) include conv biases; this variant has 4,224 fewer.
+    pub fn vgg16_nm_code() -> Self {
+        VggConfig {
+            conv_bias: false,
+            ..VggConfig::vgg16_nm()
+        }
+    }
+
     /// A three-conv VGG (64, 128, 256 channels before the width multiplier, each followed by
     /// a max pool, linear classifier on the flattened 4x4 map) for tests and quick demos.
     pub fn tiny() -> Self {
@@ -893,6 +903,8 @@ impl Network {
             "vgg16_bn_cifar".to_string()
         } else if *config == VggConfig::vgg16_nm() {
             "vgg16_nm_cifar".to_string()
+        } else if *config == VggConfig::vgg16_nm_code() {
+            "vgg16_nm_code_cifar".to_string()
         } else if *config == VggConfig::vgg11() {
             "vgg11_bn_cifar".to_string()
         } else {
@@ -906,7 +918,7 @@ impl Network {
     }
 
     /// Names accepted by [`Network::by_name`].
-    pub const ARCHITECTURES: &'static str = "vgg16, vgg16_nm, resnet20, resnet56, resnet110, \
+    pub const ARCHITECTURES: &'static str = "vgg16, vgg16_nm, vgg16_nm_code, resnet20, resnet56, resnet110, \
          resnet20b, resnet56b, resnet110b, resnet18, resnet50 or lenet300_100";
 
     /// A freshly initialised network by name (see [`Network::ARCHITECTURES`]; a `b` suffix
@@ -926,6 +938,12 @@ impl Network {
         match name.as_str() {
             "vgg16" | "vgg16_bn" => Network::vgg16_bn_cifar(width_multiplier, num_classes, seed),
             "vgg16_nm" => Network::vgg16_nm_cifar(width_multiplier, num_classes, seed),
+            "vgg16_nm_code" => Network::vgg_cifar(
+                &VggConfig::vgg16_nm_code(),
+                width_multiplier,
+                num_classes,
+                seed,
+            ),
             "resnet20" => cifar(20, CifarShortcut::ZeroPad),
             "resnet56" => cifar(56, CifarShortcut::ZeroPad),
             "resnet110" => cifar(110, CifarShortcut::ZeroPad),

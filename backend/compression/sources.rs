@@ -16,23 +16,45 @@ use super::{
 /// A data set specification, as typed on the command line or in a form:
 /// `digits` (the built-in real handwritten digits upsampled to 32x32), `digits:64` (the same
 /// digits as 64-d vectors, for LeNet-300-100), `synthetic`, `synthetic:N` (N images per
-/// class), or a directory holding CIFAR-10 batches
+/// class), `nm:SPEC` (SPEC under the Neuron Merging authors' CIFAR normalisation), or a
+/// directory holding CIFAR-10 batches
 /// (`data_batch_1.bin` ... `test_batch.bin`), CIFAR-100 (`train.bin`, `test.bin`), or images
 /// as `class/xxx.png` (with `train/` and `test/` subfolders, or one folder used for both).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum DataSource {
-    Synthetic { images_per_class: usize, seed: u64 },
-    Digits { form: DigitsForm },
-    Cifar10 { dir: PathBuf },
-    Cifar100 { dir: PathBuf },
-    Folder { dir: PathBuf },
+    Synthetic {
+        images_per_class: usize,
+        seed: u64,
+    },
+    Digits {
+        form: DigitsForm,
+    },
+    Cifar10 {
+        dir: PathBuf,
+    },
+    Cifar100 {
+        dir: PathBuf,
+    },
+    Folder {
+        dir: PathBuf,
+    },
+    /// Another source under the Neuron Merging authors' CIFAR normalisation (`nm:SPEC`),
+    /// for their checkpoints.
+    AuthorsNormalized {
+        inner: Box<DataSource>,
+    },
 }
 
 impl FromStr for DataSource {
     type Err = CompressionError;
     fn from_str(text: &str) -> Result<Self> {
         let text = text.trim();
+        if let Some(inner) = text.strip_prefix("nm:") {
+            return Ok(DataSource::AuthorsNormalized {
+                inner: Box::new(inner.parse()?),
+            });
+        }
         match text {
             "digits" | "digits:32" => {
                 return Ok(DataSource::Digits {
@@ -101,6 +123,7 @@ impl DataSource {
                 form: DigitsForm::Vector64,
             } => "digits-64".into(),
             DataSource::Cifar10 { .. } => "cifar10".into(),
+            DataSource::AuthorsNormalized { inner } => inner.label(),
             DataSource::Cifar100 { .. } => "cifar100".into(),
             DataSource::Folder { dir } => dir
                 .file_name()
@@ -127,6 +150,11 @@ impl DataSource {
                 Ok((make(*seed)?, make(seed.wrapping_add(1_000_003))?))
             }
             DataSource::Digits { form } => load_digits(*form),
+            DataSource::AuthorsNormalized { inner } => {
+                let (train, test) = inner.load()?;
+                let to = Normalization::NEURON_MERGING_CIFAR;
+                Ok((train.renormalized(to)?, test.renormalized(to)?))
+            }
             DataSource::Cifar10 { dir } => load_cifar10(dir),
             DataSource::Cifar100 { dir } => load_cifar100(dir, Cifar100Label::Fine),
             DataSource::Folder { dir } => {
