@@ -25,14 +25,19 @@
 //!   root);
 //! - bias mismatch
 //!   `B(n, p) = |(gamma_p / v_p) * (s * (mu_n - v_n * beta_n / gamma_n) - mu_p) + beta_p| / z`,
-//!   min-max normalised over the kept candidates of the pruned neuron `n` (*platform's
-//!   reading*: the normalisation runs per pruned neuron);
+//!   min-max normalised over the kept candidates of the pruned neuron `n`;
 //! - partner = argmin over kept `p` of `lambda * (1 - cos(w_n, w_p)) + (1 - lambda) * B`,
 //!   with `lambda` weighting the cosine term; the merge is skipped when the partner's
 //!   cosine is below `t`.
 //!
+//! These points, the criteria (L1, L2, geometric median as the sum of distances) and
+//! `t = 0` disabling the test were checked against the authors' public `decompose.py`
+//! (read, not copied: that repository has no licence).
+//!
 //! The official scale is exact only when gamma and variance agree across the pair; it is
-//! kept because it is what reproduces the published tables. *Platform's choices*: a pair
+//! kept because it is what reproduces the published tables. *Platform's choices*: when all
+//! candidates have the same bias term its normalisation gives 0 to all (the authors' code
+//! divides by zero there); a pair
 //! whose official scale is not a positive finite number (a zero or negative gamma, a zero
 //! variance) is never merged (the neuron is plainly pruned), because a negative scale does
 //! not pass through ReLU; candidates with a non-finite `B` are ranked as if `B` were the
