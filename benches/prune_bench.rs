@@ -10,7 +10,8 @@
 //! standard deviation over the seeds.
 //!
 //! Environment overrides: `ELITE_BENCH_MODELS` (comma-separated from `lenet`, `vgg16:W`,
-//! `resnet56`; default `lenet,vgg16:0.25,vgg16:1.0,resnet56`), `ELITE_BENCH_SEEDS` (number
+//! `resnet56`, and `tiny:W`, the three-conv VGG for quick runs; default
+//! `lenet,vgg16:0.25,vgg16:1.0,resnet56`), `ELITE_BENCH_SEEDS` (number
 //! of seeds, default 5), `ELITE_BENCH_EPOCHS` (base training epochs, default 15),
 //! `ELITE_BENCH_FT_EPOCHS` (fine-tuning epochs, default 2), `ELITE_BENCH_RATIOS`
 //! (default 0.3,0.5,0.7), `ELITE_BENCH_DATA` (a data source as typed in the experiment
@@ -97,6 +98,11 @@ fn build(model: &str, classes: usize, seed: u64) -> Result<Network> {
             .parse()
             .map_err(|_| CompressionError::Config(format!("bad width in {model}")))?;
         Network::vgg16_nm_cifar(width, classes, seed)
+    } else if let Some(width) = model.strip_prefix("tiny:") {
+        let width: f64 = width
+            .parse()
+            .map_err(|_| CompressionError::Config(format!("bad width in {model}")))?;
+        Network::vgg_cifar(&VggConfig::tiny(), width, classes, seed)
     } else if model == "resnet56" {
         Network::resnet_cifar(56, 1.0, classes, seed)
     } else {
