@@ -73,6 +73,17 @@ fn settings(ratios: &[f64], vgg: bool) -> Vec<Setting> {
         ratios_with_a.push((0.5, LayerRatios::PaperDefault, " (pruned-A)"));
     }
     for (ratio, layer_ratios, suffix) in ratios_with_a {
+        if layer_ratios == LayerRatios::Uniform {
+            // The baseline at REPrune's (gamma-quantile) widths, for an equal-size comparison.
+            out.push(Setting {
+                label: "l1 (REPrune widths)".into(),
+                options: PruneOptions {
+                    method: PruneMethod::L1,
+                    ratio,
+                    layer_ratios: LayerRatios::GammaQuantile,
+                },
+            });
+        }
         for method in PruneMethod::all_defaults() {
             let layer_ratios = if layer_ratios == LayerRatios::Uniform {
                 prune::paper_layer_ratios(&method)
