@@ -17,6 +17,8 @@
 //! (default 0.3,0.5,0.7), `ELITE_BENCH_DATA` (a data source as typed in the experiment
 //! form, default `digits`; the CNNs need 32x32 images).
 //!
+//! Measured tables: `benches/prune_bench.md`.
+//!
 //! Run: `cargo bench --bench prune_bench` (or, without a release build of the
 //! dependencies, `cargo test --release --bench prune_bench`; the debug profile compiles the
 //! dependencies optimised, so `cargo test --bench prune_bench` works too, more slowly).
