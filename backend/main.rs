@@ -155,26 +155,35 @@ enum Command {
     },
     /// Prune a CNN with one method at one ratio and measure it.
     Prune {
-        /// Checkpoint (.safetensors from `elite train`, PyTorch names), or `demo[:EPOCHS]`.
+        /// Checkpoint (.safetensors from `elite train`), `ARCH=PATH` (a PyTorch-named
+        /// checkpoint of a known architecture, e.g. from scripts/convert_nm_checkpoint.py), or
+        /// `demo[:EPOCHS]`.
         #[arg(long)]
         model: String,
-        /// l1, random, neuron-merging, reprune-filter or reprune-kernel.
+        /// l1, l2, geometric-median, random, neuron-merging, neuron-merging-exact,
+        /// reprune-filter or reprune-kernel.
         #[arg(long)]
         method: String,
         /// Share of channels removed, in [0, 1).
         #[arg(long)]
         ratio: f64,
-        /// `synthetic[:N]`, or a CIFAR-10/100 binary folder or an image folder (class/x.png).
+        /// `digits`, `digits:64`, `synthetic[:N]`, or a CIFAR-10/100 binary folder or an image
+        /// folder (class/x.png).
         #[arg(long)]
         data: String,
         #[arg(long, default_value_t = 0)]
         finetune_epochs: usize,
+        /// `one-shot`, `progressive:STAGES`, or `from-scratch:INTERVAL:UNTIL` (REPrune:
+        /// prune while training `demo:0` from scratch for --finetune-epochs epochs).
+        #[arg(long, default_value = "one-shot")]
+        schedule: String,
         #[arg(long)]
         json: bool,
     },
     /// Train a base CNN on CPU and save it as safetensors.
     Train {
-        /// vgg16, resnet20, resnet56, resnet110 or resnet18.
+        /// vgg16, vgg16_nm, resnet20/56/110 (b suffix: option-B shortcuts), resnet18,
+        /// resnet50 or lenet300_100.
         #[arg(long)]
         arch: String,
         /// Channel width multiplier (1.0 = the published widths).
@@ -845,10 +854,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             ratio,
             data,
             finetune_epochs,
+            schedule,
             json,
         } => {
             let result = tokio::task::spawn_blocking(move || {
-                cli::compression::prune(&model, &data, &method, ratio, finetune_epochs)
+                cli::compression::prune(&model, &data, &method, ratio, finetune_epochs, &schedule)
             })
             .await??;
             if json {

@@ -1,28 +1,36 @@
-//! Pruning benchmark (not part of CI): trains a small VGG-16 (batch norm, width 1/8) on the
-//! synthetic 10-class set on the CPU, prunes it at 30/50/70% with every method (uniform
-//! layer ratios), and prints accuracy without and with fine-tuning, parameters, MACs and
-//! wall time per method.
+//! Pruning benchmark (not part of CI) on the built-in real handwritten digits, on the CPU.
 //!
-//! When `ELITE_CIFAR10_DIR` points at the CIFAR-10 binary release, the same bench runs on
-//! CIFAR-10 (subsampled by default so it finishes on a laptop; see the variables below).
+//! For every model (VGG-16 of the Neuron Merging authors at width 1.0 and 0.25, ResNet-56)
+//! and every seed: train the model from scratch on the digits upsampled to 32x32, then
+//! prune it with every method at 30/50/70% (uniform layer ratios; REPrune kernel with its
+//! gamma-quantile allocation) and, for VGG-16, at the "pruned-A" widths; measure top-1
+//! accuracy without and with fine-tuning, parameters, MACs and time per method. Then
+//! LeNet-300-100 on the 64-d digits at 50/60/70/80%: plain pruning (L1) against Neuron
+//! Merging, no fine-tuning (the paper's MLP experiment). Every figure is mean +/- sample
+//! standard deviation over the seeds.
 //!
-//! Environment overrides: `ELITE_BENCH_WIDTH` (width multiplier, default 0.125),
-//! `ELITE_BENCH_EPOCHS` (base training epochs), `ELITE_BENCH_FT_EPOCHS` (fine-tuning
-//! epochs, default 1), `ELITE_BENCH_TRAIN_LIMIT` / `ELITE_BENCH_TEST_LIMIT` (images used),
-//! `ELITE_BENCH_RATIOS` (comma-separated, default 0.3,0.5,0.7), `ELITE_BENCH_SEED`,
-//! `ELITE_BENCH_LAYER_RATIOS` (`paper`, the default: Li et al.'s VGG-16 scheme used by the
-//! Neuron Merging paper, which prunes conv 1 and convs 8-13; or `uniform`: every conv),
-//! `ELITE_BENCH_FT_LR` (default 0.02), `ELITE_BENCH_BASE` (a safetensors path: loaded as
-//! the base model when it exists, written after training otherwise).
+//! Environment overrides: `ELITE_BENCH_MODELS` (comma-separated from `lenet`, `vgg16:W`,
+//! `resnet56`, and `tiny:W`, the three-conv VGG for quick runs; default
+//! `lenet,vgg16:0.25,vgg16:1.0,resnet56`), `ELITE_BENCH_SEEDS` (number
+//! of seeds, default 5), `ELITE_BENCH_EPOCHS` (base training epochs, default 15),
+//! `ELITE_BENCH_FT_EPOCHS` (fine-tuning epochs, default 2), `ELITE_BENCH_RATIOS`
+//! (default 0.3,0.5,0.7), `ELITE_BENCH_DATA` (a data source as typed in the experiment
+//! form, default `digits`; the CNNs need 32x32 images).
 //!
-//! Run: `cargo bench --bench prune_bench`.
+//! Measured tables: `benches/prune_bench.md`.
+//!
+//! Run: `cargo bench --bench prune_bench` (or, without a release build of the
+//! dependencies, `cargo test --release --bench prune_bench`; the debug profile compiles the
+//! dependencies optimised, so `cargo test --bench prune_bench` works too, more slowly).
 
-use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::Instant;
 
+use elite::compression::sources::DataSource;
+use elite::compression::table::Stat;
 use elite::compression::*;
 
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+fn env_or<T: FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
@@ -36,168 +44,256 @@ fn main() {
     }
 }
 
+fn stat(values: &[f64], decimals: usize) -> String {
+    Stat::of(values).map_or("-".into(), |s| s.percent(decimals))
+}
+
+fn seconds(values: &[f64]) -> String {
+    match Stat::of(values) {
+        Some(Stat {
+            mean, sd: Some(sd), ..
+        }) => format!("{mean:.2} ± {sd:.2}"),
+        Some(Stat { mean, .. }) => format!("{mean:.2}"),
+        None => "-".into(),
+    }
+}
+
+/// One pruning setting of a model: a method at a ratio with its layer ratios.
+#[derive(Clone)]
+struct Setting {
+    label: String,
+    options: PruneOptions,
+}
+
+fn settings(ratios: &[f64], vgg: bool) -> Vec<Setting> {
+    let mut out = Vec::new();
+    let mut ratios_with_a: Vec<(f64, LayerRatios, &str)> = ratios
+        .iter()
+        .map(|&r| (r, LayerRatios::Uniform, ""))
+        .collect();
+    if vgg {
+        ratios_with_a.push((0.5, LayerRatios::PaperDefault, " (pruned-A)"));
+    }
+    for (ratio, layer_ratios, suffix) in ratios_with_a {
+        if layer_ratios == LayerRatios::Uniform {
+            // The baseline at REPrune's (gamma-quantile) widths, for an equal-size comparison.
+            out.push(Setting {
+                label: "l1 (REPrune widths)".into(),
+                options: PruneOptions {
+                    method: PruneMethod::L1,
+                    ratio,
+                    layer_ratios: LayerRatios::GammaQuantile,
+                },
+            });
+        }
+        for method in PruneMethod::all_defaults() {
+            let layer_ratios = if layer_ratios == LayerRatios::Uniform {
+                prune::paper_layer_ratios(&method)
+            } else {
+                layer_ratios.clone()
+            };
+            out.push(Setting {
+                label: format!("{}{suffix}", method.name()),
+                options: PruneOptions {
+                    method,
+                    ratio,
+                    layer_ratios,
+                },
+            });
+        }
+    }
+    out
+}
+
+fn build(model: &str, classes: usize, seed: u64) -> Result<Network> {
+    if let Some(width) = model.strip_prefix("vgg16:") {
+        let width: f64 = width
+            .parse()
+            .map_err(|_| CompressionError::Config(format!("bad width in {model}")))?;
+        Network::vgg16_nm_cifar(width, classes, seed)
+    } else if let Some(width) = model.strip_prefix("tiny:") {
+        let width: f64 = width
+            .parse()
+            .map_err(|_| CompressionError::Config(format!("bad width in {model}")))?;
+        Network::vgg_cifar(&VggConfig::tiny(), width, classes, seed)
+    } else if model == "resnet56" {
+        Network::resnet_cifar(56, 1.0, classes, seed)
+    } else {
+        Err(CompressionError::Config(format!(
+            "unknown bench model {model}"
+        )))
+    }
+}
+
 fn run() -> Result<()> {
-    let seed: u64 = env_or("ELITE_BENCH_SEED", 0);
-    let width: f64 = env_or("ELITE_BENCH_WIDTH", 0.125);
-    let ft_epochs: usize = env_or("ELITE_BENCH_FT_EPOCHS", 1);
+    let models: Vec<String> = std::env::var("ELITE_BENCH_MODELS")
+        .unwrap_or_else(|_| "lenet,vgg16:0.25,vgg16:1.0,resnet56".into())
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .collect();
+    let seeds: u64 = env_or("ELITE_BENCH_SEEDS", 5);
+    let epochs: usize = env_or("ELITE_BENCH_EPOCHS", 15);
+    let ft_epochs: usize = env_or("ELITE_BENCH_FT_EPOCHS", 2);
     let ratios: Vec<f64> = std::env::var("ELITE_BENCH_RATIOS")
         .unwrap_or_else(|_| "0.3,0.5,0.7".into())
         .split(',')
         .filter_map(|r| r.trim().parse().ok())
         .collect();
-
-    let cifar_dir = std::env::var_os("ELITE_CIFAR10_DIR").map(PathBuf::from);
-    let (data_name, train_full, test_full, default_train, default_test, default_epochs) =
-        match &cifar_dir {
-            Some(dir) => {
-                let (train, test) = load_cifar10(dir)?;
-                ("CIFAR-10".to_string(), train, test, 10_000, 2_000, 15)
-            }
-            None => {
-                let train = synthetic_dataset(&SyntheticConfig {
-                    images_per_class: 200,
-                    seed: seed + 1,
-                    noise: 0.08,
-                })?;
-                let test = synthetic_dataset(&SyntheticConfig {
-                    images_per_class: 100,
-                    seed: seed + 1_000,
-                    noise: 0.08,
-                })?;
-                (
-                    "synthetic shapes".to_string(),
-                    train,
-                    test,
-                    2_000,
-                    1_000,
-                    12,
-                )
-            }
-        };
-    let train_set = train_full.take(env_or("ELITE_BENCH_TRAIN_LIMIT", default_train))?;
-    let test_set = test_full.take(env_or("ELITE_BENCH_TEST_LIMIT", default_test))?;
-    let epochs: usize = env_or("ELITE_BENCH_EPOCHS", default_epochs);
-
-    let layer_ratios = match std::env::var("ELITE_BENCH_LAYER_RATIOS").as_deref() {
-        Ok("uniform") => LayerRatios::Uniform,
-        _ => LayerRatios::PaperDefault,
-    };
-    let ft_lr: f64 = env_or("ELITE_BENCH_FT_LR", 0.02);
-    let base_path = std::env::var_os("ELITE_BENCH_BASE").map(PathBuf::from);
-    let base = Network::vgg16_bn_cifar(width, train_set.num_classes(), seed)?;
-    let train_config = TrainConfig {
-        epochs,
-        batch_size: 32,
-        learning_rate: 0.05,
-        momentum: 0.9,
-        weight_decay: 5e-4,
-        schedule: LrSchedule::Cosine,
-        augment: true,
-        seed,
-    };
-    println!(
-        "data: {data_name}, {} train / {} test images; model: vgg16_bn_cifar width {width}",
-        train_set.len(),
-        test_set.len()
-    );
+    let data: DataSource = std::env::var("ELITE_BENCH_DATA")
+        .unwrap_or_else(|_| "digits".into())
+        .parse()?;
     let started = Instant::now();
-    let cached = match &base_path {
-        Some(p) if p.exists() => Some(base.with_weights_from(p)?),
-        _ => None,
-    };
-    let was_cached = cached.is_some();
-    let trained = match cached {
-        Some(net) => net,
-        None => train(&base, &train_set, &train_config, &|e| {
-            if let TrainEvent::EpochFinished {
-                epoch,
-                epochs,
-                mean_loss,
-                train_accuracy,
-            } = e
-            {
-                eprintln!(
-                    "  base epoch {}/{epochs}: loss {mean_loss:.3}, train acc {:.1}%",
-                    epoch + 1,
-                    train_accuracy * 100.0
-                );
-            }
-        })?,
-    };
-    if let (Some(p), false) = (&base_path, was_cached) {
-        trained.save_safetensors(p)?;
-    }
-    let train_seconds = started.elapsed().as_secs_f64();
-    let base_accuracy = evaluate(&trained, &test_set, 250)?;
-    let cost = count_cost(&trained, 32, 32)?;
-    let origin = if was_cached {
-        "loaded from ELITE_BENCH_BASE".to_string()
-    } else {
-        format!("trained {epochs} epochs in {train_seconds:.1}s")
-    };
-    println!(
-        "base: {} params, {} MACs, top-1 {:.2}%, {origin}",
-        cost.params,
-        cost.macs,
-        base_accuracy * 100.0
-    );
-    let fine_tune = TrainConfig {
-        epochs: ft_epochs,
-        learning_rate: ft_lr,
-        ..train_config.clone()
-    };
-    println!(
-        "layer ratios: {layer_ratios:?}; fine-tuning: {ft_epochs} epoch(s), lr {ft_lr} cosine; \
-         accuracy is top-1 on the test set\n"
-    );
-    println!(
-        "| {:<15} | {:>5} | {:>9} | {:>7} | {:>10} | {:>7} | {:>9} | {:>9} | {:>8} | {:>8} |",
-        "method",
-        "ratio",
-        "params",
-        "-params",
-        "MACs",
-        "-MACs",
-        "acc noFT",
-        "acc FT",
-        "prune s",
-        "FT s"
-    );
-    println!(
-        "|{:-<17}|{:-<7}|{:-<11}|{:-<9}|{:-<12}|{:-<9}|{:-<11}|{:-<11}|{:-<10}|{:-<10}|",
-        "", "", "", "", "", "", "", "", "", ""
-    );
-    for &ratio in &ratios {
-        for method in PruneMethod::all_defaults() {
-            let config = ExperimentConfig {
-                prune: PruneOptions {
-                    method: method.clone(),
-                    ratio,
-                    layer_ratios: layer_ratios.clone(),
-                },
-                fine_tune: (ft_epochs > 0).then(|| fine_tune.clone()),
-                schedule: PruneSchedule::OneShot,
-                eval_batch_size: 250,
-                baseline_accuracy: Some(base_accuracy),
-            };
-            let outcome = run_experiment(&trained, &train_set, &test_set, &config, &|_| {})?;
-            let r = outcome.result;
-            println!(
-                "| {:<15} | {:>5.2} | {:>9} | {:>6.1}% | {:>10} | {:>6.1}% | {:>8.2}% | {:>8} | {:>8.3} | {:>8.1} |",
-                r.method,
-                r.ratio,
-                r.params_after,
-                r.param_reduction * 100.0,
-                r.macs_after,
-                r.mac_reduction * 100.0,
-                r.accuracy_pruned * 100.0,
-                r.accuracy_fine_tuned
-                    .map_or("-".to_string(), |a| format!("{:.2}%", a * 100.0)),
-                r.prune_seconds,
-                r.fine_tune_seconds
-            );
+    for model in &models {
+        if model == "lenet" {
+            lenet(seeds, epochs)?;
+        } else {
+            cnn(model, &data, seeds, epochs, ft_epochs, &ratios)?;
         }
     }
     println!("\ntotal wall time {:.1}s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn lenet(seeds: u64, epochs: usize) -> Result<()> {
+    let (train_set, test_set) = load_digits(DigitsForm::Vector64)?;
+    let ratios = [0.5, 0.6, 0.7, 0.8];
+    let mut base = Vec::new();
+    let mut pruned = vec![Vec::new(); ratios.len()];
+    let mut merged = vec![Vec::new(); ratios.len()];
+    let mut params = vec![0u64; ratios.len()];
+    for seed in 0..seeds {
+        let net = Network::lenet_300_100([1, 8, 8], 10, seed)?;
+        let config = TrainConfig {
+            epochs,
+            batch_size: 32,
+            learning_rate: 0.05,
+            weight_decay: 1e-4,
+            augment: false,
+            seed,
+            ..Default::default()
+        };
+        let trained = train(&net, &train_set, &config, &|_| {})?;
+        base.push(evaluate(&trained, &test_set, 512)?);
+        for (i, &ratio) in ratios.iter().enumerate() {
+            let l1 = prune(&trained, &PruneOptions::new(PruneMethod::L1, ratio))?;
+            let nm = prune(
+                &trained,
+                &PruneOptions::new(PruneMethod::NeuronMerging(Default::default()), ratio),
+            )?;
+            params[i] = count_cost(&nm, 8, 8)?.params;
+            pruned[i].push(evaluate(&l1, &test_set, 512)?);
+            merged[i].push(evaluate(&nm, &test_set, 512)?);
+        }
+    }
+    println!(
+        "\n## LeNet-300-100 on digits (64-d), {seeds} seeds, {epochs} epochs: unpruned {}%\n",
+        stat(&base, 2)
+    );
+    println!("| ratio | params | prune (L1) % | merge (official, t = 0.45) % | merge - prune |");
+    println!("|---|---|---|---|---|");
+    for (i, ratio) in ratios.iter().enumerate() {
+        let diff: Vec<f64> = merged[i]
+            .iter()
+            .zip(&pruned[i])
+            .map(|(m, p)| m - p)
+            .collect();
+        println!(
+            "| {ratio:.1} | {} | {} | {} | {} |",
+            params[i],
+            stat(&pruned[i], 2),
+            stat(&merged[i], 2),
+            stat(&diff, 2)
+        );
+    }
+    Ok(())
+}
+
+fn cnn(
+    model: &str,
+    data: &DataSource,
+    seeds: u64,
+    epochs: usize,
+    ft_epochs: usize,
+    ratios: &[f64],
+) -> Result<()> {
+    let (train_set, test_set) = data.load()?;
+    let settings = settings(ratios, model.starts_with("vgg16"));
+    // [setting] -> (no FT, FT, params, MACs, prune s)
+    let mut no_ft = vec![Vec::new(); settings.len()];
+    let mut ft = vec![Vec::new(); settings.len()];
+    let mut param_red = vec![Vec::new(); settings.len()];
+    let mut mac_red = vec![Vec::new(); settings.len()];
+    let mut prune_s = vec![Vec::new(); settings.len()];
+    let mut sizes = vec![(0u64, 0u64); settings.len()];
+    let mut base = Vec::new();
+    let mut base_cost = (0, 0);
+    let mut train_s = Vec::new();
+    for seed in 0..seeds {
+        let net = build(model, train_set.num_classes(), seed)?;
+        let config = TrainConfig {
+            epochs,
+            batch_size: 32,
+            learning_rate: 0.05,
+            augment: true,
+            seed,
+            ..Default::default()
+        };
+        let t = Instant::now();
+        let trained = train(&net, &train_set, &config, &|_| {})?;
+        train_s.push(t.elapsed().as_secs_f64());
+        let accuracy = evaluate(&trained, &test_set, 256)?;
+        base.push(accuracy);
+        let cost = count_cost(&trained, 32, 32)?;
+        base_cost = (cost.params, cost.macs);
+        eprintln!("{model} seed {seed}: top-1 {:.2}%", accuracy * 100.0);
+        for (i, s) in settings.iter().enumerate() {
+            let config = ExperimentConfig {
+                prune: s.options.clone(),
+                fine_tune: (ft_epochs > 0).then(|| TrainConfig {
+                    epochs: ft_epochs,
+                    learning_rate: 0.01,
+                    ..config.clone()
+                }),
+                schedule: PruneSchedule::OneShot,
+                eval_batch_size: 256,
+                baseline_accuracy: Some(accuracy),
+            };
+            let r = run_experiment(&trained, &train_set, &test_set, &config, &|_| {})?.result;
+            no_ft[i].push(r.accuracy_pruned);
+            if let Some(a) = r.accuracy_fine_tuned {
+                ft[i].push(a);
+            }
+            param_red[i].push(r.param_reduction);
+            mac_red[i].push(r.mac_reduction);
+            prune_s[i].push(r.prune_seconds);
+            sizes[i] = (r.params_after, r.macs_after);
+        }
+    }
+    println!(
+        "\n## {model} on {}, {seeds} seeds, {epochs} epochs (train {} s): {} params, {} MACs, top-1 {}%; fine-tuning {ft_epochs} epoch(s)\n",
+        data.label(),
+        seconds(&train_s),
+        base_cost.0,
+        base_cost.1,
+        stat(&base, 2)
+    );
+    println!(
+        "| method | ratio | params (last seed) | params ↓ % | MACs (last seed) | MACs ↓ % | no FT % | FT % | prune s |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for (i, s) in settings.iter().enumerate() {
+        println!(
+            "| {} | {:.2} | {} | {} | {} | {} | {} | {} | {} |",
+            s.label,
+            s.options.ratio,
+            sizes[i].0,
+            stat(&param_red[i], 1),
+            sizes[i].1,
+            stat(&mac_red[i], 1),
+            stat(&no_ft[i], 2),
+            stat(&ft[i], 2),
+            seconds(&prune_s[i])
+        );
+    }
     Ok(())
 }

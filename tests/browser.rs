@@ -165,6 +165,29 @@ async fn a_user_signs_in_through_the_form_and_sees_the_dashboard() {
         let path = screenshot_dir().join("dashboard.png");
         std::fs::write(&path, &png).unwrap();
         assert!(png.starts_with(b"\x89PNG"), "not a PNG screenshot");
+
+        // Form hints read as sentences: every <code> inside a label sits in the label's
+        // text span, never directly in the label's flex column (which would put each
+        // fragment on its own line). Checked on the experiment form, shown in a screenshot.
+        client.goto(&format!("{base}/compression")).await?;
+        let counts = client
+            .execute(
+                "const codes = [...document.querySelectorAll('label code')];
+                 const flex = codes.filter(c => getComputedStyle(c.parentElement).display.includes('flex'));
+                 const model = document.querySelector('input[name=model]').closest('label').querySelector('span');
+                 const line = parseFloat(getComputedStyle(model).lineHeight);
+                 return [codes.length, flex.length, Math.round(model.getBoundingClientRect().height / line)];",
+                vec![],
+            )
+            .await?;
+        let counts: Vec<u64> = serde_json::from_value(counts).unwrap();
+        assert!(counts[0] >= 4, "hint code elements: {counts:?}");
+        assert_eq!(counts[1], 0, "code elements laid out as flex items: {counts:?}");
+        // The model hint (about 190 characters in a 420 px form) wraps to four or five
+        // lines; laid out as flex items its seven fragments would take seven or more.
+        assert!(counts[2] <= 6, "model hint spans {} lines", counts[2]);
+        let png = client.screenshot().await?;
+        std::fs::write(screenshot_dir().join("compression-form.png"), &png).unwrap();
         Ok::<(), fantoccini::error::CmdError>(())
     }
     .await;

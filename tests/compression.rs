@@ -10,6 +10,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use common::*;
 use elite::accounts::Role;
+use elite::compression::Network;
 use elite::jobs::{JobStatus, WorkerOptions, WorkerPool};
 use serde_json::Value;
 
@@ -192,6 +193,17 @@ async fn external_results_import_all_or_nothing() {
         page.contains("paper &#60;b&#62;") || page.contains("paper &lt;b&gt;"),
         "notes escaped"
     );
+    // The paper-style summary: the imported VGG-16 / CIFAR-10 Neuron Merging row at 0.5 is
+    // followed by the published numbers for that setting, marked as the paper's.
+    assert!(page.contains(r#"id="summary""#));
+    let summary =
+        &page[page.find(r#"id="summary""#).unwrap()..page.find(r#"id="experiments""#).unwrap()];
+    assert!(
+        summary.contains("paper: Kim et al., NeurIPS 2020"),
+        "{summary}"
+    );
+    assert!(summary.contains("93.16"));
+    assert_eq!(summary.matches("class=\"published\"").count(), 1);
     body = body.replace("0.91", "nine");
     let response = app
         .send(request(
@@ -289,4 +301,110 @@ fn train_then_prune_from_the_command_line() {
         "1.0",
     ]);
     assert!(!ok && stderr.contains("ratio"), "{stderr}");
+}
+
+/// A plain PyTorch-named checkpoint (no topology metadata, as the converter script writes)
+/// loads through `ARCH=PATH`; without the architecture it is a clear error.
+#[test]
+fn prune_loads_a_plain_checkpoint_of_a_named_architecture() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("lenet.safetensors");
+    let net = Network::by_name("lenet300_100", 1.0, 10, [1, 8, 8], 3).unwrap();
+    let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = net
+        .named_tensors()
+        .into_iter()
+        .map(|(name, t)| {
+            let values = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            (name, t.dims().to_vec(), bytes)
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .map(|(n, shape, bytes)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
+                    .unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &path).unwrap();
+    let model = format!("lenet300_100={}", path.display());
+    let (ok, stdout, stderr) = run(&[
+        "prune",
+        "--model",
+        &model,
+        "--data",
+        "digits:64",
+        "--method",
+        "neuron-merging",
+        "--ratio",
+        "0.5",
+        "--json",
+    ]);
+    assert!(ok, "{stderr}");
+    let result: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(result["architecture"], "lenet300_100");
+    // 64*300 + 300 + 300*100 + 100 + 100*10 + 10 before; 150 and 50 hidden after.
+    assert_eq!(result["params_before"], 50_610);
+    assert_eq!(
+        result["params_after"],
+        64 * 150 + 150 + 150 * 50 + 50 + 50 * 10 + 10
+    );
+    assert_eq!(result["method_options"]["threshold"], 0.45);
+    let (ok, _, stderr) = run(&[
+        "prune",
+        "--model",
+        path.to_str().unwrap(),
+        "--data",
+        "digits:64",
+        "--method",
+        "l1",
+        "--ratio",
+        "0.5",
+    ]);
+    assert!(!ok && stderr.contains("ARCH=PATH"), "{stderr}");
+}
+
+/// REPrune's schedule from the command line: LeNet-300-100 (`demo:0`, untrained) pruned
+/// while it trains for two epochs on the 64-d digits; a malformed schedule is refused.
+#[test]
+fn prune_with_the_from_scratch_schedule_from_the_command_line() {
+    let args = |schedule: &'static str| {
+        vec![
+            "prune",
+            "--model",
+            "demo:0",
+            "--data",
+            "digits:64",
+            "--method",
+            "reprune-kernel",
+            "--ratio",
+            "0.5",
+            "--finetune-epochs",
+            "2",
+            "--schedule",
+            schedule,
+            "--json",
+        ]
+    };
+    let (ok, stdout, stderr) = run(&args("from-scratch:1:2"));
+    assert!(ok, "{stderr}");
+    let result: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(result["schedule"]["kind"], "from_scratch");
+    // No batch norm in LeNet: the gamma quantile falls back to floor(n / 2) per layer.
+    let widths: Vec<u64> = result["widths_after"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w[1].as_u64().unwrap())
+        .collect();
+    assert_eq!(widths, vec![150, 50, 10]);
+    let accuracy = result["accuracy_fine_tuned"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&accuracy));
+    let (ok, _, stderr) = run(&args("from-scratch:0:2"));
+    assert!(!ok && stderr.contains("schedule"), "{stderr}");
+    let (ok, _, stderr) = run(&args("sometimes"));
+    assert!(!ok && stderr.contains("unknown schedule"), "{stderr}");
 }

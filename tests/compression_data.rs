@@ -177,3 +177,34 @@ fn checkpoint_errors_are_reported() {
     let loaded = r18.with_weights_from(&path).unwrap();
     assert_eq!(loaded.named_tensors().len(), r18.named_tensors().len());
 }
+
+#[test]
+fn the_authors_normalisation_is_applied_on_request() {
+    use elite::compression::sources::DataSource;
+    let plain: DataSource = "synthetic:2".parse().unwrap();
+    let nm: DataSource = "nm:synthetic:2".parse().unwrap();
+    assert_eq!(nm.label(), "synthetic");
+    let (a, _) = plain.load().unwrap();
+    let (b, _) = nm.load().unwrap();
+    assert_eq!(b.normalization(), Normalization::NEURON_MERGING_CIFAR);
+    // A pixel value v (in [0, 1]) is (v - mean) / std under each normalisation.
+    let (na, nb) = (a.normalization(), b.normalization());
+    for (i, (&x, &y)) in a
+        .image(0)
+        .unwrap()
+        .iter()
+        .zip(b.image(0).unwrap())
+        .enumerate()
+    {
+        let c = i / 1024;
+        let v = x * na.std[c] + na.mean[c];
+        assert!((y - (v - nb.mean[c]) / nb.std[c]).abs() < 1e-4);
+    }
+    assert!(
+        "nm:digits:64"
+            .parse::<DataSource>()
+            .unwrap()
+            .load()
+            .is_err()
+    );
+}

@@ -5,6 +5,13 @@ use candle_core::{D, Device, Tensor};
 use elite::compression::model::Layer;
 use elite::compression::*;
 
+fn exact() -> NeuronMergingOptions {
+    NeuronMergingOptions {
+        variant: MergeVariant::Exact,
+        ..Default::default()
+    }
+}
+
 fn input(batch: usize, seed: u64) -> Tensor {
     let values: Vec<f32> = (0..batch * 3 * 32 * 32)
         .map(|i| {
@@ -53,6 +60,8 @@ fn two_conv_net(batch_norm: bool, seed: u64) -> Network {
         batch_norm,
         classifier_hidden: vec![],
         global_pool: false,
+        conv_bias: false,
+        classifier_batch_norm: false,
     };
     Network::vgg_cifar(&config, 1.0, 10, seed).unwrap()
 }
@@ -131,12 +140,13 @@ fn every_method_gives_hand_computed_shapes_and_counts() {
 fn ratio_30_and_70_round_as_documented() {
     let net = two_conv_net(true, 4);
     let p30 = prune(&net, &PruneOptions::new(PruneMethod::L1, 0.3)).unwrap();
-    // floor(0.3*8)=2 removed -> 6; floor(0.3*16)=4 removed -> 12.
-    assert_eq!(p30.layer_widths()[0].1, 6);
-    assert_eq!(p30.layer_widths()[1].1, 12);
+    // Kept: floor(8 * 0.7) = floor(5.6) = 5; floor(16 * 0.7) = floor(11.2) = 11.
+    assert_eq!(p30.layer_widths()[0].1, 5);
+    assert_eq!(p30.layer_widths()[1].1, 11);
     let p70 = prune(&net, &PruneOptions::new(PruneMethod::L1, 0.7)).unwrap();
-    assert_eq!(p70.layer_widths()[0].1, 3);
-    assert_eq!(p70.layer_widths()[1].1, 5);
+    // Kept: floor(8 * 0.3) = floor(2.4) = 2; floor(16 * 0.3) = floor(4.8) = 4.
+    assert_eq!(p70.layer_widths()[0].1, 2);
+    assert_eq!(p70.layer_widths()[1].1, 4);
 }
 
 #[test]
@@ -151,7 +161,7 @@ fn residual_networks_prune_only_inner_convs_and_run() {
             let pruned = prune(&net, &PruneOptions::new(method.clone(), 0.5)).unwrap();
             for ((name, w0), (_, w1)) in before.iter().zip(pruned.layer_widths()) {
                 let inner = name.ends_with(".conv1");
-                let expected = if inner { w0 - w0 / 2 } else { *w0 };
+                let expected = if inner { w0 / 2 } else { *w0 };
                 assert_eq!(w1, expected, "{} {name}", method.name());
             }
             assert_eq!(pruned.forward(&input(2, 2)).unwrap().dims(), &[2, 10]);
@@ -309,7 +319,7 @@ fn neuron_merging_is_exact_for_scaled_copies_with_batch_norm() {
     let pairs = [(4, 2, 0.3), (5, 0, 0.35), (6, 3, 0.4), (7, 1, 0.25)];
     make_copies_conv(&mut net, 0, Some(1), &pairs);
     let options = PruneOptions {
-        method: PruneMethod::NeuronMerging(NeuronMergingOptions::default()),
+        method: PruneMethod::NeuronMerging(exact()),
         ratio: 0.0,
         layer_ratios: LayerRatios::KeepCounts(vec![4, 16]),
     };
@@ -354,7 +364,7 @@ fn neuron_merging_is_exact_for_scaled_copies_without_batch_norm() {
     make_copies_conv(&mut net, 0, None, &pairs);
     let options = PruneOptions {
         method: PruneMethod::NeuronMerging(NeuronMergingOptions {
-            threshold: 0.99,
+            threshold: Some(0.99),
             ..Default::default()
         }),
         ratio: 0.0,
@@ -414,7 +424,7 @@ fn neuron_merging_is_exact_inside_a_residual_block() {
     let mut counts: Vec<usize> = sites.iter().map(|s| s.width).collect();
     counts[0] = 4;
     let options = PruneOptions {
-        method: PruneMethod::NeuronMerging(NeuronMergingOptions::default()),
+        method: PruneMethod::NeuronMerging(exact()),
         ratio: 0.0,
         layer_ratios: LayerRatios::KeepCounts(counts),
     };
@@ -432,6 +442,8 @@ fn hidden_linear_layers_are_pruned_and_merged() {
         batch_norm: true,
         classifier_hidden: vec![12],
         global_pool: true,
+        conv_bias: false,
+        classifier_batch_norm: false,
     };
     let net = Network::vgg_cifar(&config, 1.0, 10, 1).unwrap();
     let sites = prune_sites(&net);
@@ -481,7 +493,7 @@ fn bad_options_are_errors_not_panics() {
     assert!(prune(&net, &too_many).is_err());
     let bad_nm = PruneOptions::new(
         PruneMethod::NeuronMerging(NeuronMergingOptions {
-            threshold: 2.0,
+            threshold: Some(2.0),
             ..Default::default()
         }),
         0.5,
@@ -510,7 +522,7 @@ mod properties {
 
         /// Any method at any valid ratio gives the documented widths and a working network.
         #[test]
-        fn widths_follow_the_ratio(ratio in 0.0f64..0.95, method_index in 0usize..5, seed in 0u64..4) {
+        fn widths_follow_the_ratio(ratio in 0.0f64..0.95, method_index in 0usize..8, seed in 0u64..4) {
             let net = two_conv_net(true, seed);
             let method = PruneMethod::all_defaults()[method_index].clone();
             let pruned = prune(&net, &PruneOptions::new(method, ratio)).unwrap();
@@ -526,5 +538,244 @@ mod properties {
             let logits = pruned.forward(&input(1, seed)).unwrap();
             prop_assert_eq!(logits.dims(), &[1, 10]);
         }
+    }
+}
+
+/// Sets BN entries of channel `i` of the batch norm at `layers[index]`.
+fn set_bn_entry(
+    net: &mut Network,
+    index: usize,
+    i: usize,
+    gamma: f32,
+    beta: f32,
+    mean: f32,
+    var: f32,
+) {
+    let Layer::BatchNorm(bn) = &mut net.layers[index] else {
+        panic!()
+    };
+    let set = |t: &mut Tensor, v: f32| {
+        let mut values = t.to_vec1::<f32>().unwrap();
+        values[i] = v;
+        let n = values.len();
+        *t = Tensor::from_vec(values, n, &Device::Cpu).unwrap();
+    };
+    set(&mut bn.weight, gamma);
+    set(&mut bn.bias, beta);
+    set(&mut bn.running_mean, mean);
+    set(&mut bn.running_var, var);
+}
+
+/// Filter 7 of conv 1 is 0.05 x filter 0 with a *different* gamma and variance; its BN
+/// entries make the folded neuron exactly z times neuron 0's. The exact variant reproduces
+/// the output; the official one uses the authors' scale `s * (g_p / g_n) * (v_n / v_p)`
+/// (hand computed: 0.05 * (1.2 / 0.6) * (2.0 / 0.5) = 0.4) and changes it.
+#[test]
+fn official_neuron_merging_differs_from_exact_when_gamma_and_variance_differ() {
+    let mut net = two_conv_net(true, 21);
+    randomise_batch_norms(&mut net);
+    make_copies_conv(&mut net, 0, None, &[(7, 0, 0.05)]);
+    let eps = 1e-5f32;
+    let (g_p, b_p, m_p, v_p) = (1.2f32, 0.1f32, 0.2f32, 0.5f32);
+    let (g_n, v_n) = (0.6f32, 2.0f32);
+    let sigma_p = (v_p + eps).sqrt();
+    let sigma_n = (v_n + eps).sqrt();
+    // Folded: w^ = (g / sigma) w, b^ = beta - mean * g / sigma.
+    let z_exact = 0.05 * (g_n / sigma_n) / (g_p / sigma_p);
+    let folded_bias_p = b_p - m_p * g_p / sigma_p;
+    set_bn_entry(&mut net, 1, 0, g_p, b_p, m_p, v_p);
+    set_bn_entry(&mut net, 1, 7, g_n, z_exact * folded_bias_p, 0.0, v_n);
+    let counts = LayerRatios::KeepCounts(vec![7, 16]);
+    let run = |variant: MergeVariant| {
+        prune(
+            &net,
+            &PruneOptions {
+                method: PruneMethod::NeuronMerging(NeuronMergingOptions {
+                    variant,
+                    ..Default::default()
+                }),
+                ratio: 0.0,
+                layer_ratios: counts.clone(),
+            },
+        )
+        .unwrap()
+    };
+    let exact_net = run(MergeVariant::Exact);
+    let official_net = run(MergeVariant::Official);
+    // Filter 7 (0.05 x filter 0) has the smallest L1 norm, so it is the one pruned.
+    let x = input(4, 6);
+    let original = net.forward(&x).unwrap();
+    let scale = max_abs(&original).max(1.0);
+    assert!(max_abs_diff(&original, &exact_net.forward(&x).unwrap()) / scale < 1e-5);
+    assert!(max_abs_diff(&original, &official_net.forward(&x).unwrap()) / scale > 1e-3);
+    // The consumer's input channel 0 received filter 7's weights times the official scale.
+    let consumer = |n: &Network| {
+        let Layer::Conv2d(c) = &n.layers[4] else {
+            panic!()
+        };
+        c.weight.flatten_from(2).unwrap().to_vec3::<f32>().unwrap()
+    };
+    let before = consumer(&net);
+    let after = consumer(&official_net);
+    for o in 0..16 {
+        for k in 0..9 {
+            let expected = before[o][0][k] + 0.4 * before[o][7][k];
+            assert!((after[o][0][k] - expected).abs() < 1e-5, "{o} {k}");
+        }
+    }
+}
+
+/// Conv with 4 hand-written filters (only the first two weights non-zero):
+/// f0 = (2.9, 0), f1 = (1.5, 1.5), f2 = (0, 1), f3 = (0, -1.5).
+/// L1: 2.9, 3, 1, 1.5; L2: 2.9, 2.12, 1, 1.5; summed distances to all filters (geometric
+/// median criterion): 8.385, 6.987, 7.149, 9.119. Keeping one filter: L1 keeps f1, L2 keeps
+/// f0, geometric median keeps f3 (the farthest from the median).
+#[test]
+fn l2_and_geometric_median_baselines_follow_hand_computation() {
+    let config = VggConfig {
+        items: vec![
+            VggItem::Conv(4),
+            VggItem::MaxPool,
+            VggItem::Conv(8),
+            VggItem::MaxPool,
+        ],
+        batch_norm: true,
+        classifier_hidden: vec![],
+        global_pool: false,
+        conv_bias: false,
+        classifier_batch_norm: false,
+    };
+    let mut net = Network::vgg_cifar(&config, 1.0, 10, 1).unwrap();
+    let filters = [(2.9f32, 0.0f32), (1.5, 1.5), (0.0, 1.0), (0.0, -1.5)];
+    let mut values = vec![0f32; 4 * 27];
+    for (i, (a, b)) in filters.iter().enumerate() {
+        values[i * 27] = *a;
+        values[i * 27 + 1] = *b;
+    }
+    let Layer::Conv2d(conv) = &mut net.layers[0] else {
+        panic!()
+    };
+    conv.weight = Tensor::from_vec(values, (4, 3, 3, 3), &Device::Cpu).unwrap();
+    let first_two = |method: PruneMethod, keep: usize| -> Vec<(f32, f32)> {
+        let pruned = prune(
+            &net,
+            &PruneOptions {
+                method,
+                ratio: 0.0,
+                layer_ratios: LayerRatios::KeepCounts(vec![keep, 8]),
+            },
+        )
+        .unwrap();
+        let Layer::Conv2d(conv) = &pruned.layers[0] else {
+            panic!()
+        };
+        conv.weight
+            .flatten_from(1)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap()
+            .iter()
+            .map(|r| (r[0], r[1]))
+            .collect()
+    };
+    assert_eq!(first_two(PruneMethod::L1, 1), vec![filters[1]]);
+    assert_eq!(first_two(PruneMethod::L2, 1), vec![filters[0]]);
+    assert_eq!(first_two(PruneMethod::GeometricMedian, 1), vec![filters[3]]);
+    assert_eq!(first_two(PruneMethod::L1, 2), vec![filters[0], filters[1]]);
+    assert_eq!(
+        first_two(PruneMethod::GeometricMedian, 2),
+        vec![filters[0], filters[3]]
+    );
+    // The same criteria choose Neuron Merging's pruned neurons.
+    let nm_gm = PruneMethod::NeuronMerging(NeuronMergingOptions {
+        criterion: SelectionCriterion::GeometricMedian,
+        ..Default::default()
+    });
+    assert_eq!(first_two(nm_gm, 1), vec![filters[3]]);
+}
+
+#[test]
+fn neuron_merging_defaults_are_the_authors_settings() {
+    let net = two_conv_net(true, 1);
+    let method = PruneMethod::NeuronMerging(NeuronMergingOptions::default());
+    let PruneMethod::NeuronMerging(resolved) = method.resolved_for(&net).unwrap() else {
+        panic!()
+    };
+    assert_eq!(resolved.variant, MergeVariant::Official);
+    assert_eq!(resolved.threshold, Some(0.1));
+    assert_eq!(resolved.lambda, Some(0.85));
+    assert_eq!(resolved.criterion, SelectionCriterion::L1Norm);
+    let bad_lambda = PruneOptions::new(
+        PruneMethod::NeuronMerging(NeuronMergingOptions {
+            lambda: Some(1.5),
+            ..Default::default()
+        }),
+        0.5,
+    );
+    assert!(matches!(
+        prune(&net, &bad_lambda),
+        Err(CompressionError::Config(_))
+    ));
+}
+
+/// Writing a pruned network back into the full one changes exactly the kept positions:
+/// kept filters (rows of conv 1, its batch norm) and kept input channels of the consumer
+/// take the pruned network's values; removed ones keep the full network's.
+#[test]
+fn scatter_writes_kept_channels_back_and_leaves_removed_ones() {
+    use elite::compression::prune::{apply_all, scatter_into, select_all};
+    use std::collections::HashMap;
+    let mut net = two_conv_net(true, 5);
+    randomise_batch_norms(&mut net);
+    let options = PruneOptions::new(PruneMethod::L1, 0.5);
+    let selections = select_all(&net, &options).unwrap();
+    let pruned = apply_all(&net, &selections).unwrap();
+    // Unchanged: the round trip gives the same network.
+    let same = scatter_into(&net, &pruned, &selections).unwrap();
+    let x = input(2, 1);
+    assert_eq!(
+        max_abs_diff(&net.forward(&x).unwrap(), &same.forward(&x).unwrap()),
+        0.0
+    );
+    // Every pruned tensor + 1.
+    let shifted: HashMap<String, Tensor> = pruned
+        .named_tensors()
+        .into_iter()
+        .map(|(n, t)| (n, (t + 1.0).unwrap()))
+        .collect();
+    let shifted = Network::from_topology(&pruned.topology(), &shifted).unwrap();
+    let back = scatter_into(&net, &shifted, &selections).unwrap();
+    let keep0 = &selections[0].keep;
+    let conv = |n: &Network, i: usize| {
+        let Layer::Conv2d(c) = &n.layers[i] else {
+            panic!()
+        };
+        c.weight.flatten_from(2).unwrap().to_vec3::<f32>().unwrap()
+    };
+    let (w_before, w_after) = (conv(&net, 0), conv(&back, 0));
+    for f in 0..8 {
+        let delta = w_after[f][0][0] - w_before[f][0][0];
+        let expected = if keep0.contains(&f) { 1.0 } else { 0.0 };
+        assert!((delta - expected).abs() < 1e-6, "filter {f}");
+    }
+    let (c_before, c_after) = (conv(&net, 4), conv(&back, 4));
+    let keep1 = &selections[1].keep;
+    for o in 0..16 {
+        for c in 0..8 {
+            let delta = c_after[o][c][0] - c_before[o][c][0];
+            let expected = if keep0.contains(&c) && keep1.contains(&o) {
+                1.0
+            } else {
+                0.0
+            };
+            assert!((delta - expected).abs() < 1e-6, "consumer {o} {c}");
+        }
+    }
+    // Merging selections cannot be written back.
+    let nm = PruneOptions::new(PruneMethod::NeuronMerging(exact()), 0.5);
+    let merged_sel = select_all(&net, &nm).unwrap();
+    if merged_sel.iter().any(|s| !s.merges.is_empty()) {
+        let merged = apply_all(&net, &merged_sel).unwrap();
+        assert!(scatter_into(&net, &merged, &merged_sel).is_err());
     }
 }

@@ -7,8 +7,7 @@ use super::progress_bar;
 use crate::compression::jobs::{ExperimentJob, execute};
 use crate::compression::sources::{DataSource, ModelSource};
 use crate::compression::{
-    CompressionError, ExperimentResult, Network, ResNetStem, TrainConfig, TrainEvent, evaluate,
-    train,
+    CompressionError, ExperimentResult, Network, TrainConfig, TrainEvent, evaluate, train,
 };
 
 /// Run one experiment; the bar counts epochs (training of a demo model and fine-tuning).
@@ -18,6 +17,7 @@ pub fn prune(
     method: &str,
     ratio: f64,
     fine_tune_epochs: usize,
+    schedule: &str,
 ) -> Result<ExperimentResult, CompressionError> {
     let job = ExperimentJob {
         model: ModelSource::parse(model)?,
@@ -25,6 +25,7 @@ pub fn prune(
         method: method.to_string(),
         ratio,
         fine_tune_epochs,
+        schedule: schedule.parse()?,
         created_by: None,
     };
     let bar = progress_bar(0, &format!("{method} at {ratio}"));
@@ -76,18 +77,7 @@ pub fn train_base(
     let data: DataSource = data.parse()?;
     let (train_set, test_set) = data.load()?;
     let classes = train_set.num_classes();
-    let network = match arch {
-        "vgg16" => Network::vgg16_bn_cifar(width, classes, seed)?,
-        "resnet20" => Network::resnet_cifar(20, width, classes, seed)?,
-        "resnet56" => Network::resnet_cifar(56, width, classes, seed)?,
-        "resnet110" => Network::resnet_cifar(110, width, classes, seed)?,
-        "resnet18" => Network::resnet18(classes, width, ResNetStem::Cifar, seed)?,
-        other => {
-            return Err(CompressionError::Config(format!(
-                "unknown architecture {other:?}: expected vgg16, resnet20, resnet56, resnet110 or resnet18"
-            )));
-        }
-    };
+    let network = Network::by_name(arch, width, classes, train_set.shape(), seed)?;
     let config = TrainConfig {
         epochs,
         seed,

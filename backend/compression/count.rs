@@ -198,7 +198,20 @@ pub fn count_cost(network: &Network, height: usize, width: usize) -> Result<Mode
                 let a = counter.conv(&block.conv1, act)?;
                 let a = counter.bn(&block.bn1, a)?;
                 let a = counter.conv(&block.conv2, a)?;
-                let a = counter.bn(&block.bn2, a)?;
+                let mut a = counter.bn(&block.bn2, a)?;
+                match (&block.conv3, &block.bn3) {
+                    (Some(conv3), Some(bn3)) => {
+                        let h = counter.conv(conv3, a)?;
+                        a = counter.bn(bn3, h)?;
+                    }
+                    (None, None) => {}
+                    _ => {
+                        return Err(CompressionError::Shape(format!(
+                            "block {}: conv3 and bn3 must be present together",
+                            block.name
+                        )));
+                    }
+                }
                 let shortcut = match &block.shortcut {
                     Shortcut::Identity => act,
                     Shortcut::ZeroPad { stride: 0 } => {
@@ -272,7 +285,7 @@ fn pool(act: Activation, kernel: usize, stride: usize, padding: usize) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compression::model::{VggConfig, VggItem};
+    use crate::compression::model::{CifarShortcut, VggConfig, VggItem};
 
     #[test]
     fn hand_counted_small_conv_net() {
@@ -288,6 +301,8 @@ mod tests {
             batch_norm: true,
             classifier_hidden: vec![],
             global_pool: false,
+            conv_bias: false,
+            classifier_batch_norm: false,
         };
         let net = Network::vgg_cifar(&config, 1.0, 10, 1).unwrap();
         let cost = count_cost(&net, 32, 32).unwrap();
@@ -298,21 +313,91 @@ mod tests {
         assert_eq!(cost.macs, (conv1 * 32 * 32 + conv2 * 16 * 16 + fc) as u64);
     }
 
+    // Exact counts below were computed by hand (layer by layer, in an independent script)
+    // and agree with the published figures: VGG-16 1.5e7 / 3.13e8 and pruned-A 5.4e6 /
+    // 2.06e8 (Li et al. 2017; Neuron Merging), ResNet-56 8.5e5 / 1.25e8, ResNet-110 1.7e6 /
+    // 2.53e8 (He et al. 2016), ResNet-18 11,689,512 / 1.814G and ResNet-50 25,557,032 /
+    // 4.09G (torchvision).
+
+    fn cost(net: &Network) -> (u64, u64) {
+        let [_, h, w] = net.input_size;
+        let c = count_cost(net, h, w).unwrap();
+        (c.params, c.macs)
+    }
+
     #[test]
-    fn resnet56_matches_published_size() {
-        // ResNet-56 (option A) has about 0.85M parameters and 125M MACs on CIFAR.
-        let net = Network::resnet_cifar(56, 1.0, 10, 0).unwrap();
-        let cost = count_cost(&net, 32, 32).unwrap();
-        assert!(
-            (850_000..=860_000).contains(&cost.params),
-            "{}",
-            cost.params
+    fn vgg16_of_the_neuron_merging_authors_and_pruned_a() {
+        use crate::compression::prune::{LayerRatios, PruneMethod, PruneOptions, prune};
+        let net = Network::vgg16_nm_cifar(1.0, 10, 0).unwrap();
+        assert_eq!(cost(&net), (14_991_946, 313_463_808));
+        let mut options = PruneOptions::new(PruneMethod::L1, 0.5);
+        options.layer_ratios = LayerRatios::PaperDefault;
+        let pruned_a = prune(&net, &options).unwrap();
+        let widths: Vec<usize> = pruned_a.layer_widths().iter().map(|w| w.1).collect();
+        assert_eq!(
+            widths,
+            vec![
+                32, 64, 128, 128, 256, 256, 256, 256, 256, 256, 256, 256, 256, 512, 10
+            ]
         );
+        assert_eq!(cost(&pruned_a), (5_399_690, 206_279_680));
+    }
+
+    #[test]
+    fn vgg16_as_in_the_authors_code_has_bias_free_convs() {
+        use crate::compression::prune::{LayerRatios, PruneMethod, PruneOptions, prune};
+        let net = Network::vgg_cifar(&VggConfig::vgg16_nm_code(), 1.0, 10, 0).unwrap();
+        // 4,224 conv biases fewer (64*2 + 128*2 + 256*3 + 512*6); the same MACs.
+        assert_eq!(cost(&net), (14_991_946 - 4_224, 313_463_808));
+        let mut options = PruneOptions::new(PruneMethod::L1, 0.5);
+        options.layer_ratios = LayerRatios::PaperDefault;
+        let pruned_a = prune(&net, &options).unwrap();
+        // Pruned-A keeps 32 + 64 + 128 * 2 + 256 * 9 = 2,656 conv biases.
+        assert_eq!(cost(&pruned_a), (5_399_690 - 2_656, 206_279_680));
+    }
+
+    #[test]
+    fn cifar_resnets_pin_exact_counts() {
+        let r56 = Network::resnet_cifar(56, 1.0, 10, 0).unwrap();
+        assert_eq!(cost(&r56), (853_018, 125_485_696));
+        let r110 = Network::resnet_cifar(110, 1.0, 10, 0).unwrap();
+        assert_eq!(cost(&r110), (1_727_962, 252_887_680));
+        // Option B adds two 1x1 conv + BN shortcuts: 16*32 + 64 and 32*64 + 128 parameters.
+        let r56b = Network::resnet_cifar_with(56, 1.0, 10, CifarShortcut::Projection, 0).unwrap();
+        assert_eq!(cost(&r56b), (855_770, 125_747_840));
+        assert_eq!(r56b.architecture, "resnet56b_cifar");
+    }
+
+    #[test]
+    fn imagenet_resnets_pin_exact_counts() {
+        let r18 =
+            Network::resnet18(1000, 1.0, crate::compression::ResNetStem::ImageNet, 0).unwrap();
+        assert_eq!(cost(&r18), (11_689_512, 1_814_073_344));
+        let r50 = Network::resnet50(1000, 1.0, 0).unwrap();
+        assert_eq!(cost(&r50), (25_557_032, 4_089_184_256));
+    }
+
+    #[test]
+    fn resnet50_prunes_conv1_and_conv2_of_each_bottleneck() {
+        use crate::compression::prune::{PruneMethod, PruneOptions, prune, prune_sites};
+        let r50 = Network::resnet50(1000, 1.0, 0).unwrap();
+        let sites = prune_sites(&r50);
+        assert_eq!(sites.len(), 32); // 16 bottlenecks x (conv1, conv2)
         assert!(
-            (125_000_000..=127_000_000).contains(&cost.macs),
-            "{}",
-            cost.macs
+            sites
+                .iter()
+                .all(|s| s.producer.ends_with("conv1") || s.producer.ends_with("conv2"))
         );
+        // Kept floor(w / 2) in conv1 and conv2 of every block; conv3 and shortcuts intact.
+        let pruned = prune(&r50, &PruneOptions::new(PruneMethod::L1, 0.5)).unwrap();
+        assert_eq!(cost(&pruned), (12_381_864, 1_822_031_872));
+    }
+
+    #[test]
+    fn lenet_300_100_hand_count() {
+        let net = Network::lenet_300_100([1, 8, 8], 10, 0).unwrap();
+        // 64*300 + 300 + 300*100 + 100 + 100*10 + 10
+        assert_eq!(cost(&net), (50_610, 50_200));
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! Image data sets for training and evaluation: 32x32 RGB images stored normalised
-//! (`(x/255 - mean) / std` per channel) in `N x 3 x 32 x 32` layout, with integer labels.
+//! Image data sets for training and evaluation: images stored normalised (`(x/255 - mean) /
+//! std` per channel) in `N x C x H x W` layout (3 x 32 x 32 for every source but the digits'
+//! vector form), with integer labels.
 //!
 //! Sources:
 //! - the CIFAR-10 / CIFAR-100 binary releases (`data_batch_1..5.bin` + `test_batch.bin`;
@@ -7,7 +8,10 @@
 //!   out-of-range labels;
 //! - image folders `root/<class>/<image>` (png, jpeg, webp, gif, bmp), resized to 32x32;
 //! - a seeded synthetic 10-class set generated in memory (5 shapes x 2 textures, with random
-//!   colours, positions, sizes, backgrounds and noise), for tests and offline demos.
+//!   colours, positions, sizes, backgrounds and noise), for tests and offline demos;
+//! - the 1,797 real 8x8 handwritten digits built into the binary ([`load_digits`]; UCI
+//!   "Optical Recognition of Handwritten Digits", CC BY 4.0, as shipped by scikit-learn),
+//!   upsampled to 3 x 32 x 32 for the CNNs or kept as 1 x 8 x 8 (64 values) for an MLP.
 
 use std::path::{Path, PathBuf};
 
@@ -31,6 +35,15 @@ pub struct Normalization {
     pub std: [f32; 3],
 }
 
+impl Normalization {
+    /// The CIFAR-10/100 normalisation of the Neuron Merging authors' code (mean of CIFAR-10,
+    /// the widespread std (0.2023, 0.1994, 0.2010)); their checkpoints expect it.
+    pub const NEURON_MERGING_CIFAR: Normalization = Normalization {
+        mean: [0.4914, 0.4822, 0.4465],
+        std: [0.2023, 0.1994, 0.2010],
+    };
+}
+
 impl Default for Normalization {
     /// The usual CIFAR-10 training-set statistics.
     fn default() -> Self {
@@ -41,10 +54,14 @@ impl Default for Normalization {
     }
 }
 
-/// A labelled set of normalised 32x32 RGB images.
+/// A labelled set of normalised images of one shape.
 #[derive(Debug, Clone)]
 pub struct Dataset {
     images: Vec<f32>,
+    /// `[channels, height, width]` of every image.
+    shape: [usize; 3],
+    /// Whether a horizontal flip keeps an image's class (false for digits).
+    flip_invariant: bool,
     labels: Vec<u32>,
     num_classes: usize,
     class_names: Vec<String>,
@@ -92,11 +109,94 @@ impl Dataset {
             .collect();
         Ok(Dataset {
             images,
+            shape: [3, IMAGE_SIDE, IMAGE_SIDE],
+            flip_invariant: true,
             labels,
             num_classes,
             class_names,
             normalization,
         })
+    }
+
+    /// Builds a data set from already normalised values (`N * C * H * W`, CHW per image).
+    pub fn from_normalized(
+        images: Vec<f32>,
+        shape: [usize; 3],
+        labels: Vec<u32>,
+        class_names: Vec<String>,
+        normalization: Normalization,
+        flip_invariant: bool,
+    ) -> Result<Dataset> {
+        let len: usize = shape.iter().product();
+        if len == 0 || images.len() != labels.len() * len {
+            return Err(CompressionError::Dataset(format!(
+                "{} values do not hold {} images of {shape:?}",
+                images.len(),
+                labels.len()
+            )));
+        }
+        if images.iter().any(|v| !v.is_finite()) {
+            return Err(CompressionError::Dataset("non-finite pixel value".into()));
+        }
+        let num_classes = class_names.len();
+        if let Some(&bad) = labels.iter().find(|&&l| l as usize >= num_classes) {
+            return Err(CompressionError::Dataset(format!(
+                "label {bad} out of range for {num_classes} classes"
+            )));
+        }
+        Ok(Dataset {
+            images,
+            shape,
+            flip_invariant,
+            labels,
+            num_classes,
+            class_names,
+            normalization,
+        })
+    }
+
+    /// The same images under another normalisation (undo this one, apply `to`), for
+    /// 3-channel sets; other shapes are refused.
+    pub fn renormalized(&self, to: Normalization) -> Result<Dataset> {
+        if self.shape[0] != 3 || to.std.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+            return Err(CompressionError::Dataset(format!(
+                "cannot renormalise images of {:?} to {to:?}",
+                self.shape
+            )));
+        }
+        let plane = self.shape[1] * self.shape[2];
+        let len = self.image_len();
+        let from = self.normalization;
+        let images = self
+            .images
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| {
+                let c = (i % len) / plane;
+                let raw = v * from.std[c] + from.mean[c];
+                (raw - to.mean[c]) / to.std[c]
+            })
+            .collect();
+        Ok(Dataset {
+            images,
+            normalization: to,
+            ..self.clone()
+        })
+    }
+
+    /// `[channels, height, width]` of every image.
+    pub fn shape(&self) -> [usize; 3] {
+        self.shape
+    }
+
+    /// Values per image.
+    pub fn image_len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Whether a horizontal flip keeps an image's class.
+    pub fn flip_invariant(&self) -> bool {
+        self.flip_invariant
     }
 
     pub fn len(&self) -> usize {
@@ -118,9 +218,10 @@ impl Dataset {
         self.normalization
     }
 
-    /// Normalised image `i` (CHW, 3072 values), or `None` past the end.
+    /// Normalised image `i` (CHW, [`Dataset::image_len`] values), or `None` past the end.
     pub fn image(&self, i: usize) -> Option<&[f32]> {
-        self.images.get(i * IMAGE_LEN..(i + 1) * IMAGE_LEN)
+        let len = self.image_len();
+        self.images.get(i * len..(i + 1) * len)
     }
 
     /// Image `i` for indices already checked against `len()`.
@@ -130,11 +231,12 @@ impl Dataset {
         })
     }
 
-    /// All images as an `N x 3 x 32 x 32` tensor.
+    /// All images as an `N x C x H x W` tensor.
     pub fn images_tensor(&self) -> Result<Tensor> {
+        let [c, h, w] = self.shape;
         Ok(Tensor::from_vec(
             self.images.clone(),
-            (self.len(), 3, IMAGE_SIDE, IMAGE_SIDE),
+            (self.len(), c, h, w),
             &Device::Cpu,
         )?)
     }
@@ -150,25 +252,22 @@ impl Dataset {
 
     /// Images and labels of the given indices, as tensors.
     pub fn batch(&self, indices: &[usize]) -> Result<(Tensor, Tensor)> {
-        let mut images = Vec::with_capacity(indices.len() * IMAGE_LEN);
+        let mut images = Vec::with_capacity(indices.len() * self.image_len());
         let mut labels = Vec::with_capacity(indices.len());
         for &i in indices {
             images.extend_from_slice(self.image_checked(i)?);
             labels.push(self.labels[i]);
         }
+        let [c, h, w] = self.shape;
         Ok((
-            Tensor::from_vec(
-                images,
-                (indices.len(), 3, IMAGE_SIDE, IMAGE_SIDE),
-                &Device::Cpu,
-            )?,
+            Tensor::from_vec(images, (indices.len(), c, h, w), &Device::Cpu)?,
             Tensor::from_vec(labels, indices.len(), &Device::Cpu)?,
         ))
     }
 
     /// The images at `indices`, as a new data set with the same classes.
     pub fn subset(&self, indices: &[usize]) -> Result<Dataset> {
-        let mut images = Vec::with_capacity(indices.len() * IMAGE_LEN);
+        let mut images = Vec::with_capacity(indices.len() * self.image_len());
         let mut labels = Vec::with_capacity(indices.len());
         for &i in indices {
             images.extend_from_slice(self.image_checked(i)?);
@@ -176,6 +275,8 @@ impl Dataset {
         }
         Ok(Dataset {
             images,
+            shape: self.shape,
+            flip_invariant: self.flip_invariant,
             labels,
             num_classes: self.num_classes,
             class_names: self.class_names.clone(),
@@ -439,6 +540,111 @@ fn decode_image(path: &Path) -> Result<Vec<u8>> {
     Ok(chw)
 }
 
+// ----- digits -------------------------------------------------------------------------------
+
+/// The built-in digits: 1,797 rows `label,p0..p63` (pixels 0-16, row-major 8x8).
+const DIGITS_CSV: &str = include_str!("../../tests/data/digits/digits.csv");
+
+/// Number of images in the built-in digits set.
+pub const DIGITS_COUNT: usize = 1797;
+
+/// How the 8x8 digits are presented to a network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DigitsForm {
+    /// 3 x 32 x 32: every pixel becomes a 4x4 block (nearest-neighbour upsampling), the
+    /// grey value repeated in the three channels, for the CIFAR-sized CNNs.
+    #[default]
+    Image32,
+    /// 1 x 8 x 8 (64 values), for an MLP such as LeNet-300-100.
+    Vector64,
+}
+
+/// Parses the built-in CSV into `(pixels 0-16, labels)`.
+fn parse_digits() -> Result<(Vec<u8>, Vec<u32>)> {
+    let bad = |line: usize, what: &str| {
+        CompressionError::Dataset(format!("built-in digits, line {}: {what}", line + 1))
+    };
+    let mut pixels = Vec::with_capacity(DIGITS_COUNT * 64);
+    let mut labels = Vec::with_capacity(DIGITS_COUNT);
+    for (line, row) in DIGITS_CSV.lines().enumerate().skip(1) {
+        if row.trim().is_empty() {
+            continue;
+        }
+        let mut fields = row.split(',');
+        let label: u32 = fields
+            .next()
+            .and_then(|f| f.trim().parse().ok())
+            .filter(|l| *l < 10)
+            .ok_or_else(|| bad(line, "label must be 0-9"))?;
+        let before = pixels.len();
+        for f in fields {
+            let v: u8 = f
+                .trim()
+                .parse()
+                .ok()
+                .filter(|v| *v <= 16)
+                .ok_or_else(|| bad(line, "pixels must be 0-16"))?;
+            pixels.push(v);
+        }
+        if pixels.len() - before != 64 {
+            return Err(bad(line, "expected 64 pixels"));
+        }
+        labels.push(label);
+    }
+    Ok((pixels, labels))
+}
+
+/// The built-in digits as (train, test): a fixed split where every fifth image (index
+/// `i % 5 == 4`, 359 images) is a test image and the other 1,438 train. Pixels are scaled
+/// to `[0, 1]` (`/16`) and standardised with the training images' mean and standard
+/// deviation (one value for all channels, recorded as the normalisation).
+pub fn load_digits(form: DigitsForm) -> Result<(Dataset, Dataset)> {
+    let (pixels, labels) = parse_digits()?;
+    let n = labels.len();
+    let scaled: Vec<f32> = pixels.iter().map(|&p| p as f32 / 16.0).collect();
+    let is_test = |i: usize| i % 5 == 4;
+    let train_values: Vec<f32> = (0..n)
+        .filter(|&i| !is_test(i))
+        .flat_map(|i| scaled[i * 64..(i + 1) * 64].iter().copied())
+        .collect();
+    let count = train_values.len().max(1) as f64;
+    let mean = train_values.iter().map(|&v| v as f64).sum::<f64>() / count;
+    let var = train_values
+        .iter()
+        .map(|&v| (v as f64 - mean).powi(2))
+        .sum::<f64>()
+        / count;
+    let std = var.sqrt().max(1e-6);
+    let normalization = Normalization {
+        mean: [mean as f32; 3],
+        std: [std as f32; 3],
+    };
+    let (shape, upsample) = match form {
+        DigitsForm::Image32 => ([3, IMAGE_SIDE, IMAGE_SIDE], IMAGE_SIDE / 8),
+        DigitsForm::Vector64 => ([1, 8, 8], 1),
+    };
+    let names: Vec<String> = (0..10).map(|d| d.to_string()).collect();
+    let build = |test: bool| {
+        let mut images = Vec::new();
+        let mut ls = Vec::new();
+        for i in (0..n).filter(|&i| is_test(i) == test) {
+            let img = &scaled[i * 64..(i + 1) * 64];
+            for _ in 0..shape[0] {
+                for y in 0..shape[1] {
+                    for x in 0..shape[2] {
+                        let v = img[(y / upsample) * 8 + x / upsample] as f64;
+                        images.push(((v - mean) / std) as f32);
+                    }
+                }
+            }
+            ls.push(labels[i]);
+        }
+        Dataset::from_normalized(images, shape, ls, names.clone(), normalization, false)
+    };
+    Ok((build(false)?, build(true)?))
+}
+
 // ----- synthetic set ------------------------------------------------------------------------
 
 /// Parameters of the synthetic data set.
@@ -606,6 +812,44 @@ mod tests {
         }
         let other = synthetic_dataset(&SyntheticConfig { seed: 8, ..cfg }).unwrap();
         assert_ne!(a.images, other.images);
+    }
+
+    #[test]
+    fn digits_split_shapes_and_values() {
+        let (train, test) = load_digits(DigitsForm::Vector64).unwrap();
+        assert_eq!(train.len() + test.len(), DIGITS_COUNT);
+        // Indices 4, 9, ..., 1794: floor((1797 - 5) / 5) + 1 = 359 test images.
+        assert_eq!(test.len(), 359);
+        assert_eq!(train.shape(), [1, 8, 8]);
+        assert!(!train.flip_invariant());
+        // The first row of the CSV is a 0 whose first pixels are 0, 0, 5, 13.
+        assert_eq!(train.labels()[0], 0);
+        let n = train.normalization();
+        let first = train.image(0).unwrap();
+        let back = |v: f32| ((v * n.std[0] + n.mean[0]) * 16.0).round();
+        assert_eq!(
+            [
+                back(first[0]),
+                back(first[1]),
+                back(first[2]),
+                back(first[3])
+            ],
+            [0.0, 0.0, 5.0, 13.0]
+        );
+        let (big, _) = load_digits(DigitsForm::Image32).unwrap();
+        assert_eq!(big.shape(), [3, 32, 32]);
+        let img = big.image(0).unwrap();
+        // Pixel (0, 2) of the 8x8 image covers rows 0-3, columns 8-11 of every channel.
+        for c in 0..3 {
+            for y in 0..4 {
+                for x in 8..12 {
+                    assert_eq!(img[c * 1024 + y * 32 + x], first[2]);
+                }
+            }
+        }
+        for c in 0..10u32 {
+            assert!(train.labels().iter().filter(|&&l| l == c).count() > 120);
+        }
     }
 
     #[test]

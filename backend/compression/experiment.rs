@@ -6,15 +6,27 @@
 //! (no fine-tuning) and after fine-tuning for the configured epochs, and the wall time of
 //! pruning and of fine-tuning. The result is serde-serialisable so callers can store it.
 //!
-//! Two schedules:
+//! Three schedules:
 //! - `OneShot`: prune once, then fine-tune (train-prune-finetune).
 //! - `Progressive { stages }`: the REPrune (AAAI 2024) style of pruning while training: at
 //!   the start of each of the first `stages` fine-tuning epochs, the network is pruned
 //!   further, towards the final widths along the cubic schedule of Zhu & Gupta
 //!   (`f_s = 1 - (1 - s/S)^3` of the channels to remove), then trained; the remaining
 //!   epochs train the final network. Momentum restarts at each stage; the learning rate
-//!   follows the full schedule. `accuracy_pruned` is then the accuracy of the one-shot
-//!   prune at the final widths, so that column stays comparable across schedules.
+//!   follows the full schedule. With `LayerRatios::GammaQuantile` (REPrune) each stage
+//!   recomputes the global gamma quantile on the current weights, for the share of the
+//!   original channels that the stage must have removed. `accuracy_pruned` is then the
+//!   accuracy of the one-shot prune at the final widths, so that column stays comparable
+//!   across schedules. Pruned channels are removed for good.
+//! - `FromScratch { interval, until }`: REPrune's schedule (AAAI 2024, after CHEX): the
+//!   given network (freshly initialised, for the paper's setting) trains for all the
+//!   epochs; every `interval` epochs before `until` the kept channels are chosen afresh on
+//!   the full network, whose removed channels keep the weights they last had, so a channel
+//!   removed at one step can come back at the next (regrowth); the trained pruned network's
+//!   weights are written back into the full one after each epoch until `until`. The
+//!   target ratio applies at every step (no ramp; the platform's choice, as is regrowth
+//!   with the last weights instead of CHEX's re-initialisation). Methods that merge
+//!   (Neuron Merging) are refused by this schedule.
 
 use std::time::Instant;
 
@@ -24,7 +36,8 @@ use super::count::count_cost;
 use super::data::Dataset;
 use super::model::Network;
 use super::prune::{
-    LayerRatios, PruneMethod, PruneOptions, prune, prune_sites, resolve_keep_counts,
+    LayerRatios, PruneMethod, PruneOptions, apply_all, prune, prune_sites, resolve_keep_counts,
+    scatter_into, select_all,
 };
 use super::train::{TrainConfig, TrainEvent, evaluate, train_epochs};
 use super::{CompressionError, Result};
@@ -38,6 +51,54 @@ pub enum PruneSchedule {
     Progressive {
         stages: usize,
     },
+    /// REPrune's schedule (after CHEX): train the given (usually freshly initialised)
+    /// network; at epochs `0, interval, 2 * interval, ...` before `until`, choose the kept
+    /// channels afresh on the full network (every removed channel competes again with the
+    /// weights it last had: regrowth), train the pruned network, and write its weights back;
+    /// from the last step on, the pruned network trains alone to the end.
+    FromScratch {
+        interval: usize,
+        until: usize,
+    },
+}
+
+/// Most epochs a schedule may name (bounds user input).
+pub const MAX_SCHEDULE_EPOCHS: usize = 1000;
+
+impl std::str::FromStr for PruneSchedule {
+    type Err = CompressionError;
+
+    /// `one-shot`, `progressive:STAGES` or `from-scratch:INTERVAL:UNTIL` (REPrune: prune
+    /// every INTERVAL epochs until epoch UNTIL while training).
+    fn from_str(text: &str) -> Result<Self> {
+        let text = text.trim().to_ascii_lowercase();
+        let parts: Vec<&str> = text.split(':').collect();
+        let number = |s: &str| -> Result<usize> {
+            s.trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=MAX_SCHEDULE_EPOCHS).contains(n))
+                .ok_or_else(|| {
+                    CompressionError::Config(format!(
+                        "schedule {text:?}: {s:?} is not a number in 1..={MAX_SCHEDULE_EPOCHS}"
+                    ))
+                })
+        };
+        match parts.as_slice() {
+            ["one-shot"] | ["oneshot"] | [""] => Ok(PruneSchedule::OneShot),
+            ["progressive", stages] => Ok(PruneSchedule::Progressive {
+                stages: number(stages)?,
+            }),
+            ["from-scratch", interval, until] => Ok(PruneSchedule::FromScratch {
+                interval: number(interval)?,
+                until: number(until)?,
+            }),
+            _ => Err(CompressionError::Config(format!(
+                "unknown schedule {text:?} (expected one-shot, progressive:STAGES or \
+                 from-scratch:INTERVAL:UNTIL)"
+            ))),
+        }
+    }
 }
 
 /// What to run.
@@ -136,10 +197,43 @@ pub fn run_experiment(
     let fine_tune = config.fine_tune.as_ref().filter(|c| c.epochs > 0);
     let mut fine_tune_seconds = 0.0;
     let fine_tuned = match (fine_tune, config.schedule) {
-        (None, PruneSchedule::Progressive { .. }) => {
+        (None, PruneSchedule::Progressive { .. } | PruneSchedule::FromScratch { .. }) => {
             return Err(CompressionError::Config(
-                "a progressive schedule needs fine-tuning epochs".into(),
+                "a progressive schedule needs training epochs".into(),
             ));
+        }
+        (Some(tc), PruneSchedule::FromScratch { interval, until }) => {
+            if interval == 0 || until == 0 || until > tc.epochs {
+                return Err(CompressionError::Config(format!(
+                    "REPrune schedule: interval must be at least 1 and the last pruning epoch \
+                     in 1..={} (got interval {interval}, until {until})",
+                    tc.epochs
+                )));
+            }
+            if matches!(config.prune.method, PruneMethod::NeuronMerging(_)) {
+                return Err(CompressionError::Config(
+                    "the REPrune schedule needs a method without merging".into(),
+                ));
+            }
+            let mut full = network.clone();
+            let mut selections = select_all(&full, &config.prune)?;
+            let mut net = apply_all(&full, &selections)?;
+            for epoch in 0..tc.epochs {
+                let stepping = epoch < until;
+                if stepping && epoch > 0 && epoch % interval == 0 {
+                    let t = Instant::now();
+                    selections = select_all(&full, &config.prune)?;
+                    net = apply_all(&full, &selections)?;
+                    prune_seconds += t.elapsed().as_secs_f64();
+                }
+                let t = Instant::now();
+                net = train_epochs(&net, train_set, tc, epoch..epoch + 1, progress)?;
+                fine_tune_seconds += t.elapsed().as_secs_f64();
+                if stepping {
+                    full = scatter_into(&full, &net, &selections)?;
+                }
+            }
+            Some(net)
         }
         (None, PruneSchedule::OneShot) => None,
         (Some(tc), PruneSchedule::OneShot) => {
@@ -161,18 +255,36 @@ pub fn run_experiment(
             for epoch in 0..tc.epochs {
                 if epoch < stages {
                     let fraction = 1.0 - (1.0 - (epoch + 1) as f64 / stages as f64).powi(3);
-                    let counts: Vec<usize> = original
-                        .iter()
-                        .zip(&final_counts)
-                        .map(|(&w0, &k)| {
-                            let removed = ((w0 - k) as f64 * fraction).round() as usize;
-                            (w0 - removed).max(k)
-                        })
-                        .collect();
-                    let stage_options = PruneOptions {
-                        method: config.prune.method.clone(),
-                        ratio: 0.0,
-                        layer_ratios: LayerRatios::KeepCounts(counts),
+                    let stage_options = if config.prune.layer_ratios == LayerRatios::GammaQuantile {
+                        // REPrune: the global gamma quantile is recomputed on the current
+                        // weights at every step, for the share of the original channels that
+                        // this step must have removed.
+                        let total0: usize = original.iter().sum();
+                        let current: usize = prune_sites(&net)
+                            .iter()
+                            .map(|s| s.width)
+                            .sum::<usize>()
+                            .max(1);
+                        let target = total0 as f64 * (1.0 - config.prune.ratio * fraction);
+                        PruneOptions {
+                            method: config.prune.method.clone(),
+                            ratio: (1.0 - target / current as f64).clamp(0.0, 0.99),
+                            layer_ratios: LayerRatios::GammaQuantile,
+                        }
+                    } else {
+                        let counts: Vec<usize> = original
+                            .iter()
+                            .zip(&final_counts)
+                            .map(|(&w0, &k)| {
+                                let removed = ((w0 - k) as f64 * fraction).round() as usize;
+                                (w0 - removed).max(k)
+                            })
+                            .collect();
+                        PruneOptions {
+                            method: config.prune.method.clone(),
+                            ratio: 0.0,
+                            layer_ratios: LayerRatios::KeepCounts(counts),
+                        }
                     };
                     let t = Instant::now();
                     net = prune(&net, &stage_options)?;
@@ -193,7 +305,7 @@ pub fn run_experiment(
     let result = ExperimentResult {
         architecture: network.architecture.clone(),
         method: config.prune.method.name().to_string(),
-        method_options: config.prune.method.clone(),
+        method_options: config.prune.method.resolved_for(network)?,
         ratio: config.prune.ratio,
         layer_ratios: config.prune.layer_ratios.clone(),
         schedule: config.schedule,

@@ -16,11 +16,15 @@ pub const EXPERIMENT_JOB: &str = "compression.experiment";
 pub struct ExperimentJob {
     pub model: ModelSource,
     pub data: DataSource,
-    /// `l1`, `random`, `neuron-merging`, `reprune-filter` or `reprune-kernel` (defaults).
+    /// A method name (see `PruneMethod::name`), run with its default options.
     pub method: String,
     pub ratio: f64,
     #[serde(default)]
     pub fine_tune_epochs: usize,
+    /// When pruning happens (one-shot by default; `FromScratch` is REPrune's schedule, for
+    /// which the fine-tuning epochs are the training epochs).
+    #[serde(default)]
+    pub schedule: super::PruneSchedule,
     pub created_by: Option<i64>,
 }
 
@@ -37,7 +41,7 @@ pub fn execute(
     let (train_set, test_set) = job.data.load()?;
     let epochs_total = match &job.model {
         ModelSource::Demo { epochs, .. } => *epochs + job.fine_tune_epochs,
-        ModelSource::Checkpoint { .. } => job.fine_tune_epochs,
+        ModelSource::Checkpoint { .. } | ModelSource::Named { .. } => job.fine_tune_epochs,
     }
     .max(1) as u64;
     let epochs_done = std::sync::atomic::AtomicU64::new(0);
@@ -49,6 +53,8 @@ pub fn execute(
     };
     let network = job.model.load(&train_set, &on_event)?;
     let mut config = ExperimentConfig::new(method, job.ratio);
+    config.prune.layer_ratios = super::prune::paper_layer_ratios(&config.prune.method);
+    config.schedule = job.schedule;
     if job.fine_tune_epochs > 0 {
         config.fine_tune = Some(TrainConfig {
             epochs: job.fine_tune_epochs,

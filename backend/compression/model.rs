@@ -74,7 +74,9 @@ pub enum Shortcut {
     Projection { conv: Conv2d, bn: BatchNorm },
 }
 
-/// A residual basic block: `relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))`.
+/// A residual block. Basic: `relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))`.
+/// Bottleneck (when `conv3` / `bn3` are set, ResNet-50 style, stride on the 3x3 `conv2`):
+/// `relu(bn3(conv3(relu(bn2(conv2(relu(bn1(conv1(x)))))))) + shortcut(x))`.
 #[derive(Debug, Clone)]
 pub struct BasicBlock {
     /// Prefix of the block, e.g. `layer1.0`.
@@ -83,7 +85,20 @@ pub struct BasicBlock {
     pub bn1: BatchNorm,
     pub conv2: Conv2d,
     pub bn2: BatchNorm,
+    /// The third (1x1, expanding) convolution of a bottleneck block.
+    pub conv3: Option<Conv2d>,
+    pub bn3: Option<BatchNorm>,
     pub shortcut: Shortcut,
+}
+
+impl BasicBlock {
+    /// The last convolution and batch norm of the residual branch.
+    pub fn last(&self) -> (&Conv2d, &BatchNorm) {
+        match (&self.conv3, &self.bn3) {
+            (Some(c), Some(b)) => (c, b),
+            _ => (&self.conv2, &self.bn2),
+        }
+    }
 }
 
 /// One element of a network.
@@ -126,6 +141,8 @@ pub enum VggItem {
     Conv(usize),
     /// 2x2 max pooling with stride 2.
     MaxPool,
+    /// 2x2 average pooling with stride 2.
+    AvgPool,
 }
 
 /// A VGG-style network description (CIFAR layout: 3x3 convs, 2x2 pools, small classifier).
@@ -139,6 +156,12 @@ pub struct VggConfig {
     /// Insert a global average pool before the classifier (otherwise the flattened feature
     /// map feeds it directly).
     pub global_pool: bool,
+    /// Convolutions carry a bias even with batch norm (the Neuron Merging authors' VGG).
+    #[serde(default)]
+    pub conv_bias: bool,
+    /// Hidden classifier layers are followed by a batch norm (`BatchNorm1d`).
+    #[serde(default)]
+    pub classifier_batch_norm: bool,
 }
 
 impl VggConfig {
@@ -170,6 +193,35 @@ impl VggConfig {
             batch_norm: true,
             classifier_hidden: Vec::new(),
             global_pool: false,
+            conv_bias: false,
+            classifier_batch_norm: false,
+        }
+    }
+
+    /// VGG-16 of the Neuron Merging authors for 32x32 inputs: 13 convs with bias and batch
+    /// norm, 4 max pools, a 2x2 average pool, then `Linear(512, 512) -> BatchNorm1d -> ReLU
+    /// -> Linear(512, classes)`.
+    pub fn vgg16_nm() -> Self {
+        let mut items = VggConfig::vgg16().items;
+        items.pop();
+        items.push(VggItem::AvgPool);
+        VggConfig {
+            items,
+            batch_norm: true,
+            classifier_hidden: vec![512],
+            global_pool: false,
+            conv_bias: true,
+            classifier_batch_norm: true,
+        }
+    }
+
+    /// The same VGG-16 with bias-free convolutions, as in the authors' public code
+    /// (`models/VGG.py`): what their checkpoints hold. The specification's pinned counts
+    /// (14,991,946 parameters) include conv biases; this variant has 4,224 fewer.
+    pub fn vgg16_nm_code() -> Self {
+        VggConfig {
+            conv_bias: false,
+            ..VggConfig::vgg16_nm()
         }
     }
 
@@ -182,6 +234,8 @@ impl VggConfig {
             batch_norm: true,
             classifier_hidden: Vec::new(),
             global_pool: false,
+            conv_bias: false,
+            classifier_batch_norm: false,
         }
     }
 
@@ -208,8 +262,21 @@ impl VggConfig {
             batch_norm: true,
             classifier_hidden: Vec::new(),
             global_pool: false,
+            conv_bias: false,
+            classifier_batch_norm: false,
         }
     }
+}
+
+/// The shortcut of a CIFAR ResNet block whose shape changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum CifarShortcut {
+    /// Option A: subsample and zero-pad (no parameters).
+    #[default]
+    ZeroPad,
+    /// Option B: 1x1 strided convolution + batch norm.
+    Projection,
 }
 
 /// The stem of a ResNet-18.
@@ -376,11 +443,15 @@ impl BasicBlock {
         let out = self.conv1.forward(x, mode)?;
         let out = self.bn1.forward(&out, mode)?.relu()?;
         let out = self.conv2.forward(&out, mode)?;
-        let out = self.bn2.forward(&out, mode)?;
+        let mut out = self.bn2.forward(&out, mode)?;
+        if let (Some(conv3), Some(bn3)) = (&self.conv3, &self.bn3) {
+            let h = conv3.forward(&out.relu()?, mode)?;
+            out = bn3.forward(&h, mode)?;
+        }
         let identity = match &self.shortcut {
             Shortcut::Identity => x.clone(),
             Shortcut::ZeroPad { stride } => {
-                zero_pad_shortcut(x, *stride, self.conv2.out_channels())?
+                zero_pad_shortcut(x, *stride, self.last().0.out_channels())?
             }
             Shortcut::Projection { conv, bn } => {
                 let projected = conv.forward(x, mode)?;
@@ -575,6 +646,10 @@ impl Network {
                     out.push(UnitRef::Bn(&b.bn1));
                     out.push(UnitRef::Conv(&b.conv2));
                     out.push(UnitRef::Bn(&b.bn2));
+                    if let (Some(c), Some(n)) = (&b.conv3, &b.bn3) {
+                        out.push(UnitRef::Conv(c));
+                        out.push(UnitRef::Bn(n));
+                    }
                     if let Shortcut::Projection { conv, bn } = &b.shortcut {
                         out.push(UnitRef::Conv(conv));
                         out.push(UnitRef::Bn(bn));
@@ -599,6 +674,10 @@ impl Network {
                     out.push(UnitMut::Bn(&mut b.bn1));
                     out.push(UnitMut::Conv(&mut b.conv2));
                     out.push(UnitMut::Bn(&mut b.bn2));
+                    if let (Some(c), Some(n)) = (&mut b.conv3, &mut b.bn3) {
+                        out.push(UnitMut::Conv(c));
+                        out.push(UnitMut::Bn(n));
+                    }
                     if let Shortcut::Projection { conv, bn } = &mut b.shortcut {
                         out.push(UnitMut::Conv(conv));
                         out.push(UnitMut::Bn(bn));
@@ -736,7 +815,7 @@ impl Network {
                         3,
                         1,
                         1,
-                        !config.batch_norm,
+                        !config.batch_norm || config.conv_bias,
                     )?));
                     index += 1;
                     if config.batch_norm {
@@ -750,16 +829,23 @@ impl Network {
                     index += 1;
                     channels = out;
                 }
-                VggItem::MaxPool => {
+                VggItem::MaxPool | VggItem::AvgPool => {
                     if spatial < 2 {
                         return Err(CompressionError::Config(
-                            "too many max pools for a 32x32 input".into(),
+                            "too many pools for a 32x32 input".into(),
                         ));
                     }
-                    layers.push(Layer::MaxPool2d {
-                        kernel: 2,
-                        stride: 2,
-                        padding: 0,
+                    layers.push(if *item == VggItem::MaxPool {
+                        Layer::MaxPool2d {
+                            kernel: 2,
+                            stride: 2,
+                            padding: 0,
+                        }
+                    } else {
+                        Layer::AvgPool2d {
+                            kernel: 2,
+                            stride: 2,
+                        }
                     });
                     index += 1;
                     spatial /= 2;
@@ -789,8 +875,16 @@ impl Network {
                     features,
                     out,
                 )?));
+                idx += 1;
+                if config.classifier_batch_norm {
+                    layers.push(Layer::BatchNorm(BatchNorm::identity(
+                        format!("classifier.{idx}"),
+                        out,
+                    )?));
+                    idx += 1;
+                }
                 layers.push(Layer::Relu);
-                idx += 2;
+                idx += 1;
                 features = out;
             }
             layers.push(Layer::Linear(init_linear(
@@ -807,6 +901,10 @@ impl Network {
             .count();
         let architecture = if *config == VggConfig::vgg16() {
             "vgg16_bn_cifar".to_string()
+        } else if *config == VggConfig::vgg16_nm() {
+            "vgg16_nm_cifar".to_string()
+        } else if *config == VggConfig::vgg16_nm_code() {
+            "vgg16_nm_code_cifar".to_string()
         } else if *config == VggConfig::vgg11() {
             "vgg11_bn_cifar".to_string()
         } else {
@@ -819,10 +917,59 @@ impl Network {
         })
     }
 
+    /// Names accepted by [`Network::by_name`].
+    pub const ARCHITECTURES: &'static str = "vgg16, vgg16_nm, vgg16_nm_code, resnet20, resnet56, resnet110, \
+         resnet20b, resnet56b, resnet110b, resnet18, resnet50 or lenet300_100";
+
+    /// A freshly initialised network by name (see [`Network::ARCHITECTURES`]; a `b` suffix
+    /// on a CIFAR ResNet means option-B shortcuts). `input` is the image shape, used by
+    /// LeNet-300-100 (the CNNs take 3 x 32 x 32, ResNet-50 3 x 224 x 224).
+    pub fn by_name(
+        name: &str,
+        width_multiplier: f64,
+        num_classes: usize,
+        input: [usize; 3],
+        seed: u64,
+    ) -> Result<Network> {
+        let name = name.trim().to_ascii_lowercase().replace('-', "_");
+        let cifar = |depth: usize, shortcut: CifarShortcut| {
+            Network::resnet_cifar_with(depth, width_multiplier, num_classes, shortcut, seed)
+        };
+        match name.as_str() {
+            "vgg16" | "vgg16_bn" => Network::vgg16_bn_cifar(width_multiplier, num_classes, seed),
+            "vgg16_nm" => Network::vgg16_nm_cifar(width_multiplier, num_classes, seed),
+            "vgg16_nm_code" => Network::vgg_cifar(
+                &VggConfig::vgg16_nm_code(),
+                width_multiplier,
+                num_classes,
+                seed,
+            ),
+            "resnet20" => cifar(20, CifarShortcut::ZeroPad),
+            "resnet56" => cifar(56, CifarShortcut::ZeroPad),
+            "resnet110" => cifar(110, CifarShortcut::ZeroPad),
+            "resnet20b" => cifar(20, CifarShortcut::Projection),
+            "resnet56b" => cifar(56, CifarShortcut::Projection),
+            "resnet110b" => cifar(110, CifarShortcut::Projection),
+            "resnet18" => Network::resnet18(num_classes, width_multiplier, ResNetStem::Cifar, seed),
+            "resnet50" => Network::resnet50(num_classes, width_multiplier, seed),
+            "lenet300_100" | "lenet" => Network::lenet_300_100(input, num_classes, seed),
+            other => Err(CompressionError::Config(format!(
+                "unknown architecture {other:?}: expected {}",
+                Network::ARCHITECTURES
+            ))),
+        }
+    }
+
     /// VGG-16 with batch norm for 32x32 inputs (13 convs, 5 max pools, linear classifier on
     /// the 1x1 feature map), as commonly used for CIFAR.
     pub fn vgg16_bn_cifar(width_multiplier: f64, num_classes: usize, seed: u64) -> Result<Network> {
         Network::vgg_cifar(&VggConfig::vgg16(), width_multiplier, num_classes, seed)
+    }
+
+    /// VGG-16 of the Neuron Merging authors (see [`VggConfig::vgg16_nm`]), architecture
+    /// tag `vgg16_nm_cifar`.
+    pub fn vgg16_nm_cifar(width_multiplier: f64, num_classes: usize, seed: u64) -> Result<Network> {
+        Network::vgg_cifar(&VggConfig::vgg16_nm(), width_multiplier, num_classes, seed)
     }
 
     /// CIFAR ResNet of depth `6n + 2` (20, 32, 44, 56, 110, ...) with option-A (zero-pad)
@@ -831,6 +978,25 @@ impl Network {
         depth: usize,
         width_multiplier: f64,
         num_classes: usize,
+        seed: u64,
+    ) -> Result<Network> {
+        Network::resnet_cifar_with(
+            depth,
+            width_multiplier,
+            num_classes,
+            CifarShortcut::ZeroPad,
+            seed,
+        )
+    }
+
+    /// CIFAR ResNet with the chosen shortcut where the shape changes: option A (zero
+    /// padding, tag `resnetD_cifar`) or option B (1x1 conv + batch norm named
+    /// `layerK.i.downsample.0/1`, tag `resnetDb_cifar`, as in the Neuron Merging code).
+    pub fn resnet_cifar_with(
+        depth: usize,
+        width_multiplier: f64,
+        num_classes: usize,
+        shortcut_kind: CifarShortcut,
         seed: u64,
     ) -> Result<Network> {
         check_width(width_multiplier)?;
@@ -863,10 +1029,15 @@ impl Network {
             for i in 0..blocks {
                 let stride = if stage > 0 && i == 0 { 2 } else { 1 };
                 let name = format!("layer{}.{i}", stage + 1);
-                let shortcut = if stride != 1 || channels != width {
-                    Shortcut::ZeroPad { stride }
-                } else {
+                let shortcut = if stride == 1 && channels == width {
                     Shortcut::Identity
+                } else {
+                    match shortcut_kind {
+                        CifarShortcut::ZeroPad => Shortcut::ZeroPad { stride },
+                        CifarShortcut::Projection => {
+                            projection(&mut rng, &name, channels, width, stride)?
+                        }
+                    }
                 };
                 layers.push(Layer::BasicBlock(Box::new(init_block(
                     &mut rng, name, channels, width, stride, shortcut,
@@ -882,8 +1053,12 @@ impl Network {
             channels,
             num_classes,
         )?));
+        let suffix = match shortcut_kind {
+            CifarShortcut::ZeroPad => "",
+            CifarShortcut::Projection => "b",
+        };
         Ok(Network {
-            architecture: format!("resnet{depth}_cifar"),
+            architecture: format!("resnet{depth}{suffix}_cifar"),
             input_size: [3, 32, 32],
             layers,
         })
@@ -947,19 +1122,7 @@ impl Network {
                 let stride = if stage > 0 && i == 0 { 2 } else { 1 };
                 let name = format!("layer{}.{i}", stage + 1);
                 let shortcut = if stride != 1 || channels != width {
-                    Shortcut::Projection {
-                        conv: init_conv(
-                            &mut rng,
-                            format!("{name}.downsample.0"),
-                            channels,
-                            width,
-                            1,
-                            stride,
-                            0,
-                            false,
-                        )?,
-                        bn: BatchNorm::identity(format!("{name}.downsample.1"), width)?,
-                    }
+                    projection(&mut rng, &name, channels, width, stride)?
                 } else {
                     Shortcut::Identity
                 };
@@ -980,6 +1143,92 @@ impl Network {
         Ok(Network {
             architecture: "resnet18".into(),
             input_size: [3, input, input],
+            layers,
+        })
+    }
+
+    /// ResNet-50 for 224x224 ImageNet inputs (torchvision layout and names: bottleneck
+    /// blocks 3/4/6/3 with widths 64/128/256/512 times `width_multiplier`, expansion 4,
+    /// stride on the 3x3 conv, projection shortcuts where the shape changes).
+    pub fn resnet50(num_classes: usize, width_multiplier: f64, seed: u64) -> Result<Network> {
+        check_width(width_multiplier)?;
+        check_classes(num_classes)?;
+        let mut rng = StdRng::seed_from_u64(seed);
+        let base = scaled(64, width_multiplier);
+        let mut layers = vec![
+            Layer::Conv2d(init_conv(
+                &mut rng,
+                "conv1".into(),
+                3,
+                base,
+                7,
+                2,
+                3,
+                false,
+            )?),
+            Layer::BatchNorm(BatchNorm::identity("bn1", base)?),
+            Layer::Relu,
+            Layer::MaxPool2d {
+                kernel: 3,
+                stride: 2,
+                padding: 1,
+            },
+        ];
+        let mut channels = base;
+        for (stage, blocks) in [3usize, 4, 6, 3].into_iter().enumerate() {
+            let width = scaled(64 << stage, width_multiplier);
+            for i in 0..blocks {
+                let stride = if stage > 0 && i == 0 { 2 } else { 1 };
+                let name = format!("layer{}.{i}", stage + 1);
+                let shortcut = if stride != 1 || channels != width * 4 {
+                    projection(&mut rng, &name, channels, width * 4, stride)?
+                } else {
+                    Shortcut::Identity
+                };
+                layers.push(Layer::BasicBlock(Box::new(init_bottleneck(
+                    &mut rng, name, channels, width, stride, shortcut,
+                )?)));
+                channels = width * 4;
+            }
+        }
+        layers.push(Layer::GlobalAvgPool);
+        layers.push(Layer::Flatten);
+        layers.push(Layer::Linear(init_linear(
+            &mut rng,
+            "fc".into(),
+            channels,
+            num_classes,
+        )?));
+        Ok(Network {
+            architecture: "resnet50".into(),
+            input_size: [3, 224, 224],
+            layers,
+        })
+    }
+
+    /// LeNet-300-100 (LeCun et al. 1998), the MLP of the Neuron Merging paper: flatten,
+    /// `fc1` (300), ReLU, `fc2` (100), ReLU, `fc3` (classes), for inputs of `input_size`
+    /// (`[1, 8, 8]` for the 64-d digits, `[1, 28, 28]` for MNIST-sized images).
+    pub fn lenet_300_100(input_size: [usize; 3], num_classes: usize, seed: u64) -> Result<Network> {
+        check_classes(num_classes)?;
+        let features: usize = input_size.iter().product();
+        if features == 0 || features > 1 << 20 {
+            return Err(CompressionError::Config(format!(
+                "LeNet-300-100 input {input_size:?} must have between 1 and 2^20 values"
+            )));
+        }
+        let mut rng = StdRng::seed_from_u64(seed);
+        let layers = vec![
+            Layer::Flatten,
+            Layer::Linear(init_linear(&mut rng, "fc1".into(), features, 300)?),
+            Layer::Relu,
+            Layer::Linear(init_linear(&mut rng, "fc2".into(), 300, 100)?),
+            Layer::Relu,
+            Layer::Linear(init_linear(&mut rng, "fc3".into(), 100, num_classes)?),
+        ];
+        Ok(Network {
+            architecture: "lenet300_100".into(),
+            input_size,
             layers,
         })
     }
@@ -1053,7 +1302,7 @@ impl Network {
             .ok_or_else(|| {
                 CompressionError::Checkpoint(format!(
                     "{} has no '{TOPOLOGY_METADATA_KEY}' metadata; load it into a constructed \
-                     network with Network::with_weights_from",
+                     network with Network::with_weights_from (CLI and form: --model ARCH=PATH)",
                     path.display()
                 ))
             })?;
@@ -1134,6 +1383,9 @@ pub struct Topology {
 }
 
 /// Serialisable description of one layer (no widths: those come from the tensors).
+// A residual block's description is larger than the others; topologies are small, read
+// once per checkpoint, so boxing would only complicate the serialised form's code.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum LayerSpec {
@@ -1164,6 +1416,10 @@ pub enum LayerSpec {
         bn1: String,
         conv2: ConvSpec,
         bn2: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        conv3: Option<ConvSpec>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        bn3: Option<String>,
         shortcut: ShortcutSpec,
     },
 }
@@ -1274,6 +1530,8 @@ impl LayerSpec {
                 bn1: b.bn1.name.clone(),
                 conv2: ConvSpec::of(&b.conv2),
                 bn2: b.bn2.name.clone(),
+                conv3: b.conv3.as_ref().map(ConvSpec::of),
+                bn3: b.bn3.as_ref().map(|b| b.name.clone()),
                 shortcut: match &b.shortcut {
                     Shortcut::Identity => ShortcutSpec::Identity,
                     Shortcut::ZeroPad { stride } => ShortcutSpec::ZeroPad { stride: *stride },
@@ -1321,6 +1579,8 @@ impl LayerSpec {
                 bn1,
                 conv2,
                 bn2,
+                conv3,
+                bn3,
                 shortcut,
             } => Layer::BasicBlock(Box::new(BasicBlock {
                 name: name.clone(),
@@ -1328,6 +1588,14 @@ impl LayerSpec {
                 bn1: build_bn(bn1, BN_EPS, take)?,
                 conv2: conv2.build(take)?,
                 bn2: build_bn(bn2, BN_EPS, take)?,
+                conv3: match conv3 {
+                    Some(c) => Some(c.build(take)?),
+                    None => None,
+                },
+                bn3: match bn3 {
+                    Some(b) => Some(build_bn(b, BN_EPS, take)?),
+                    None => None,
+                },
                 shortcut: match shortcut {
                     ShortcutSpec::Identity => Shortcut::Identity,
                     ShortcutSpec::ZeroPad { stride } => Shortcut::ZeroPad { stride: *stride },
@@ -1428,6 +1696,76 @@ fn init_linear(
     })
 }
 
+fn projection(
+    rng: &mut StdRng,
+    name: &str,
+    channels: usize,
+    width: usize,
+    stride: usize,
+) -> Result<Shortcut> {
+    Ok(Shortcut::Projection {
+        conv: init_conv(
+            rng,
+            format!("{name}.downsample.0"),
+            channels,
+            width,
+            1,
+            stride,
+            0,
+            false,
+        )?,
+        bn: BatchNorm::identity(format!("{name}.downsample.1"), width)?,
+    })
+}
+
+fn init_bottleneck(
+    rng: &mut StdRng,
+    name: String,
+    in_channels: usize,
+    width: usize,
+    stride: usize,
+    shortcut: Shortcut,
+) -> Result<BasicBlock> {
+    let out = width * 4;
+    Ok(BasicBlock {
+        conv1: init_conv(
+            rng,
+            format!("{name}.conv1"),
+            in_channels,
+            width,
+            1,
+            1,
+            0,
+            false,
+        )?,
+        bn1: BatchNorm::identity(format!("{name}.bn1"), width)?,
+        conv2: init_conv(
+            rng,
+            format!("{name}.conv2"),
+            width,
+            width,
+            3,
+            stride,
+            1,
+            false,
+        )?,
+        bn2: BatchNorm::identity(format!("{name}.bn2"), width)?,
+        conv3: Some(init_conv(
+            rng,
+            format!("{name}.conv3"),
+            width,
+            out,
+            1,
+            1,
+            0,
+            false,
+        )?),
+        bn3: Some(BatchNorm::identity(format!("{name}.bn3"), out)?),
+        shortcut,
+        name,
+    })
+}
+
 fn init_block(
     rng: &mut StdRng,
     name: String,
@@ -1450,6 +1788,8 @@ fn init_block(
         bn1: BatchNorm::identity(format!("{name}.bn1"), width)?,
         conv2: init_conv(rng, format!("{name}.conv2"), width, width, 3, 1, 1, false)?,
         bn2: BatchNorm::identity(format!("{name}.bn2"), width)?,
+        conv3: None,
+        bn3: None,
         shortcut,
         name,
     })

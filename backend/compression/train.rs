@@ -3,7 +3,8 @@
 //! [`train`] runs mini-batch SGD with momentum and (coupled, PyTorch-style) weight decay on
 //! every parameter, a constant, cosine (per step) or step (per epoch) learning-rate
 //! schedule, and the standard CIFAR augmentation (random 32x32 crop of the image padded by
-//! 4 black pixels, random horizontal flip). Batch norm uses batch statistics and updates its
+//! 4 black pixels, random horizontal flip unless the data set says flips change the class,
+//! as for digits; images of other shapes are not augmented). Batch norm uses batch statistics and updates its
 //! running averages (momentum 0.1, unbiased variance) as PyTorch does. Shuffling and
 //! augmentation draw from one generator seeded by [`TrainConfig::seed`], so a run is
 //! reproducible. Progress is reported through a callback so that a CLI can draw a bar;
@@ -15,7 +16,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use super::data::{Dataset, IMAGE_LEN, IMAGE_SIDE};
+use super::data::{Dataset, IMAGE_SIDE};
 use super::model::{BN_MOMENTUM, Mode, Network};
 use super::{CompressionError, Result};
 
@@ -133,10 +134,11 @@ fn check_compatible(network: &Network, data: &Dataset) -> Result<()> {
             data.num_classes()
         )));
     }
-    if network.input_size != [3, IMAGE_SIDE, IMAGE_SIDE] {
+    if network.input_size != data.shape() {
         return Err(CompressionError::Config(format!(
-            "network expects input {:?}, data sets here are 3x32x32",
-            network.input_size
+            "network expects input {:?}, the data set holds images of {:?}",
+            network.input_size,
+            data.shape()
         )));
     }
     Ok(())
@@ -313,16 +315,21 @@ fn augmented_batch(
     pad_value: &[f32; 3],
     rng: &mut StdRng,
 ) -> Result<(Tensor, Tensor)> {
+    if data.shape() != [3, IMAGE_SIDE, IMAGE_SIDE] {
+        // Crops are defined for the 32x32 images only; other shapes train unaugmented.
+        return data.batch(indices);
+    }
     let side = IMAGE_SIDE;
     let plane = side * side;
-    let mut images = vec![0f32; indices.len() * IMAGE_LEN];
+    let image_len = data.image_len();
+    let mut images = vec![0f32; indices.len() * image_len];
     let mut labels = Vec::with_capacity(indices.len());
     for (b, &i) in indices.iter().enumerate() {
         let src = data.image_checked(i)?;
-        let dst = &mut images[b * IMAGE_LEN..(b + 1) * IMAGE_LEN];
+        let dst = &mut images[b * image_len..(b + 1) * image_len];
         let oy = rng.random_range(0..=2 * CROP_PADDING) as isize - CROP_PADDING as isize;
         let ox = rng.random_range(0..=2 * CROP_PADDING) as isize - CROP_PADDING as isize;
-        let flip = rng.random_bool(0.5);
+        let flip = rng.random_bool(0.5) && data.flip_invariant();
         for c in 0..3 {
             for y in 0..side {
                 let sy = y as isize + oy;

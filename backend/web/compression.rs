@@ -19,6 +19,7 @@ use crate::charts::{self, Frame, Series};
 use crate::compression::jobs::{EXPERIMENT_JOB, ExperimentJob};
 use crate::compression::sources::{DataSource, ModelSource};
 use crate::compression::store::{self, ExperimentRow, ImportRow};
+use crate::compression::table::{Measurement, SummaryRow, summarise};
 use crate::compression::{CompressionError, PruneMethod};
 use crate::jobs::{self, NewJob};
 
@@ -41,12 +42,16 @@ pub(crate) fn routes(routes: Routes, upload_limit: usize) -> Routes {
 pub struct ExperimentRequest {
     /// `demo`, `demo:EPOCHS`, or a checkpoint path on the server.
     pub model: String,
-    /// `synthetic`, `synthetic:N`, or a CIFAR-10/100 or image folder on the server.
+    /// `digits`, `digits:64`, `synthetic`, `synthetic:N`, or a CIFAR-10/100 or image folder
+    /// on the server.
     pub data: String,
     pub method: String,
     pub ratio: f64,
     #[serde(default)]
     pub fine_tune_epochs: usize,
+    /// `one-shot` (default), `progressive:STAGES` or `from-scratch:INTERVAL:UNTIL`.
+    #[serde(default)]
+    pub schedule: String,
 }
 
 fn invalid(e: CompressionError) -> AppError {
@@ -65,49 +70,26 @@ async fn enqueue(
     if request.fine_tune_epochs > 200 {
         return Err(AppError::Invalid("at most 200 fine-tuning epochs".into()));
     }
-    // Keywords (`demo`, `synthetic:N`) are anyone's; a server path is an admin's, under the
-    // configured roots (see `server_paths`).
-    let model = if server_paths::names_a_path(&request.model) {
-        let path = server_paths::resolve(&state.config, user, &request.model)?;
-        if !path.is_file() {
-            return Err(AppError::Invalid(
-                "the checkpoint path is not a file".into(),
-            ));
-        }
-        ModelSource::Checkpoint { path }
-    } else {
-        match ModelSource::parse(&request.model).map_err(invalid)? {
-            ModelSource::Checkpoint { .. } => {
-                return Err(AppError::Invalid(format!(
-                    "unknown model {:?}: `demo`, `demo:EPOCHS`, or an absolute checkpoint path (admins)",
-                    request.model.trim()
-                )));
-            }
-            keyword => keyword,
-        }
+    // Built-in sources (`demo`, `digits`, `synthetic:N`) are anyone's; a server path is an
+    // admin's, under the configured roots (see `server_paths`).
+    let model = match ModelSource::parse(&request.model).map_err(invalid)? {
+        ModelSource::Checkpoint { path } => ModelSource::Checkpoint {
+            path: checkpoint(state, user, &path)?,
+        },
+        ModelSource::Named { architecture, path } => ModelSource::Named {
+            architecture,
+            path: checkpoint(state, user, &path)?,
+        },
+        builtin => builtin,
     };
-    let data: DataSource = if server_paths::names_a_path(&request.data) {
-        let path = server_paths::resolve(&state.config, user, &request.data)?;
-        path.to_string_lossy().parse().map_err(invalid)?
-    } else {
-        match request.data.parse().map_err(invalid)? {
-            DataSource::Cifar10 { .. }
-            | DataSource::Cifar100 { .. }
-            | DataSource::Folder { .. } => {
-                return Err(AppError::Invalid(format!(
-                    "unknown data source {:?}: a built-in set (`synthetic`, `synthetic:N`) or an absolute folder path (admins)",
-                    request.data.trim()
-                )));
-            }
-            keyword => keyword,
-        }
-    };
+    let data = data_source(state, user, &request.data)?;
     let payload = ExperimentJob {
         model,
         data,
         method: method.name().to_string(),
         ratio: request.ratio,
         fine_tune_epochs: request.fine_tune_epochs,
+        schedule: request.schedule.parse().map_err(invalid)?,
         created_by: Some(user.id),
     };
     let job = NewJob::new(
@@ -117,6 +99,50 @@ async fn enqueue(
     .created_by(user.id)
     .max_attempts(2);
     Ok(jobs::enqueue(&state.pool, job).await?)
+}
+
+/// A checkpoint path named in a request: absolute, an admin's, under the server roots, a file.
+fn checkpoint(
+    state: &AppState,
+    user: &crate::accounts::User,
+    path: &std::path::Path,
+) -> Result<std::path::PathBuf, AppError> {
+    if !path.is_absolute() {
+        return Err(AppError::Invalid(format!(
+            "unknown model {:?}: `demo`, `demo:EPOCHS`, or an absolute checkpoint path (admins)",
+            path.display()
+        )));
+    }
+    let resolved = server_paths::resolve(&state.config, user, &path.to_string_lossy())?;
+    if !resolved.is_file() {
+        return Err(AppError::Invalid("the checkpoint path is not a file".into()));
+    }
+    Ok(resolved)
+}
+
+/// A data source named in a request: a built-in set, or (admins) an absolute folder under the
+/// server roots. A relative name is never looked up on the server's disk.
+fn data_source(
+    state: &AppState,
+    user: &crate::accounts::User,
+    text: &str,
+) -> Result<DataSource, AppError> {
+    let text = text.trim();
+    if let Some(inner) = text.strip_prefix("nm:") {
+        return Ok(DataSource::AuthorsNormalized {
+            inner: Box::new(data_source(state, user, inner)?),
+        });
+    }
+    if text.starts_with("digits") || text.starts_with("synthetic") {
+        return text.parse().map_err(invalid);
+    }
+    if !std::path::Path::new(text).is_absolute() {
+        return Err(AppError::Invalid(format!(
+            "unknown data source {text:?}: `digits`, `digits:64`, `synthetic`, `synthetic:N`, or an absolute folder path (admins)"
+        )));
+    }
+    let dir = server_paths::resolve(&state.config, user, text)?;
+    dir.to_string_lossy().parse().map_err(invalid)
 }
 
 fn method_names() -> Vec<&'static str> {
@@ -171,6 +197,27 @@ struct IndexPage {
     flops_svg: String,
     params_svg: String,
     methods: Vec<&'static str>,
+    summary: Vec<SummaryRow>,
+}
+
+/// The paper-style summary of the stored rows.
+fn summary_of(rows: &[ExperimentRow]) -> Vec<SummaryRow> {
+    let measurements: Vec<Measurement> = rows
+        .iter()
+        .map(|r| Measurement {
+            architecture: r.architecture.clone(),
+            dataset: r.dataset.clone(),
+            method: r.method.clone(),
+            ratio: r.ratio,
+            fine_tune_epochs: r.fine_tune_epochs,
+            param_reduction: r.param_reduction,
+            mac_reduction: r.mac_reduction,
+            accuracy_before: r.accuracy_before,
+            accuracy_pruned: r.accuracy_pruned,
+            accuracy_fine_tuned: r.accuracy_fine_tuned,
+        })
+        .collect();
+    summarise(&measurements)
 }
 
 async fn render(
@@ -195,6 +242,7 @@ async fn render(
             "parameters removed (%)",
             |r| r.param_reduction,
         ),
+        summary: summary_of(&rows),
         rows,
         methods: method_names(),
     })

@@ -59,10 +59,3 @@ pub fn resolve(config: &WebConfig, user: &User, raw: &str) -> Result<PathBuf, Ap
         Err(refused())
     }
 }
-
-/// Whether a typed source names a server path (absolute, or relative with a separator) rather
-/// than a built-in keyword such as `demo` or `synthetic:60`.
-pub fn names_a_path(text: &str) -> bool {
-    let text = text.trim();
-    text.starts_with('/') || text.starts_with('.') || text.starts_with('~') || text.contains('/')
-}

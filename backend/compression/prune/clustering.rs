@@ -40,6 +40,53 @@ pub fn ward_clusters(points: &[f32], n: usize, dim: usize, k: usize) -> Vec<usiz
         .collect()
 }
 
+/// Merge heights of a Ward dendrogram in increasing order (`n - 1` values, on the squared
+/// scale of [`ward_dendrogram`], a monotone transform of SciPy's heights, so comparisons
+/// and maxima agree).
+pub fn ward_heights(points: &[f32], n: usize, dim: usize) -> Vec<f64> {
+    let mut heights: Vec<f64> = ward_dendrogram(points, n, dim)
+        .into_iter()
+        .map(|m| m.2)
+        .collect();
+    heights.sort_by(f64::total_cmp);
+    heights
+}
+
+/// Cluster labels of `n` points after applying every Ward merge of height at most `height`
+/// (a dendrogram cut at that height; labels in order of first appearance).
+pub fn ward_cut_at_height(points: &[f32], n: usize, dim: usize, height: f64) -> Vec<usize> {
+    if n == 0 {
+        return Vec::new();
+    }
+    let mut merges = ward_dendrogram(points, n, dim);
+    merges.sort_by(|a, b| a.2.total_cmp(&b.2));
+    let applied = merges.iter().take_while(|m| m.2 <= height).count();
+    labels_after(n, &merges[..applied])
+}
+
+fn labels_after(n: usize, merges: &[(usize, usize, f64)]) -> Vec<usize> {
+    let mut parent: Vec<usize> = (0..n).collect();
+    for &(a, b, _) in merges {
+        let ra = find(&mut parent, a);
+        let rb = find(&mut parent, b);
+        if ra != rb {
+            parent[ra.max(rb)] = ra.min(rb);
+        }
+    }
+    let mut label_of_root = vec![usize::MAX; n];
+    let mut next = 0usize;
+    (0..n)
+        .map(|i| {
+            let r = find(&mut parent, i);
+            if label_of_root[r] == usize::MAX {
+                label_of_root[r] = next;
+                next += 1;
+            }
+            label_of_root[r]
+        })
+        .collect()
+}
+
 fn find(parent: &mut [usize], mut i: usize) -> usize {
     while parent[i] != i {
         parent[i] = parent[parent[i]];
@@ -163,6 +210,19 @@ mod tests {
         let pts = [0.0, 0.1, 0.2, 10.0, 10.1, 20.0, 20.2, 20.1];
         let labels = ward_clusters(&pts, 8, 1, 3);
         assert_eq!(labels, vec![0, 0, 0, 1, 1, 2, 2, 2]);
+    }
+
+    #[test]
+    fn cut_at_height_applies_the_merges_below_it() {
+        // Points 0, 1, 10 on a line: merges at squared Ward heights 1 (0 with 1) and
+        // 2 * (2 * 1 / 3) * 9.5^2 = 120.33 (the pair with 10).
+        let pts = [0.0, 1.0, 10.0];
+        let h = ward_heights(&pts, 3, 1);
+        assert!((h[0] - 1.0).abs() < 1e-9);
+        assert!((h[1] - 2.0 * (2.0 / 3.0) * 9.5 * 9.5).abs() < 1e-6);
+        assert_eq!(ward_cut_at_height(&pts, 3, 1, 0.5), vec![0, 1, 2]);
+        assert_eq!(ward_cut_at_height(&pts, 3, 1, 1.0), vec![0, 0, 1]);
+        assert_eq!(ward_cut_at_height(&pts, 3, 1, 1e9), vec![0, 0, 0]);
     }
 
     #[test]

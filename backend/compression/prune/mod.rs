@@ -8,8 +8,9 @@
 //! `producer [batch norm] (relu | pool | flatten)* consumer`; through a flatten, each
 //! channel owns `H*W` consecutive input features of the consumer.
 //!
-//! **Residual networks: only the inner convolution of each basic block is pruned**
-//! (`conv1`/`bn1` of the block, consumed by `conv2`). The block outputs, the stem and the
+//! **Residual networks: only the inner convolutions of each block are pruned**
+//! (`conv1`/`bn1` of a basic block, consumed by `conv2`; `conv1` and `conv2` of a
+//! bottleneck block, consumed by `conv2` and `conv3`). The block outputs, the stem and the
 //! shortcut paths keep their widths, so every residual addition still adds tensors of the
 //! same shape; this is the usual choice of the pruning papers for ResNets.
 //! The last linear layer (the classifier) is never pruned.
@@ -24,12 +25,14 @@
 //!   for every other architecture.
 //! - `PerSite` / `KeepCounts`: explicit ratios or absolute widths, one entry per site in
 //!   [`prune_sites`] order.
+//! - `GammaQuantile`: REPrune's global quantile of the batch-norm scale factors.
 //!
 //! Baselines and methods share the same resolved per-site widths, so a comparison at one
 //! ratio compares networks of identical size.
 //!
 //! # Methods
-//! [`l1`] (keep the largest-L1 filters), [`random`] (seeded), [`neuron_merging`]
+//! [`l1`] (keep the largest-L1 filters; also the L2 and geometric-median baselines of the
+//! Neuron Merging code), [`random`] (seeded), [`neuron_merging`]
 //! (data-free compensation), [`reprune_filter`] (filter clustering, one representative per
 //! cluster) and [`reprune_kernel`] (per-channel kernel clustering + maximum cluster
 //! coverage). Each module documents the variant it implements.
@@ -49,7 +52,7 @@ use serde::{Deserialize, Serialize};
 use super::model::{Layer, Network};
 use super::{CompressionError, Result};
 
-pub use neuron_merging::NeuronMergingOptions;
+pub use neuron_merging::{MergeVariant, NeuronMergingOptions};
 pub use reprune_filter::{Election, RepruneFilterOptions};
 pub use reprune_kernel::RepruneKernelOptions;
 
@@ -62,6 +65,24 @@ pub enum SelectionCriterion {
     L1Norm,
     /// Euclidean norm of the filter.
     L2Norm,
+    /// Distance to the layer's geometric median (He et al., FPGM, 2019), approximated as in
+    /// the Neuron Merging code by the sum of Euclidean distances to all filters of the
+    /// layer: the filters closest to the median (smallest sum) are removed first.
+    GeometricMedian,
+}
+
+impl FromStr for SelectionCriterion {
+    type Err = CompressionError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().replace('_', "-").as_str() {
+            "l1" | "l1-norm" => Ok(SelectionCriterion::L1Norm),
+            "l2" | "l2-norm" => Ok(SelectionCriterion::L2Norm),
+            "gm" | "geometric-median" | "l2-gm" | "fpgm" => Ok(SelectionCriterion::GeometricMedian),
+            other => Err(CompressionError::Config(format!(
+                "unknown criterion '{other}' (expected l1, l2 or geometric-median)"
+            ))),
+        }
+    }
 }
 
 /// A pruning method and its hyper-parameters.
@@ -70,6 +91,10 @@ pub enum SelectionCriterion {
 pub enum PruneMethod {
     /// Keep the filters with the largest L1 norm ("smaller norm, less important").
     L1,
+    /// Keep the filters with the largest L2 norm.
+    L2,
+    /// Remove the filters closest to the layer's geometric median first (FPGM).
+    GeometricMedian,
     /// Keep a uniformly random subset of filters.
     Random { seed: u64 },
     /// Neuron Merging (Kim et al., NeurIPS 2020).
@@ -81,24 +106,47 @@ pub enum PruneMethod {
 }
 
 impl PruneMethod {
-    /// Stable short name (`l1`, `random`, `neuron-merging`, `reprune-filter`,
-    /// `reprune-kernel`), accepted back by [`PruneMethod::from_str`].
+    /// Stable short name (`l1`, `l2`, `geometric-median`, `random`, `neuron-merging` (the
+    /// official variant), `neuron-merging-exact`, `reprune-filter`, `reprune-kernel`),
+    /// accepted back by [`PruneMethod::from_str`] (which gives the default options).
     pub fn name(&self) -> &'static str {
         match self {
             PruneMethod::L1 => "l1",
+            PruneMethod::L2 => "l2",
+            PruneMethod::GeometricMedian => "geometric-median",
             PruneMethod::Random { .. } => "random",
-            PruneMethod::NeuronMerging(_) => "neuron-merging",
+            PruneMethod::NeuronMerging(o) => match o.variant {
+                MergeVariant::Official => "neuron-merging",
+                MergeVariant::Exact => "neuron-merging-exact",
+            },
             PruneMethod::RepruneFilter(_) => "reprune-filter",
             PruneMethod::RepruneKernel(_) => "reprune-kernel",
         }
+    }
+
+    /// The method with per-network defaults filled in (Neuron Merging's `t` and `lambda`
+    /// from the authors' settings for this architecture), as recorded with results.
+    pub fn resolved_for(&self, network: &Network) -> Result<PruneMethod> {
+        Ok(match self {
+            PruneMethod::NeuronMerging(o) => PruneMethod::NeuronMerging(
+                o.resolved_for(&network.architecture, network.num_classes()?),
+            ),
+            other => other.clone(),
+        })
     }
 
     /// Every method with default options (random with seed 0).
     pub fn all_defaults() -> Vec<PruneMethod> {
         vec![
             PruneMethod::L1,
+            PruneMethod::L2,
+            PruneMethod::GeometricMedian,
             PruneMethod::Random { seed: 0 },
             PruneMethod::NeuronMerging(NeuronMergingOptions::default()),
+            PruneMethod::NeuronMerging(NeuronMergingOptions {
+                variant: MergeVariant::Exact,
+                ..Default::default()
+            }),
             PruneMethod::RepruneFilter(RepruneFilterOptions::default()),
             PruneMethod::RepruneKernel(RepruneKernelOptions::default()),
         ]
@@ -113,8 +161,18 @@ impl FromStr for PruneMethod {
         let key = s.trim().to_ascii_lowercase().replace('_', "-");
         match key.as_str() {
             "l1" | "l1-norm" => Ok(PruneMethod::L1),
+            "l2" | "l2-norm" => Ok(PruneMethod::L2),
+            "geometric-median" | "gm" | "fpgm" | "l2-gm" => Ok(PruneMethod::GeometricMedian),
             "random" => Ok(PruneMethod::Random { seed: 0 }),
-            "neuron-merging" | "nm" => Ok(PruneMethod::NeuronMerging(Default::default())),
+            "neuron-merging" | "nm" | "neuron-merging-official" => {
+                Ok(PruneMethod::NeuronMerging(Default::default()))
+            }
+            "neuron-merging-exact" | "nm-exact" => {
+                Ok(PruneMethod::NeuronMerging(NeuronMergingOptions {
+                    variant: MergeVariant::Exact,
+                    ..Default::default()
+                }))
+            }
             "reprune-filter" | "reprune-v1" => Ok(PruneMethod::RepruneFilter(Default::default())),
             "reprune-kernel" | "reprune" => Ok(PruneMethod::RepruneKernel(Default::default())),
             _ => Err(CompressionError::UnknownMethod(s.to_string())),
@@ -133,6 +191,12 @@ pub enum LayerRatios {
     PerSite(Vec<f64>),
     /// One absolute kept width (1..=width) per site; the global ratio is ignored.
     KeepCounts(Vec<usize>),
+    /// REPrune's allocation: rank the batch-norm scale factors `|gamma|` of every channel of
+    /// every prunable site that has a batch norm; the `floor(r * N)` smallest (a global
+    /// quantile) are counted as removed from their own site, which sets each site's
+    /// sparsity (at least one channel kept). Sites without batch norm use `floor(n * (1 -
+    /// r))`. Recomputed from the current weights whenever a network is pruned.
+    GammaQuantile,
 }
 
 /// Options of a pruning run.
@@ -164,8 +228,13 @@ pub enum SiteLocation {
         batch_norm: Option<usize>,
         consumer: usize,
     },
-    /// The inner convolution of the basic block at this index of `layers`.
-    Block { layer: usize },
+    /// An inner convolution of the residual block at index `layer` of `layers`: `inner` 0
+    /// is `conv1` (consumed by `conv2`), 1 is a bottleneck's `conv2` (consumed by `conv3`).
+    Block {
+        layer: usize,
+        #[serde(default)]
+        inner: usize,
+    },
 }
 
 /// A prunable group of channels.
@@ -227,23 +296,45 @@ pub fn prune_sites(network: &Network) -> Vec<PruneSite> {
                     },
                 });
             }
-            Layer::BasicBlock(b) => sites.push(PruneSite {
-                producer: b.conv1.name.clone(),
-                consumer: b.conv2.name.clone(),
-                width: b.conv1.out_channels(),
-                is_conv: true,
-                location: SiteLocation::Block { layer: i },
-            }),
+            Layer::BasicBlock(b) => {
+                sites.push(PruneSite {
+                    producer: b.conv1.name.clone(),
+                    consumer: b.conv2.name.clone(),
+                    width: b.conv1.out_channels(),
+                    is_conv: true,
+                    location: SiteLocation::Block { layer: i, inner: 0 },
+                });
+                if let Some(conv3) = &b.conv3 {
+                    sites.push(PruneSite {
+                        producer: b.conv2.name.clone(),
+                        consumer: conv3.name.clone(),
+                        width: b.conv2.out_channels(),
+                        is_conv: true,
+                        location: SiteLocation::Block { layer: i, inner: 1 },
+                    });
+                }
+            }
             _ => {}
         }
     }
     sites
 }
 
-/// Kept width of an `n`-channel site at `ratio`: `n - floor(ratio * n)`, at least 1.
+/// Layer ratios the paper of `method` uses: REPrune (kernel) allocates by the global
+/// gamma quantile; every other method is uniform here (Neuron Merging's VGG-16 scheme is
+/// `PaperDefault`, chosen explicitly).
+pub fn paper_layer_ratios(method: &PruneMethod) -> LayerRatios {
+    match method {
+        PruneMethod::RepruneKernel(_) => LayerRatios::GammaQuantile,
+        _ => LayerRatios::Uniform,
+    }
+}
+
+/// Kept width of an `n`-channel site at `ratio`: `floor(n * (1 - ratio))` (the rule of the
+/// Neuron Merging code), at least 1. A tolerance of 1e-9 absorbs binary rounding, so
+/// `floor(10 * (1 - 0.7))` is 3.
 pub fn kept_width(n: usize, ratio: f64) -> usize {
-    let pruned = (ratio * n as f64 + 1e-9).floor() as usize;
-    n.saturating_sub(pruned).max(1)
+    ((n as f64 * (1.0 - ratio) + 1e-9).floor() as usize).clamp(1, n.max(1))
 }
 
 fn check_ratio(ratio: f64) -> Result<()> {
@@ -299,6 +390,35 @@ pub fn resolve_keep_counts(network: &Network, options: &PruneOptions) -> Result<
                 })
                 .collect())
         }
+        LayerRatios::GammaQuantile => {
+            check_ratio(options.ratio)?;
+            let mut gammas: Vec<(f32, usize)> = Vec::new();
+            let mut has_bn = vec![false; sites.len()];
+            for (i, site) in sites.iter().enumerate() {
+                if let Some((gamma, ..)) = site_weights(network, site)?.batch_norm_raw {
+                    has_bn[i] = true;
+                    gammas.extend(gamma.iter().map(|g| (g.abs(), i)));
+                }
+            }
+            // Stable sort: equal |gamma| keep traversal order.
+            gammas.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let removed_total = (options.ratio * gammas.len() as f64 + 1e-9).floor() as usize;
+            let mut removed = vec![0usize; sites.len()];
+            for &(_, site) in gammas.iter().take(removed_total) {
+                removed[site] += 1;
+            }
+            Ok(sites
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    if has_bn[i] {
+                        s.width.saturating_sub(removed[i]).max(1)
+                    } else {
+                        kept_width(s.width, options.ratio)
+                    }
+                })
+                .collect())
+        }
         LayerRatios::PerSite(ratios) => {
             check_len(ratios.len())?;
             ratios
@@ -340,6 +460,8 @@ pub struct SiteWeights {
     pub bias: Option<Vec<f32>>,
     /// Inference-time batch-norm affine map `(scale, shift)` after the producer, if any.
     pub batch_norm: Option<(Vec<f32>, Vec<f32>)>,
+    /// The same batch norm as stored: `(gamma, beta, running mean, running variance)`.
+    pub batch_norm_raw: Option<RawBatchNorm>,
     /// `(in_channels, kernel_area)` such that `d = in_channels * kernel_area` (linear layers:
     /// `(in, 1)`).
     pub kernel_layout: (usize, usize),
@@ -350,6 +472,18 @@ impl SiteWeights {
     pub fn filter(&self, i: usize) -> &[f32] {
         &self.filters[i * self.dim..(i + 1) * self.dim]
     }
+}
+
+/// Batch-norm parameters as stored: `(gamma, beta, running mean, running variance)`.
+pub type RawBatchNorm = (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>);
+
+fn raw_bn(bn: &super::model::BatchNorm) -> Result<RawBatchNorm> {
+    Ok((
+        bn.weight.to_vec1::<f32>()?,
+        bn.bias.to_vec1::<f32>()?,
+        bn.running_mean.to_vec1::<f32>()?,
+        bn.running_var.to_vec1::<f32>()?,
+    ))
 }
 
 /// What a method decided for one site.
@@ -376,6 +510,13 @@ impl Selection {
 
 /// Prunes `network` with `options`; the result has the same input and output shapes.
 pub fn prune(network: &Network, options: &PruneOptions) -> Result<Network> {
+    let selections = select_all(network, options)?;
+    apply_all(network, &selections)
+}
+
+/// What `options` decide for every site of `network` (in [`prune_sites`] order), computed
+/// on the original weights.
+pub fn select_all(network: &Network, options: &PruneOptions) -> Result<Vec<Selection>> {
     network.validate()?;
     let keep_counts = resolve_keep_counts(network, options)?;
     let sites = prune_sites(network);
@@ -383,14 +524,19 @@ pub fn prune(network: &Network, options: &PruneOptions) -> Result<Network> {
         PruneMethod::Random { seed } => Some(random::site_rng(seed)),
         _ => None,
     };
+    let method = options.method.resolved_for(network)?;
     let mut selections = Vec::with_capacity(sites.len());
     for (site, &keep) in sites.iter().zip(&keep_counts) {
         let weights = site_weights(network, site)?;
         let selection = if keep >= site.width {
             Selection::keep_only((0..site.width).collect())
         } else {
-            match &options.method {
-                PruneMethod::L1 => l1::select(&weights, keep),
+            match &method {
+                PruneMethod::L1 => l1::select(&weights, keep, SelectionCriterion::L1Norm),
+                PruneMethod::L2 => l1::select(&weights, keep, SelectionCriterion::L2Norm),
+                PruneMethod::GeometricMedian => {
+                    l1::select(&weights, keep, SelectionCriterion::GeometricMedian)
+                }
                 PruneMethod::Random { .. } => match rng_state.as_mut() {
                     Some(rng) => random::select(&weights, keep, rng),
                     None => unreachable_rng()?,
@@ -403,14 +549,140 @@ pub fn prune(network: &Network, options: &PruneOptions) -> Result<Network> {
         check_selection(&selection, site, keep)?;
         selections.push(selection);
     }
-    // Selections were all computed on the original weights; applying them changes tensors
-    // only, never the layer list, so site locations stay valid.
+    Ok(selections)
+}
+
+/// Applies one selection per site (from [`select_all`] on this network).
+pub fn apply_all(network: &Network, selections: &[Selection]) -> Result<Network> {
+    let sites = prune_sites(network);
+    if sites.len() != selections.len() {
+        return Err(CompressionError::Shape(format!(
+            "{} selections for {} sites",
+            selections.len(),
+            sites.len()
+        )));
+    }
+    // Applying selections changes tensors only, never the layer list, so site locations
+    // stay valid.
     let mut pruned = network.clone();
-    for (site, selection) in sites.iter().zip(&selections) {
+    for (site, selection) in sites.iter().zip(selections) {
         apply_selection(&mut pruned, site, selection)?;
     }
     pruned.validate()?;
     Ok(pruned)
+}
+
+/// Kept indices per tensor dimension: `(output rows, input columns)` of a parametric layer.
+type KeptIndices = (Option<Vec<usize>>, Option<Vec<usize>>);
+
+/// Writes the tensors of `pruned` (= `apply_all(full, selections)`, possibly trained
+/// since) back into the kept positions of `full`; removed channels keep `full`'s values.
+/// This is how a progressive schedule lets a removed channel come back ("regrow") with the
+/// weights it last had. Selections with merges are refused: merged consumer weights have no
+/// place in the full network.
+pub fn scatter_into(full: &Network, pruned: &Network, selections: &[Selection]) -> Result<Network> {
+    let sites = prune_sites(full);
+    if sites.len() != selections.len() || selections.iter().any(|s| !s.merges.is_empty()) {
+        return Err(CompressionError::Config(
+            "scatter needs one plain selection (no merges) per site".into(),
+        ));
+    }
+    let mut kept: std::collections::HashMap<String, KeptIndices> = Default::default();
+    for (site, sel) in sites.iter().zip(selections) {
+        let (bn_name, consumer_group) = match site.location {
+            SiteLocation::Sequential {
+                batch_norm,
+                consumer,
+                ..
+            } => {
+                let bn = batch_norm.and_then(|i| match &full.layers[i] {
+                    Layer::BatchNorm(b) => Some(b.name.clone()),
+                    _ => None,
+                });
+                let group = match &full.layers[consumer] {
+                    Layer::Linear(l) => l.in_features() / site.width.max(1),
+                    _ => 1,
+                };
+                (bn, group)
+            }
+            SiteLocation::Block { layer, inner } => match &full.layers[layer] {
+                Layer::BasicBlock(b) => (
+                    Some(if inner == 0 {
+                        b.bn1.name.clone()
+                    } else {
+                        b.bn2.name.clone()
+                    }),
+                    1,
+                ),
+                _ => (None, 1),
+            },
+        };
+        kept.entry(site.producer.clone()).or_default().0 = Some(sel.keep.clone());
+        if let Some(bn) = bn_name {
+            kept.entry(bn).or_default().0 = Some(sel.keep.clone());
+        }
+        let columns: Vec<usize> = sel
+            .keep
+            .iter()
+            .flat_map(|&k| k * consumer_group..(k + 1) * consumer_group)
+            .collect();
+        kept.entry(site.consumer.clone()).or_default().1 = Some(columns);
+    }
+    let small: std::collections::HashMap<String, Tensor> =
+        pruned.named_tensors().into_iter().collect();
+    let mut merged = std::collections::HashMap::new();
+    for (name, big) in full.named_tensors() {
+        let Some(part) = small.get(&name) else {
+            return Err(CompressionError::Shape(format!(
+                "{name} missing in the pruned network"
+            )));
+        };
+        let layer = name.rsplit_once('.').map_or(name.as_str(), |(l, _)| l);
+        let t = match kept.get(layer) {
+            None => part.clone(),
+            Some((rows, cols)) => scatter_tensor(&big, part, rows.as_deref(), cols.as_deref())?,
+        };
+        merged.insert(name, t);
+    }
+    super::model::Network::from_topology(&full.topology(), &merged)
+}
+
+fn scatter_tensor(
+    big: &Tensor,
+    part: &Tensor,
+    rows: Option<&[usize]>,
+    cols: Option<&[usize]>,
+) -> Result<Tensor> {
+    let dims = big.dims().to_vec();
+    let pdims = part.dims().to_vec();
+    let d0 = dims[0];
+    let d1 = if dims.len() > 1 { dims[1] } else { 1 };
+    let rest: usize = dims.iter().skip(2).product();
+    let p0 = pdims[0];
+    let p1 = if pdims.len() > 1 { pdims[1] } else { 1 };
+    let all0: Vec<usize> = (0..d0).collect();
+    let all1: Vec<usize> = (0..d1).collect();
+    let rows = rows.unwrap_or(&all0);
+    let cols = if dims.len() > 1 {
+        cols.unwrap_or(&all1)
+    } else {
+        &all1[..1]
+    };
+    if rows.len() != p0 || cols.len() != p1 || pdims.iter().skip(2).product::<usize>() != rest {
+        return Err(CompressionError::Shape(format!(
+            "cannot place {pdims:?} into {dims:?}"
+        )));
+    }
+    let mut values = big.flatten_all()?.to_vec1::<f32>()?;
+    let small = part.flatten_all()?.to_vec1::<f32>()?;
+    for (i, &r) in rows.iter().enumerate() {
+        for (j, &c) in cols.iter().enumerate() {
+            let dst = (r * d1 + c) * rest;
+            let src = (i * p1 + j) * rest;
+            values[dst..dst + rest].copy_from_slice(&small[src..src + rest]);
+        }
+    }
+    Ok(Tensor::from_vec(values, dims.as_slice(), &Device::Cpu)?)
 }
 
 fn unreachable_rng() -> Result<Selection> {
@@ -457,17 +729,16 @@ pub fn site_weights(network: &Network, site: &PruneSite) -> Result<SiteWeights> 
                 }
             };
             let bn = match batch_norm.map(|i| &network.layers[i]) {
-                Some(Layer::BatchNorm(bn)) => Some(bn.folded_scale_shift()?),
+                Some(Layer::BatchNorm(bn)) => Some(bn),
                 _ => None,
             };
             (w, b, bn)
         }
-        SiteLocation::Block { layer } => match &network.layers[layer] {
-            Layer::BasicBlock(b) => (
-                &b.conv1.weight,
-                &b.conv1.bias,
-                Some(b.bn1.folded_scale_shift()?),
-            ),
+        SiteLocation::Block { layer, inner } => match &network.layers[layer] {
+            Layer::BasicBlock(b) if inner == 0 => (&b.conv1.weight, &b.conv1.bias, Some(&b.bn1)),
+            Layer::BasicBlock(b) if inner == 1 && b.conv3.is_some() => {
+                (&b.conv2.weight, &b.conv2.bias, Some(&b.bn2))
+            }
             other => {
                 return Err(CompressionError::Shape(format!(
                     "site {} points at a {} layer",
@@ -494,7 +765,14 @@ pub fn site_weights(network: &Network, site: &PruneSite) -> Result<SiteWeights> 
             Some(b) => Some(b.to_vec1::<f32>()?),
             None => None,
         },
-        batch_norm: bn,
+        batch_norm: match bn {
+            Some(bn) => Some(bn.folded_scale_shift()?),
+            None => None,
+        },
+        batch_norm_raw: match bn {
+            Some(bn) => Some(raw_bn(bn)?),
+            None => None,
+        },
         kernel_layout,
     })
 }
@@ -597,14 +875,25 @@ fn apply_selection(network: &mut Network, site: &PruneSite, selection: &Selectio
                 _ => {}
             }
         }
-        SiteLocation::Block { layer } => {
+        SiteLocation::Block { layer, inner } => {
             if let Layer::BasicBlock(b) = &mut network.layers[layer] {
-                b.conv1.weight = select_rows(&b.conv1.weight, &keep)?;
-                if let Some(bias) = b.conv1.bias.as_mut() {
+                let b = &mut **b;
+                let (producer, bn, consumer) = match (inner, b.conv3.as_mut()) {
+                    (0, _) => (&mut b.conv1, &mut b.bn1, &mut b.conv2),
+                    (_, Some(conv3)) => (&mut b.conv2, &mut b.bn2, conv3),
+                    _ => {
+                        return Err(CompressionError::Shape(format!(
+                            "site {} points at a missing convolution",
+                            site.producer
+                        )));
+                    }
+                };
+                producer.weight = select_rows(&producer.weight, &keep)?;
+                if let Some(bias) = producer.bias.as_mut() {
                     *bias = select_rows(bias, &keep)?;
                 }
-                select_bn(&mut b.bn1, &keep)?;
-                b.conv2.weight = merge_consumer_weight(&b.conv2.weight, site.width, selection)?;
+                select_bn(bn, &keep)?;
+                consumer.weight = merge_consumer_weight(&consumer.weight, site.width, selection)?;
             }
         }
     }
@@ -619,14 +908,30 @@ fn select_bn(bn: &mut super::model::BatchNorm, keep: &Tensor) -> Result<()> {
     Ok(())
 }
 
-/// Norms of every filter of a site under `criterion`.
+/// Importance of every filter of a site under `criterion` (larger = kept first): the L1 or
+/// L2 norm, or for the geometric median the sum of Euclidean distances to all filters.
+pub(crate) fn filter_scores(weights: &SiteWeights, criterion: SelectionCriterion) -> Vec<f32> {
+    match criterion {
+        SelectionCriterion::GeometricMedian => (0..weights.width)
+            .map(|i| {
+                let fi = weights.filter(i);
+                (0..weights.width)
+                    .map(|j| clustering::squared_distance(fi, weights.filter(j)).sqrt())
+                    .sum::<f64>() as f32
+            })
+            .collect(),
+        _ => filter_norms(weights, criterion),
+    }
+}
+
+/// Norms of every filter of a site (L1 for `L1Norm`, L2 otherwise).
 pub(crate) fn filter_norms(weights: &SiteWeights, criterion: SelectionCriterion) -> Vec<f32> {
     (0..weights.width)
         .map(|i| {
             let f = weights.filter(i);
             match criterion {
                 SelectionCriterion::L1Norm => f.iter().map(|v| v.abs()).sum(),
-                SelectionCriterion::L2Norm => f.iter().map(|v| v * v).sum::<f32>().sqrt(),
+                _ => f.iter().map(|v| v * v).sum::<f32>().sqrt(),
             }
         })
         .collect()
@@ -647,11 +952,15 @@ mod tests {
 
     #[test]
     fn kept_width_rule() {
+        // Hand computed: floor(n * (1 - r)).
         assert_eq!(kept_width(64, 0.5), 32);
         assert_eq!(kept_width(10, 0.3), 7);
         assert_eq!(kept_width(10, 0.7), 3);
         assert_eq!(kept_width(3, 0.99), 1);
         assert_eq!(kept_width(16, 0.0), 16);
+        assert_eq!(kept_width(16, 0.7), 4); // 4.8
+        assert_eq!(kept_width(8, 0.3), 5); // 5.6
+        assert_eq!(kept_width(10, 0.25), 7); // 7.5
     }
 
     #[test]
@@ -706,5 +1015,49 @@ mod tests {
             .params as f64;
         let reduction = 1.0 - after / before;
         assert!((0.63..0.65).contains(&reduction), "{reduction}");
+    }
+
+    #[test]
+    fn gamma_quantile_allocation_by_hand() {
+        use crate::compression::model::{VggConfig, VggItem};
+        // Two conv sites of 4 and 8 channels (both with batch norm) and a linear
+        // classifier. Gammas: site 0: 0.1 0.9 0.2 0.8; site 1: 0.5 0.05 0.6 0.7 0.3 1.0 1.1
+        // 0.4. Ratio 0.5 removes the 6 smallest of 12: 0.05 0.1 0.2 0.3 0.4 0.5, i.e. 2 of
+        // site 0 and 4 of site 1: kept widths 2 and 4.
+        let config = VggConfig {
+            items: vec![
+                VggItem::Conv(4),
+                VggItem::MaxPool,
+                VggItem::Conv(8),
+                VggItem::MaxPool,
+            ],
+            batch_norm: true,
+            classifier_hidden: vec![],
+            global_pool: false,
+            conv_bias: false,
+            classifier_batch_norm: false,
+        };
+        let mut net = Network::vgg_cifar(&config, 1.0, 10, 0).unwrap();
+        let gammas = [
+            vec![0.1f32, 0.9, 0.2, 0.8],
+            vec![0.5, 0.05, 0.6, 0.7, 0.3, 1.0, 1.1, 0.4],
+        ];
+        let mut which = 0;
+        for layer in &mut net.layers {
+            if let Layer::BatchNorm(bn) = layer {
+                let g = gammas[which].clone();
+                let n = g.len();
+                bn.weight = Tensor::from_vec(g, n, &Device::Cpu).unwrap();
+                which += 1;
+            }
+        }
+        let mut options = PruneOptions::new(PruneMethod::L1, 0.5);
+        options.layer_ratios = LayerRatios::GammaQuantile;
+        assert_eq!(resolve_keep_counts(&net, &options).unwrap(), vec![2, 4]);
+        // Ratio 0.25 removes floor(3) = 3: 0.05, 0.1, 0.2 -> kept 2 and 7.
+        options.ratio = 0.25;
+        assert_eq!(resolve_keep_counts(&net, &options).unwrap(), vec![2, 7]);
+        let pruned = prune(&net, &options).unwrap();
+        assert_eq!(pruned.layer_widths()[1].1, 7);
     }
 }

@@ -5,6 +5,9 @@
 //! kept.
 //!
 //! # Variant implemented
+//! As read in the paper (its public description): cluster the filters of a layer and keep
+//! one representative per cluster, so that several large, similar filters are not all kept;
+//! uniform per-layer ratios. The platform's choices, where the description is silent:
 //! - **Features**: each filter flattened to a vector (`in * kh * kw` raw weights; not
 //!   batch-norm folded, like the norm-based baselines).
 //! - **Clustering**: agglomerative, Ward linkage on Euclidean distance (see
@@ -13,10 +16,8 @@
 //!   within-cluster variance, which suits "one representative per cluster".
 //! - **Election** (one filter per cluster): by default the member closest (Euclidean) to the
 //!   cluster centroid — the filter that best represents its cluster; ties go to the larger
-//!   L2 norm, then to the lower index. Because a group of similar large filters forms one
-//!   cluster, only one of them is elected: this is how the method avoids keeping adjacent
-//!   large filters. `Election::LargestNorm` elects the largest member instead (a
-//!   norm-flavoured variant kept for comparison).
+//!   L2 norm, then to the lower index. `Election::LargestNorm` elects the largest member
+//!   instead (a norm-flavoured variant kept for comparison).
 //! - Singleton clusters elect their only filter, so outliers are always kept.
 
 use serde::{Deserialize, Serialize};
