@@ -182,8 +182,6 @@ impl DataSource {
     }
 }
 
-/// Most images per class a synthetic source may generate.
-pub const MAX_SYNTHETIC_PER_CLASS: usize = 5_000;
 /// Most epochs a demo model may train.
 pub const MAX_DEMO_EPOCHS: usize = 200;
 
