@@ -115,7 +115,9 @@ fn checkpoint(
     }
     let resolved = server_paths::resolve(&state.config, user, &path.to_string_lossy())?;
     if !resolved.is_file() {
-        return Err(AppError::Invalid("the checkpoint path is not a file".into()));
+        return Err(AppError::Invalid(
+            "the checkpoint path is not a file".into(),
+        ));
     }
     Ok(resolved)
 }
