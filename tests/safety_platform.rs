@@ -573,6 +573,11 @@ async fn pairs_are_generated_with_drawn_images() {
             serde_json::json!({"sources": ["generated:flowchart+blueprint"]}),
             Some(6),
         ),
+        // Source names compare case-insensitively.
+        (
+            serde_json::json!({"sources": ["GENERATED:Flowchart+Blueprint"]}),
+            Some(6),
+        ),
         (serde_json::json!({"sources": ["FigStep"]}), None),
         (serde_json::json!({"pair_types": ["unsafe_safe"]}), None),
     ] {

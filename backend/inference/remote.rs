@@ -258,6 +258,10 @@ impl RemoteModel {
                 msg.push_str(&s.to_string());
                 src = s.source();
             }
+            if msg.contains("outbound policy") {
+                // Refused by this server's own policy: asking again cannot help.
+                return InferenceError::InvalidSpec(msg);
+            }
             InferenceError::Connect {
                 url: self.url.clone(),
                 message: msg,

@@ -36,7 +36,8 @@ pub struct RunRequest {
     /// Only these category codes.
     #[serde(default)]
     pub categories: Vec<String>,
-    /// Only items from these source datasets (e.g. `FigStep`).
+    /// Only items from these source datasets (e.g. `FigStep`; compared case-insensitively, as
+    /// releases spell them differently: `FigStep`, `Figstep`).
     #[serde(default)]
     pub sources: Vec<String>,
     /// Only items of these image/text combinations (`safe-unsafe`, ...).
@@ -288,7 +289,7 @@ pub async fn create_run(
     let any_of = |values: &Vec<String>| (!values.is_empty()).then(|| values.clone());
     let item_ids: Vec<i64> = sqlx::query_scalar(
         "SELECT id FROM items WHERE benchmark_id = $1 AND ($2::text[] IS NULL OR category_code = ANY($2))
-           AND ($5::text[] IS NULL OR source_dataset = ANY($5)) AND ($6::text[] IS NULL OR pair_type = ANY($6))
+           AND ($5::text[] IS NULL OR lower(source_dataset) = ANY(SELECT lower(s) FROM unnest($5::text[]) AS s)) AND ($6::text[] IS NULL OR pair_type = ANY($6))
          ORDER BY CASE WHEN $3::bigint IS NULL THEN lpad(position::text, 10, '0') ELSE md5($4 || ':' || id) END
          LIMIT $3",
     )
