@@ -158,6 +158,17 @@ pub fn set_outbound_policy(policy: OutboundPolicy) {
     *slot().write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(policy));
 }
 
+/// Set this process's outbound policy unless one was set already (test support that must not
+/// widen a policy a test set on purpose). Returns whether it was set.
+pub fn set_outbound_policy_if_unset(policy: OutboundPolicy) -> bool {
+    let mut slot = slot().write().unwrap_or_else(|e| e.into_inner());
+    if slot.is_some() {
+        return false;
+    }
+    *slot = Some(Arc::new(policy));
+    true
+}
+
 /// This process's outbound policy: the one set, else `ELITE_OUTBOUND_ALLOW`, else public
 /// addresses only. An unreadable environment value allows nothing special.
 pub fn outbound_policy() -> Arc<OutboundPolicy> {

@@ -132,9 +132,10 @@ where
 }
 
 /// Let models of this process reach loopback servers (the tests' fake model servers), as a
-/// lab running vLLM on the same machine would configure it.
+/// lab running vLLM on the same machine would configure it. A policy a test set on purpose
+/// (the security tests allow only 127.0.0.2) is left alone, also when tests share a process.
 pub fn allow_loopback_models() {
-    elite::inference::net::set_outbound_policy(
+    elite::inference::net::set_outbound_policy_if_unset(
         elite::inference::net::OutboundPolicy::parse("127.0.0.0/8").expect("valid policy"),
     );
 }

@@ -31,8 +31,10 @@
 //!   cosine is below `t`.
 //!
 //! These points, the criteria (L1, L2, geometric median as the sum of distances) and
-//! `t = 0` disabling the test were checked against the authors' public `decompose.py`
-//! (read, not copied: that repository has no licence).
+//! `t = 0` disabling the test were read off the authors' public `decompose.py` (not copied:
+//! that repository has no licence). No fixture produced by their code backs this yet (it
+//! would need PyTorch and a user's copy of their repository); the tests check the formulas
+//! against hand computations.
 //!
 //! The official scale is exact only when gamma and variance agree across the pair; it is
 //! kept because it is what reproduces the published tables. *Platform's choices*: when all
