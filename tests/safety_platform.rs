@@ -612,6 +612,58 @@ async fn pairs_are_generated_with_drawn_images() {
         }
     }
 
+    // A run records the refusal-keyword list it uses; unknown lists and both forms at once
+    // are refused.
+    for (extra, status) in [
+        (
+            serde_json::json!({"keyword_list": "gcg"}),
+            StatusCode::ACCEPTED,
+        ),
+        (
+            serde_json::json!({"keywords": ["Nope"]}),
+            StatusCode::ACCEPTED,
+        ),
+        (
+            serde_json::json!({"keyword_list": "vlguard"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            serde_json::json!({"keyword_list": "gcg", "keywords": ["x"]}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+    ] {
+        let mut body = serde_json::json!({"model": "m", "benchmark_id": id});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let response = app
+            .send(api(
+                "POST",
+                "/api/v1/runs",
+                Some(&token),
+                Some(&body.to_string()),
+            ))
+            .await;
+        assert_eq!(response.status(), status, "{body}");
+        if status == StatusCode::ACCEPTED {
+            let run = body_json(response).await["run_id"].as_i64().unwrap();
+            let stored: serde_json::Value =
+                sqlx::query_scalar("SELECT settings -> 'keywords' FROM runs WHERE id = $1")
+                    .bind(run)
+                    .fetch_one(&app.pool)
+                    .await
+                    .unwrap();
+            match extra.get("keyword_list") {
+                Some(_) => {
+                    assert_eq!(stored["id"], "gcg");
+                    assert_eq!(stored["case_sensitive"], true);
+                    assert_eq!(stored["phrases"].as_array().unwrap().len(), 29);
+                }
+                None => assert_eq!(stored["phrases"], serde_json::json!(["Nope"])),
+            }
+        }
+    }
+
     let bad = serde_json::json!({"name": "x", "seeds": [{"category": "S2", "instruction": " "}]})
         .to_string();
     let items = app.count("items").await;
