@@ -185,8 +185,14 @@ impl LocalCluster {
         set_mode(&self.socket_dir(), 0o700)?;
         if running_as_root() {
             // PostgreSQL refuses to run as root: hand its directories to the postgres user.
-            let status = Command::new("chown")
-                .arg("-R")
+            // Recursively only before initdb: once the cluster exists its files are the
+            // server's own, and a recursive chown would race with the temporary files a
+            // running server creates and removes (another process's tests, say).
+            let mut chown = Command::new("chown");
+            if !self.pgdata().join("PG_VERSION").exists() {
+                chown.arg("-R");
+            }
+            let status = chown
                 .arg("postgres:postgres")
                 .arg(self.pgdata())
                 .arg(self.socket_dir())
