@@ -24,6 +24,7 @@ use candle_transformers::models::clip::vision_model::{ClipVisionConfig, ClipVisi
 use candle_transformers::models::llama::{self, Cache, Llama};
 use serde::Deserialize;
 
+use super::chat_template::{ChatTemplate, ContentStyle};
 use super::preprocess::{self, CLIP_MEAN, CLIP_STD};
 use super::{Common, Family, Prepared};
 use crate::inference::{ChatRequest, ContentPart, InferenceError, Role};
@@ -185,6 +186,19 @@ pub struct Input {
     positions: usize,
 }
 
+impl Input {
+    /// Token ids of the prompt, image tokens expanded (what transformers'
+    /// processor returns as `input_ids`).
+    pub fn ids(&self) -> &[u32] {
+        &self.ids
+    }
+
+    /// Pixel values per image, `(crops, 3, S, S)`.
+    pub fn pixel_values(&self) -> Vec<&Tensor> {
+        self.images.iter().map(|i| &i.pixels).collect()
+    }
+}
+
 /// A loaded LLaVA model.
 pub struct Llava {
     cfg: LlavaConfig,
@@ -200,6 +214,7 @@ pub struct Llava {
     next: bool,
     mean: [f32; 3],
     std: [f32; 3],
+    template: Option<ChatTemplate>,
 }
 
 fn projector_act(name: &str) -> Result<Activation, InferenceError> {
@@ -223,7 +238,7 @@ impl Llava {
         device: &Device,
         dtype: Option<DType>,
     ) -> Result<(Self, Common), InferenceError> {
-        let raw = super::read_json(&dir.join("config.json"))?;
+        let raw = super::read_model_config(dir)?;
         let cfg: LlavaConfig = super::parse_config(raw.clone(), "LLaVA config.json")?;
         let next = match cfg.model_type.as_str() {
             "llava" => false,
@@ -306,8 +321,9 @@ impl Llava {
             }
         }
         let m = Modules::new(&cfg, next, vb)?;
-        let pre = super::read_json_opt(&dir.join("preprocessor_config.json"))?;
+        let pre = super::image_processor_config(dir)?;
         let (mean, std) = preprocess::mean_std(pre.as_ref(), CLIP_MEAN, CLIP_STD);
+        let template = super::chat_template::ChatTemplate::load(dir)?;
         let proj_act = projector_act(&cfg.projector_hidden_act)?;
         super::special_id(&common.tokenizer, "<image>")?;
         Ok((
@@ -325,6 +341,7 @@ impl Llava {
                 next,
                 mean,
                 std,
+                template,
             },
             common,
         ))
@@ -427,34 +444,120 @@ impl Llava {
         Tensor::cat(&[&base, &grid], 0)
     }
 
-    /// Embeddings `(positions, hidden)` of one request.
+    /// Embeddings `(positions, hidden)` of one request: the image tokens of
+    /// the (expanded) prompt take the image features in order, as
+    /// transformers' masked scatter does.
     fn embed(&self, input: &Input) -> candle_core::Result<Tensor> {
         let image_id = self.cfg.image_token_index;
-        let mut pieces = Vec::new();
-        let mut text: Vec<u32> = Vec::new();
-        let mut images = input.images.iter();
         let dev = &self.common.device;
-        let flush = |text: &mut Vec<u32>, pieces: &mut Vec<Tensor>| -> candle_core::Result<()> {
-            if !text.is_empty() {
-                let t = Tensor::new(text.as_slice(), dev)?;
-                pieces.push(self.llama.embed(&t)?);
-                text.clear();
-            }
-            Ok(())
+        let features = input
+            .images
+            .iter()
+            .map(|img| self.image_features(img)?.to_dtype(self.common.dtype))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let features = if features.is_empty() {
+            None
+        } else {
+            Some(Tensor::cat(&features, 0)?)
         };
-        for &id in &input.ids {
-            if id == image_id {
-                flush(&mut text, &mut pieces)?;
-                let Some(img) = images.next() else {
-                    candle_core::bail!("more <image> tokens than images")
+        let mut pieces = Vec::new();
+        let mut used = 0;
+        let mut i = 0;
+        while i < input.ids.len() {
+            let is_image = input.ids[i] == image_id;
+            let end = input.ids[i..]
+                .iter()
+                .position(|&t| (t == image_id) != is_image)
+                .map_or(input.ids.len(), |n| i + n);
+            if is_image {
+                let Some(f) = &features else {
+                    candle_core::bail!("image tokens without images")
                 };
-                pieces.push(self.image_features(img)?.to_dtype(self.common.dtype)?);
+                if used + (end - i) > f.dim(0)? {
+                    candle_core::bail!("more image tokens than image features");
+                }
+                pieces.push(f.narrow(0, used, end - i)?);
+                used += end - i;
             } else {
-                text.push(id);
+                let t = Tensor::new(&input.ids[i..end], dev)?;
+                pieces.push(self.llama.embed(&t)?);
+            }
+            i = end;
+        }
+        if features.as_ref().is_some_and(|f| f.dim(0).ok() != Some(used)) {
+            candle_core::bail!("image features and image tokens differ in number");
+        }
+        Tensor::cat(&pieces, 0)
+    }
+
+    /// The prompt text from the model's chat template, or, for a directory
+    /// without one, the classic Vicuna / Mistral formats.
+    fn prompt_text(
+        &self,
+        msgs: &[crate::inference::ChatMessage],
+    ) -> Result<(String, bool), InferenceError> {
+        if let Some(t) = &self.template {
+            let text = t.render(msgs, ContentStyle::Parts, &[])?;
+            let add = t.add_special_tokens(&text);
+            return Ok((text, add));
+        }
+        Ok((self.fallback_prompt(msgs), true))
+    }
+
+    /// The documented fallback for model directories without a chat template.
+    fn fallback_prompt(&self, msgs: &[crate::inference::ChatMessage]) -> String {
+        let mistral = self.cfg.text_config.model_type == "mistral";
+        let mut text = String::new();
+        let mut system = None;
+        let render = |content: &[ContentPart], out: &mut String| {
+            let mut body = String::new();
+            for p in content {
+                match p {
+                    ContentPart::Image(_) => out.push_str("<image>\n"),
+                    ContentPart::Text(t) => body.push_str(t),
+                }
+            }
+            out.push_str(&body);
+        };
+        for m in msgs {
+            match m.role {
+                Role::System => system = Some(m.text_content()),
+                Role::User => {
+                    if mistral {
+                        text.push_str("[INST] ");
+                        if let Some(s) = system.take() {
+                            text.push_str(&s);
+                            text.push_str("\n\n");
+                        }
+                        render(&m.content, &mut text);
+                        text.push_str(" [/INST]");
+                    } else {
+                        if text.is_empty() {
+                            let s = system.take().unwrap_or_else(|| {
+                                if self.next {
+                                    VICUNA_SYSTEM.to_string()
+                                } else {
+                                    String::new()
+                                }
+                            });
+                            if !s.is_empty() {
+                                text.push_str(&s);
+                                text.push(' ');
+                            }
+                        }
+                        text.push_str("USER: ");
+                        render(&m.content, &mut text);
+                        text.push_str(" ASSISTANT:");
+                    }
+                }
+                Role::Assistant => {
+                    text.push(' ');
+                    text.push_str(&m.text_content());
+                    text.push_str("</s>");
+                }
             }
         }
-        flush(&mut text, &mut pieces)?;
-        Tensor::cat(&pieces, 0)
+        text
     }
 }
 
@@ -501,6 +604,11 @@ impl Modules {
             tie_word_embeddings: t.tie_word_embeddings,
         };
         let load = |e: candle_core::Error| InferenceError::Load(e.to_string());
+        // candle draws a random class embedding when the weight is absent; a model must
+        // carry its own (and `init_weights` creates it), so loads are deterministic.
+        let class = "vision_tower.vision_model.embeddings.class_embedding";
+        vb.get(v.hidden_size, class)
+            .map_err(|_| InferenceError::Load(format!("weight {class} is missing")))?;
         let vision = ClipVisionTransformer::new(vb.pp("vision_tower.vision_model"), &clip_cfg)
             .map_err(load)?;
         let pb = vb.pp("multi_modal_projector");
@@ -555,71 +663,27 @@ impl Family for Llava {
     type Input = Input;
 
     fn prepare(&self, request: &ChatRequest) -> Result<Prepared<Input>, InferenceError> {
-        let mistral = self.cfg.text_config.model_type == "mistral";
         let msgs = super::messages_with_schema(request);
-        let mut text = String::new();
         let mut images = Vec::new();
-        let mut system = None;
-        let mut render =
-            |content: &[ContentPart], out: &mut String| -> Result<(), InferenceError> {
-                let mut body = String::new();
-                for p in content {
-                    match p {
-                        ContentPart::Image(img) => {
-                            let rgb = preprocess::to_rgb(img.decode()?.as_ref());
-                            images.push(self.preprocess(&rgb)?);
-                            out.push_str("<image>\n");
-                        }
-                        ContentPart::Text(t) => body.push_str(t),
-                    }
-                }
-                out.push_str(&body);
-                Ok(())
-            };
         for m in &msgs {
-            match m.role {
-                Role::System => system = Some(m.text_content()),
-                Role::User => {
-                    if mistral {
-                        text.push_str("[INST] ");
-                        if let Some(s) = system.take() {
-                            text.push_str(&s);
-                            text.push_str("\n\n");
-                        }
-                        render(&m.content, &mut text)?;
-                        text.push_str(" [/INST]");
-                    } else {
-                        if text.is_empty() {
-                            let s = system.take().unwrap_or_else(|| {
-                                if self.next {
-                                    VICUNA_SYSTEM.to_string()
-                                } else {
-                                    String::new()
-                                }
-                            });
-                            if !s.is_empty() {
-                                text.push_str(&s);
-                                text.push(' ');
-                            }
-                        }
-                        text.push_str("USER: ");
-                        render(&m.content, &mut text)?;
-                        text.push_str(" ASSISTANT:");
-                    }
-                }
-                Role::Assistant => {
-                    text.push(' ');
-                    text.push_str(&m.text_content());
-                    text.push_str("</s>");
+            for p in &m.content {
+                if let ContentPart::Image(img) = p {
+                    let rgb = preprocess::to_rgb(img.decode()?.as_ref());
+                    images.push(self.preprocess(&rgb)?);
                 }
             }
         }
-        let mut ids = vec![super::special_id(&self.common.tokenizer, "<s>").unwrap_or(1)];
-        ids.extend(super::encode(&self.common.tokenizer, &text)?);
-        let n_image_tokens = ids
-            .iter()
-            .filter(|&&i| i == self.cfg.image_token_index)
-            .count();
+        let (text, add_special) = self.prompt_text(&msgs)?;
+        let tok = &self.common.tokenizer;
+        let raw = if self.template.is_some() {
+            super::encode_prompt(tok, &text, add_special)?
+        } else {
+            let mut ids = vec![super::special_id(tok, "<s>").unwrap_or(1)];
+            ids.extend(super::encode(tok, &text)?);
+            ids
+        };
+        let image_id = self.cfg.image_token_index;
+        let n_image_tokens = raw.iter().filter(|&&i| i == image_id).count();
         if n_image_tokens != images.len() {
             return Err(InferenceError::InvalidRequest(format!(
                 "the prompt text contains {} <image> tokens for {} images",
@@ -627,11 +691,20 @@ impl Family for Llava {
                 images.len()
             )));
         }
-        let positions = ids.len() - images.len()
-            + images
-                .iter()
-                .map(|i| self.feature_count(i.size.0, i.size.1))
-                .sum::<usize>();
+        // Each image token stands for all of its image's features (the
+        // processor's expansion).
+        let mut ids = Vec::with_capacity(raw.len());
+        let mut next_image = images.iter();
+        for id in raw {
+            if id == image_id {
+                let img = next_image.next().expect("counted above");
+                let n = self.feature_count(img.size.0, img.size.1);
+                ids.extend(std::iter::repeat_n(image_id, n));
+            } else {
+                ids.push(id);
+            }
+        }
+        let positions = ids.len();
         let key = vec![positions];
         Ok(Prepared {
             input: Input {

@@ -8,6 +8,7 @@
 //! shared generation loop in [`generation`] on a blocking thread, and maps
 //! panics and tensor errors to [`InferenceError`]s per request.
 
+pub mod chat_template;
 pub mod generation;
 pub mod llava;
 pub mod paligemma;
@@ -447,10 +448,29 @@ pub fn load_tensors(
 /// `model.vision_tower.*`, `lm_head.*`) to the classic layout
 /// (`language_model.model.*`, `vision_tower.*`, `language_model.lm_head.*`)
 /// that the LLaVA and PaliGemma adapters read.
+///
+/// transformers 5 also saves the CLIP / SigLIP tower without its inner
+/// `vision_model.` level (`vision_tower.embeddings.*`); that level is put back.
 pub fn to_classic_vlm_layout(map: HashMap<String, Tensor>) -> HashMap<String, Tensor> {
-    if !map.keys().any(|k| k.starts_with("model.language_model.")) {
+    let map = if map.keys().any(|k| k.starts_with("model.language_model.")) {
+        renamed_from_v5(map)
+    } else {
+        map
+    };
+    if map.keys().any(|k| k.starts_with("vision_tower.vision_model."))
+        || !map.keys().any(|k| k.starts_with("vision_tower."))
+    {
         return map;
     }
+    map.into_iter()
+        .map(|(k, t)| match k.strip_prefix("vision_tower.") {
+            Some(rest) => (format!("vision_tower.vision_model.{rest}"), t),
+            None => (k, t),
+        })
+        .collect()
+}
+
+fn renamed_from_v5(map: HashMap<String, Tensor>) -> HashMap<String, Tensor> {
     map.into_iter()
         .map(|(k, t)| {
             let k = if let Some(r) = k.strip_prefix("model.language_model.") {
@@ -519,6 +539,67 @@ pub fn special_id(tokenizer: &Tokenizer, token: &str) -> Result<u32, InferenceEr
     tokenizer.token_to_id(token).ok_or_else(|| {
         InferenceError::UnsupportedConfig(format!("tokenizer.json has no {token} token"))
     })
+}
+
+/// Reads `config.json`, moving transformers 5's `rope_parameters` (which replaced the
+/// top-level `rope_theta` / `rope_scaling` fields) back to the classic names, in the
+/// top level and in `text_config`, so that every family's config struct reads either form.
+pub fn read_model_config(dir: &Path) -> Result<serde_json::Value, InferenceError> {
+    let mut v = read_json(&dir.join("config.json"))?;
+    fn lift(c: &mut serde_json::Value) {
+        let Some(obj) = c.as_object_mut() else {
+            return;
+        };
+        let Some(rope) = obj.get("rope_parameters").cloned() else {
+            return;
+        };
+        if let Some(theta) = rope.get("rope_theta")
+            && !obj.contains_key("rope_theta")
+        {
+            obj.insert("rope_theta".into(), theta.clone());
+        }
+        let kind = rope
+            .get("rope_type")
+            .and_then(|t| t.as_str())
+            .unwrap_or("default");
+        // Scaling parameters (or Qwen's `mrope_section`) go where the classic configs kept them.
+        let scaled = kind != "default" || rope.get("mrope_section").is_some();
+        if scaled && !obj.get("rope_scaling").is_some_and(|r| !r.is_null()) {
+            let mut scaling = rope;
+            if let Some(m) = scaling.as_object_mut() {
+                m.remove("rope_theta");
+            }
+            obj.insert("rope_scaling".into(), scaling);
+        }
+    }
+    lift(&mut v);
+    if let Some(t) = v.get_mut("text_config") {
+        lift(t);
+    }
+    Ok(v)
+}
+
+/// The image processor's settings: `preprocessor_config.json`, or the
+/// `image_processor` entry of `processor_config.json` (where transformers 5 saves it).
+pub fn image_processor_config(dir: &Path) -> Result<Option<serde_json::Value>, InferenceError> {
+    if let Some(v) = read_json_opt(&dir.join("preprocessor_config.json"))? {
+        return Ok(Some(v));
+    }
+    Ok(read_json_opt(&dir.join("processor_config.json"))?
+        .and_then(|v| v.get("image_processor").cloned()))
+}
+
+/// Tokenises a rendered chat template; `add_special` adds the tokenizer's own
+/// special tokens (Llama's BOS), as transformers' processors do.
+pub fn encode_prompt(
+    tokenizer: &Tokenizer,
+    text: &str,
+    add_special: bool,
+) -> Result<Vec<u32>, InferenceError> {
+    tokenizer
+        .encode(text, add_special)
+        .map(|e| e.get_ids().to_vec())
+        .map_err(|e| InferenceError::Tokenizer(e.to_string()))
 }
 
 /// Tokenises a rendered prompt (special tokens in the text are recognised).

@@ -1,11 +1,10 @@
 //! Image preprocessing shared by the vision families: RGB conversion,
-//! resizing (bicubic / Catmull-Rom, the `image` crate's closest match to
-//! PIL's BICUBIC), centre crop, padding, rescale + normalisation into CHW
-//! tensors, Qwen's "smart resize" and patch flattening, and LLaVA-NeXT's
-//! any-resolution tiling.
+//! resizing exactly as Pillow does it ([`pil_resize`]: the resampling that
+//! transformers' PIL image processors run), centre crop, padding, rescale +
+//! normalisation into CHW tensors, Qwen's "smart resize" and patch
+//! flattening, and LLaVA-NeXT's any-resolution tiling.
 
 use candle_core::{Device, Tensor};
-use image::imageops::FilterType;
 use image::{DynamicImage, Rgb, RgbImage};
 
 use crate::inference::InferenceError;
@@ -45,23 +44,164 @@ pub fn to_rgb(img: &DynamicImage) -> RgbImage {
     img.to_rgb8()
 }
 
-/// Resizes to exactly `w`×`h`.
-pub fn resize_exact(img: &RgbImage, w: u32, h: u32) -> RgbImage {
-    if img.width() == w && img.height() == h {
-        return img.clone();
-    }
-    image::imageops::resize(img, w.max(1), h.max(1), FilterType::CatmullRom)
+/// Pillow's resampling filters (the `resample` codes of image processor configs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resample {
+    /// `resample: 2`.
+    Bilinear,
+    /// `resample: 3`, the default of the CLIP, SigLIP and Qwen-VL processors.
+    Bicubic,
 }
 
-/// Resizes so that the shorter side equals `size`, keeping the aspect ratio.
-pub fn resize_shortest_edge(img: &RgbImage, size: u32) -> RgbImage {
-    let (w, h) = (img.width(), img.height());
-    let (nw, nh) = if w <= h {
-        (size, ((h as f64) * size as f64 / w as f64).round() as u32)
+impl Resample {
+    /// From a processor config's `resample` code (bicubic when absent or unknown).
+    pub fn from_code(code: Option<u64>) -> Self {
+        if code == Some(2) {
+            Self::Bilinear
+        } else {
+            Self::Bicubic
+        }
+    }
+
+    fn support(self) -> f64 {
+        match self {
+            Self::Bilinear => 1.0,
+            Self::Bicubic => 2.0,
+        }
+    }
+
+    fn weight(self, x: f64) -> f64 {
+        let x = x.abs();
+        match self {
+            Self::Bilinear => (1.0 - x).max(0.0),
+            Self::Bicubic => {
+                // Keys' cubic with a = -0.5, Pillow's BICUBIC.
+                let a = -0.5;
+                if x < 1.0 {
+                    ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
+                } else if x < 2.0 {
+                    (((x - 5.0) * x + 8.0) * x - 4.0) * a
+                } else {
+                    0.0
+                }
+            }
+        }
+    }
+}
+
+/// Fixed-point precision of Pillow's 8-bit resampling.
+const PRECISION_BITS: u32 = 32 - 8 - 2;
+
+/// One output sample's window into the input: first index and integer weights.
+struct Taps {
+    start: usize,
+    weights: Vec<i32>,
+}
+
+/// Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc` for one axis.
+fn taps(in_size: usize, out_size: usize, filter: Resample) -> Vec<Taps> {
+    let scale = in_size as f64 / out_size as f64;
+    let filter_scale = scale.max(1.0);
+    let support = filter.support() * filter_scale;
+    (0..out_size)
+        .map(|xx| {
+            let center = (xx as f64 + 0.5) * scale;
+            let xmin = ((center - support + 0.5) as i64).max(0) as usize;
+            let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
+            let raw: Vec<f64> = (xmin..xmax)
+                .map(|x| filter.weight((x as f64 - center + 0.5) / filter_scale))
+                .collect();
+            let total: f64 = raw.iter().sum();
+            let weights = raw
+                .iter()
+                .map(|w| {
+                    let w = if total != 0.0 { w / total } else { *w };
+                    let scaled = w * f64::from(1u32 << PRECISION_BITS);
+                    if scaled < 0.0 {
+                        (scaled - 0.5) as i32
+                    } else {
+                        (scaled + 0.5) as i32
+                    }
+                })
+                .collect();
+            Taps {
+                start: xmin,
+                weights,
+            }
+        })
+        .collect()
+}
+
+fn clip8(v: i64) -> u8 {
+    (v >> PRECISION_BITS).clamp(0, 255) as u8
+}
+
+/// Resamples along one axis: `horizontal` maps columns, otherwise rows.
+fn resample_axis(img: &RgbImage, out_len: usize, horizontal: bool, filter: Resample) -> RgbImage {
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let (ow, oh) = if horizontal { (out_len, h) } else { (w, out_len) };
+    let taps = taps(if horizontal { w } else { h }, out_len, filter);
+    let src = img.as_raw();
+    let mut out = vec![0u8; ow * oh * 3];
+    for y in 0..oh {
+        for x in 0..ow {
+            let t = &taps[if horizontal { x } else { y }];
+            for c in 0..3 {
+                let mut acc: i64 = 1 << (PRECISION_BITS - 1);
+                for (k, &wk) in t.weights.iter().enumerate() {
+                    let (sx, sy) = if horizontal {
+                        (t.start + k, y)
+                    } else {
+                        (x, t.start + k)
+                    };
+                    acc += i64::from(src[(sy * w + sx) * 3 + c]) * i64::from(wk);
+                }
+                out[(y * ow + x) * 3 + c] = clip8(acc);
+            }
+        }
+    }
+    RgbImage::from_raw(ow as u32, oh as u32, out).expect("buffer has the image's size")
+}
+
+/// Resizes to `w`×`h` with Pillow's algorithm (`Image.resize` without a box or
+/// `reducing_gap`): separable convolution with the filter widened by the
+/// downscale factor, integer weights with 22 fractional bits, horizontal pass
+/// first, each pass rounded to 8 bits. The output equals Pillow's byte for byte.
+pub fn pil_resize(img: &RgbImage, w: u32, h: u32, filter: Resample) -> RgbImage {
+    let (w, h) = (w.max(1), h.max(1));
+    let mut cur = std::borrow::Cow::Borrowed(img);
+    if cur.width() != w {
+        cur = std::borrow::Cow::Owned(resample_axis(&cur, w as usize, true, filter));
+    }
+    if cur.height() != h {
+        cur = std::borrow::Cow::Owned(resample_axis(&cur, h as usize, false, filter));
+    }
+    cur.into_owned()
+}
+
+/// Resizes to exactly `w`×`h` (Pillow's bicubic).
+pub fn resize_exact(img: &RgbImage, w: u32, h: u32) -> RgbImage {
+    pil_resize(img, w, h, Resample::Bicubic)
+}
+
+/// transformers' `get_resize_output_image_size` for a `shortest_edge` size:
+/// the shorter side becomes `size`, the longer `int(size * long / short)`.
+/// Returns (width, height).
+pub fn shortest_edge_size(w: u32, h: u32, size: u32) -> (u32, u32) {
+    let (short, long) = if w <= h { (w, h) } else { (h, w) };
+    let new_long = (f64::from(size) * f64::from(long) / f64::from(short.max(1))) as u32;
+    if w <= h {
+        (size, new_long.max(1))
     } else {
-        (((w as f64) * size as f64 / h as f64).round() as u32, size)
-    };
-    resize_exact(img, nw.max(1), nh.max(1))
+        (new_long.max(1), size)
+    }
+}
+
+/// Resizes so that the shorter side equals `size`, keeping the aspect ratio
+/// as transformers' image processors do.
+pub fn resize_shortest_edge(img: &RgbImage, size: u32) -> RgbImage {
+    let (nw, nh) = shortest_edge_size(img.width(), img.height(), size);
+    resize_exact(img, nw, nh)
 }
 
 /// Crops the centre `w`×`h` region (pads with black when smaller).

@@ -1,0 +1,453 @@
+#!/usr/bin/env python3
+"""Builds the VLM parity fixtures: tiny random-weight models made *in transformers*, and what
+transformers computes on fixed inputs. elite's tests (tests/vlm_parity.rs) load the same model
+directories through elite's own loader and compare.
+
+Not part of CI. Run it from anywhere:
+
+    python3 scripts/vlm_parity/generate.py            # all families
+    python3 scripts/vlm_parity/generate.py llava      # one family
+
+On first use it creates its own virtual environment (scripts/vlm_parity/.venv, ignored by git)
+with the pinned PyTorch and transformers from PyPI and re-runs itself there; set
+VLM_PARITY_PYTHON to an interpreter that already has them to skip that.
+
+For each family it writes tests/data/vlm_parity/<family>/:
+  model/                 save_pretrained of the model (safetensors, config) and of its processor
+                         (tokenizer.json, tokenizer/processor configs with the chat template)
+  image_*.png            the input images
+  cases.json             the inputs: chat messages in the processor's format, generation length
+  expected.safetensors   per case: pixel_values, input_ids, prefill_logits (the last
+                         PREFILL_KEPT positions of the prompt), step_logits (8 greedy decode steps), tokens (the greedy
+                         tokens), and for the padded batch case the same with a batch dimension
+
+Everything is seeded and single-threaded, so a rerun rewrites the files bit for bit.
+
+Processors: the PIL backends of transformers' image processors (CLIPImageProcessorPil, ...),
+the classic "slow" processors, whose integer resampling elite reproduces exactly. The default
+torchvision backends resample in floating point and differ from them by a few intensity levels.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+OUT = REPO / "tests" / "data" / "vlm_parity"
+PINNED = [
+    "torch==2.15.0",
+    "torchvision==0.30.0",
+    "transformers==5.24.0",
+    "safetensors",
+    "numpy",
+    # Pillow 13 runs the vertical pass first when the height shrinks much more than the
+    # width (python-pillow/Pillow#9549), which moves some pixels by a level or two; elite
+    # follows the horizontal-first order every release before it used.
+    "pillow==12.3.0",
+]
+STEPS = 8
+# Prefill logits are kept for the last positions only, so the fixtures stay small.
+PREFILL_KEPT = 16
+
+
+def ensure_environment():
+    """Re-executes under a Python that has torch and transformers."""
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+
+        return
+    except ImportError:
+        pass
+    python = os.environ.get("VLM_PARITY_PYTHON")
+    if not python:
+        venv = HERE / ".venv"
+        python = str(venv / "bin" / "python")
+        if not Path(python).exists():
+            subprocess.check_call([sys.executable, "-m", "venv", str(venv)])
+            subprocess.check_call([python, "-m", "pip", "install", "-q", *PINNED])
+    os.execv(python, [python, __file__, *sys.argv[1:]])
+
+
+# ---------------------------------------------------------------------------
+# The tokenizer: byte-level BPE over the 256 bytes plus the special tokens the families'
+# templates need (the same vocabulary elite's `model make-tiny` writes).
+
+SPECIAL_TOKENS = [
+    ("<|endoftext|>", True),
+    ("<|im_start|>", True),
+    ("<|im_end|>", True),
+    ("<|vision_start|>", True),
+    ("<|vision_end|>", True),
+    ("<|image_pad|>", True),
+    ("<|video_pad|>", True),
+    ("<s>", True),
+    ("</s>", True),
+    ("<unk>", True),
+    ("<image>", True),
+    ("<bos>", True),
+    ("<eos>", True),
+    ("<pad>", True),
+    ("<think>", False),
+    ("</think>", False),
+]
+VOCAB = 256 + len(SPECIAL_TOKENS)
+
+
+def special(token):
+    return 256 + [t for t, _ in SPECIAL_TOKENS].index(token)
+
+
+def bytes_to_unicode():
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    table = [""] * 256
+    for b, c in zip(bs, cs):
+        table[b] = chr(c)
+    return table
+
+
+def tokenizer_json(bos=None):
+    """The tokenizer; with `bos`, encoding with special tokens prepends it (as Llama's does)."""
+    table = bytes_to_unicode()
+    post = None
+    if bos is not None:
+        post = {"type": "TemplateProcessing",
+                "single": [{"SpecialToken": {"id": bos, "type_id": 0}},
+                           {"Sequence": {"id": "A", "type_id": 0}}],
+                "pair": [{"SpecialToken": {"id": bos, "type_id": 0}},
+                         {"Sequence": {"id": "A", "type_id": 0}},
+                         {"Sequence": {"id": "B", "type_id": 1}}],
+                "special_tokens": {bos: {"id": bos, "ids": [special(bos)], "tokens": [bos]}}}
+    return {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": [
+            {"id": 256 + i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
+             "normalized": False, "special": s}
+            for i, (t, s) in enumerate(SPECIAL_TOKENS)
+        ],
+        "normalizer": None,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
+                          "use_regex": True},
+        "post_processor": post,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True,
+                    "use_regex": True},
+        "model": {"type": "BPE", "dropout": None, "unk_token": None,
+                  "continuing_subword_prefix": None, "end_of_word_suffix": None,
+                  "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
+                  "vocab": {c: i for i, c in enumerate(table)}, "merges": []},
+    }
+
+
+def fast_tokenizer(bos=None, **special_tokens):
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer.from_str(json.dumps(tokenizer_json(bos)))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, **special_tokens)
+
+
+# ---------------------------------------------------------------------------
+# Inputs
+
+def make_images(directory):
+    """Deterministic RGB test images: smooth gradients with a seeded texture."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(20261201)
+    specs = {"wide": (40, 24), "large": (83, 61), "tall": (21, 37)}
+    images = {}
+    for name, (w, h) in specs.items():
+        y, x = np.mgrid[0:h, 0:w]
+        base = np.stack([x * 255 / w, y * 255 / h, (x + y) * 127 / (w + h)], axis=-1)
+        noise = rng.integers(-40, 41, size=(h, w, 3))
+        arr = np.clip(base + noise, 0, 255).astype(np.uint8)
+        path = directory / f"image_{name}.png"
+        Image.fromarray(arr).save(path, optimize=False)
+        images[name] = path.name
+    return images
+
+
+def text_part(text):
+    return {"type": "text", "text": text}
+
+
+def image_part(name):
+    return {"type": "image", "image": name}
+
+
+def standard_cases(images, two_images=True):
+    cases = [
+        {"name": "nonsquare", "messages": [{"role": "user", "content": [
+            image_part(images["wide"]), text_part("What is shown here?")]}]},
+        {"name": "large", "messages": [{"role": "user", "content": [
+            image_part(images["large"]), text_part("Describe the picture in detail.")]}]},
+        {"name": "text_only", "messages": [
+            {"role": "system", "content": [text_part("You answer briefly.")]},
+            {"role": "user", "content": [text_part("Name three colours.")]}]},
+    ]
+    if two_images:
+        cases.append({"name": "two_images", "messages": [{"role": "user", "content": [
+            image_part(images["wide"]), image_part(images["tall"]),
+            text_part("Compare the two images.")]}]})
+    return cases
+
+
+def batch_case(images):
+    """Three prompts of different lengths, run as one left-padded batch."""
+    return {"name": "batch", "rows": [
+        [{"role": "user", "content": [image_part(images["wide"]), text_part("Hi?")]}],
+        [{"role": "user", "content": [image_part(images["tall"]),
+                                      text_part("What are the main colours of this image?")]}],
+        [{"role": "user", "content": [image_part(images["large"]), text_part("Tell a story.")]}],
+    ]}
+
+
+# ---------------------------------------------------------------------------
+# Running transformers
+
+def greedy(model, inputs, steps=STEPS):
+    """Prefill logits (batch, seq, vocab), then `steps` greedy decode steps.
+
+    Returns (prefill_logits, step_logits (batch, steps, vocab), tokens (batch, steps))."""
+    import torch
+
+    with torch.no_grad():
+        out = model(**inputs, use_cache=True)
+        prefill = out.logits.float()
+        past = out.past_key_values
+        last = prefill[:, -1, :]
+        mask = inputs.get("attention_mask")
+        step_logits, tokens = [], []
+        for _ in range(steps):
+            tok = last.argmax(-1)
+            check_margin(last)
+            tokens.append(tok)
+            feed = {"input_ids": tok[:, None], "past_key_values": past, "use_cache": True}
+            if mask is not None:
+                mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+                feed["attention_mask"] = mask
+            out = model(**feed)
+            past = out.past_key_values
+            last = out.logits[:, -1, :].float()
+            step_logits.append(last)
+    return prefill, torch.stack(step_logits, 1), torch.stack(tokens, 1)
+
+
+def check_margin(logits):
+    """A greedy choice decided by less than 1e-3 would make token equality fragile."""
+    top = logits.topk(2, dim=-1).values
+    gap = (top[:, 0] - top[:, 1]).min().item()
+    if gap < 1e-3:
+        print(f"  warning: greedy margin {gap:.2e} is small", file=sys.stderr)
+
+
+def load_images(directory, messages):
+    from PIL import Image
+
+    names = [p["image"] for m in messages for p in m["content"] if p["type"] == "image"]
+    return [Image.open(directory / n).convert("RGB") for n in names]
+
+
+def processor_messages(messages):
+    """The messages as the chat template sees them (images as bare placeholders)."""
+    return [{"role": m["role"], "content": [
+        {"type": "image"} if p["type"] == "image" else p for p in m["content"]]} for m in messages]
+
+
+def run_cases(directory, processor, model, cases, batch, extra_inputs=lambda enc: {}):
+    """Runs every case and the batch; writes cases.json and expected.safetensors."""
+    import torch
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for case in cases:
+        msgs = case["messages"]
+        text = processor.apply_chat_template(processor_messages(msgs), add_generation_prompt=True,
+                                             tokenize=False)
+        images = load_images(directory, msgs) or None
+        enc = processor(text=text, images=images, return_tensors="pt")
+        inputs = {k: v for k, v in enc.items() if k != "attention_mask"}
+        inputs.update(extra_inputs(enc))
+        prefill, steps, tokens = greedy(model, inputs)
+        n = case["name"]
+        case["prompt"] = text
+        tensors[f"{n}.input_ids"] = enc["input_ids"][0].to(torch.int64)
+        if "pixel_values" in enc:
+            tensors[f"{n}.pixel_values"] = enc["pixel_values"].float()
+        tensors[f"{n}.prefill_logits"] = prefill[0, -PREFILL_KEPT:]
+        tensors[f"{n}.step_logits"] = steps[0]
+        tensors[f"{n}.tokens"] = tokens[0].to(torch.int64)
+    if batch is not None:
+        texts, images = [], []
+        for msgs in batch["rows"]:
+            texts.append(processor.apply_chat_template(processor_messages(msgs),
+                                                       add_generation_prompt=True, tokenize=False))
+            images.extend(load_images(directory, msgs))
+        processor.tokenizer.padding_side = "left"
+        enc = processor(text=texts, images=images, return_tensors="pt", padding=True)
+        inputs = dict(enc)
+        inputs.update(extra_inputs(enc))
+        prefill, steps, tokens = greedy(model, inputs)
+        batch["prompts"] = texts
+        tensors["batch.input_ids"] = enc["input_ids"].to(torch.int64)
+        tensors["batch.attention_mask"] = enc["attention_mask"].to(torch.int64)
+        tensors["batch.last_logits"] = prefill[:, -1, :].contiguous()
+        tensors["batch.step_logits"] = steps
+        tensors["batch.tokens"] = tokens.to(torch.int64)
+    tensors = {k: v.contiguous() for k, v in tensors.items()}
+    save_file(tensors, str(directory / "expected.safetensors"), metadata={"steps": str(STEPS)})
+    (directory / "cases.json").write_text(
+        json.dumps({"steps": STEPS, "cases": cases, "batch": batch}, indent=1) + "\n")
+
+
+def write_model(directory, model, processor):
+    target = directory / "model"
+    model.save_pretrained(target, safe_serialization=True)
+    processor.save_pretrained(target)
+    # Fixtures stay small: drop files elite does not read and that only repeat others.
+    for name in ("special_tokens_map.json",):
+        (target / name).unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------
+# Families
+
+# A Vicuna-style template in the shape of the llava-hf ones (role prefixes, one <image>
+# line per image before the text, "ASSISTANT:" as the generation prompt); written for these
+# fixtures.
+LLAVA_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}"
+    "{% for part in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{{ part['text'] }}\n{% endfor %}"
+    "{% else %}{{ message['role'].upper() + ': ' }}"
+    "{% for part in message['content'] | selectattr('type', 'equalto', 'image') %}"
+    "{{ '<image>\n' }}{% endfor %}"
+    "{% for part in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{% generation %}{{ part['text'] + ' ' }}{% endgeneration %}{% endfor %}"
+    "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+
+
+def llava_configs(next_):
+    from transformers import CLIPVisionConfig, LlamaConfig
+
+    text = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64,
+                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                       rms_norm_eps=1e-5, rope_theta=10000.0, max_position_embeddings=512,
+                       bos_token_id=special("<s>"), eos_token_id=special("</s>"),
+                       pad_token_id=special("<pad>"), tie_word_embeddings=False,
+                       initializer_range=0.2)
+    vision = CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                              num_attention_heads=2, image_size=16, patch_size=4,
+                              projection_dim=16, hidden_act="quick_gelu",
+                              initializer_range=0.2)
+    return text, vision
+
+
+def family_llava(directory, next_=False):
+    import torch
+    from transformers import (LlavaConfig, LlavaForConditionalGeneration, LlavaNextConfig,
+                              LlavaNextForConditionalGeneration, LlavaNextProcessor,
+                              LlavaProcessor)
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    torch.manual_seed(0)
+    text, vision = llava_configs(next_)
+    common = dict(text_config=text, vision_config=vision, image_token_index=special("<image>"),
+                  projector_hidden_act="gelu", vision_feature_layer=-2,
+                  vision_feature_select_strategy="default")
+    tok = fast_tokenizer(bos="<s>", bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                         pad_token="<pad>")
+    if next_:
+        from transformers.models.llava_next.image_processing_pil_llava_next import \
+            LlavaNextImageProcessorPil
+
+        pinpoints = [[16, 32], [32, 16], [32, 32]]
+        config = LlavaNextConfig(image_grid_pinpoints=pinpoints, **common)
+        model = LlavaNextForConditionalGeneration(config)
+        # transformers initialises image_newline from a normal with std 1/sqrt(hidden); any
+        # fixed values would do, these are the seeded ones.
+        improc = LlavaNextImageProcessorPil(size={"shortest_edge": 16},
+                                            crop_size={"height": 16, "width": 16},
+                                            image_grid_pinpoints=pinpoints)
+        processor = LlavaNextProcessor(image_processor=improc, tokenizer=tok, patch_size=4,
+                                       vision_feature_select_strategy="default",
+                                       num_additional_image_tokens=1,
+                                       chat_template=LLAVA_TEMPLATE)
+    else:
+        config = LlavaConfig(**common)
+        model = LlavaForConditionalGeneration(config)
+        improc = CLIPImageProcessorPil(size={"shortest_edge": 16},
+                                       crop_size={"height": 16, "width": 16})
+        processor = LlavaProcessor(image_processor=improc, tokenizer=tok, patch_size=4,
+                                   vision_feature_select_strategy="default",
+                                   num_additional_image_tokens=1, chat_template=LLAVA_TEMPLATE)
+    model.eval()
+    write_model(directory, model, processor)
+    images = make_images(directory)
+    cases = standard_cases(images)
+    extra = (lambda enc: {k: enc[k] for k in ("image_sizes",) if k in enc}) if next_ else (lambda enc: {})
+    run_cases(directory, processor, model, cases, batch_case(images), extra)
+
+
+def pil_resize_cases(directory):
+    """Pillow's resampling on a random image: elite's `pil_resize` must equal it exactly."""
+    import numpy as np
+    import torch
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    rng = np.random.default_rng(7)
+    src = rng.integers(0, 256, size=(31, 23, 3), dtype=np.uint8)
+    out = {"source": torch.from_numpy(src)}
+    sizes = [(16, 16), (11, 29), (40, 9), (7, 5), (46, 62), (23, 12), (5, 31)]
+    for name, code in (("bicubic", Image.BICUBIC), ("bilinear", Image.BILINEAR)):
+        for w, h in sizes:
+            img = Image.fromarray(src).resize((w, h), resample=code)
+            out[f"{name}.{w}x{h}"] = torch.from_numpy(np.asarray(img).copy())
+    save_file(out, str(directory / "expected.safetensors"))
+
+
+FAMILIES = {
+    "pil_resize": pil_resize_cases,
+    "llava": lambda d: family_llava(d, next_=False),
+    "llava_next": lambda d: family_llava(d, next_=True),
+}
+
+
+def main():
+    ensure_environment()
+    import torch
+
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    wanted = sys.argv[1:] or list(FAMILIES)
+    for name in wanted:
+        if name not in FAMILIES:
+            sys.exit(f"unknown family {name!r}; known: {', '.join(FAMILIES)}")
+        directory = OUT / name
+        if directory.exists():
+            for p in sorted(directory.rglob("*"), reverse=True):
+                p.unlink() if p.is_file() else p.rmdir()
+        directory.mkdir(parents=True, exist_ok=True)
+        print(f"{name}: writing {directory.relative_to(REPO)}")
+        FAMILIES[name](directory)
+
+
+if __name__ == "__main__":
+    main()
