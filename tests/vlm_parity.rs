@@ -129,7 +129,7 @@ fn check_decode<F: Family>(
     tokens: &[u32],
     what: &str,
 ) {
-    let logits = family.prefill(&[input]).unwrap().squeeze(0).unwrap();
+    let logits = family.prefill(&[input]).unwrap().flatten_all().unwrap();
     let d = max_diff(&logits, last);
     assert!(d <= LOGIT_TOL, "{what}: prefill logits differ by {d}");
     let mut logits = logits;
@@ -139,16 +139,47 @@ fn check_decode<F: Family>(
         logits = family
             .step(&[tok], prompt_len + k)
             .unwrap()
-            .squeeze(0)
+            .flatten_all()
             .unwrap();
         let d = max_diff(&logits, &steps.get(k).unwrap());
         assert!(d <= LOGIT_TOL, "{what}: logits of decode step {k} differ by {d}");
     }
 }
 
+/// What the parity check needs to see of a family's prepared input.
+trait Inspect {
+    fn ids(&self) -> &[u32];
+    fn pixel_values(&self) -> Vec<&Tensor>;
+}
+
+impl Inspect for elite::inference::local::llava::Input {
+    fn ids(&self) -> &[u32] {
+        self.ids()
+    }
+    fn pixel_values(&self) -> Vec<&Tensor> {
+        self.pixel_values()
+    }
+}
+
+impl Inspect for elite::inference::local::qwen3::Input {
+    fn ids(&self) -> &[u32] {
+        self.ids()
+    }
+    fn pixel_values(&self) -> Vec<&Tensor> {
+        Vec::new()
+    }
+}
+
 fn llava_parity(family_name: &str) {
     let fx = Fixture::load(family_name);
-    let (mut model, _) = Llava::load(&fx.dir.join("model"), &Device::Cpu, None).unwrap();
+    let (model, _) = Llava::load(&fx.dir.join("model"), &Device::Cpu, None).unwrap();
+    parity(&fx, model, family_name);
+}
+
+fn parity<F: Family>(fx: &Fixture, mut model: F, family_name: &str)
+where
+    F::Input: Inspect,
+{
     for case in fx.cases["cases"].as_array().unwrap() {
         let name = case["name"].as_str().unwrap();
         let p = model.prepare(&fx.request(&case["messages"])).unwrap();
@@ -213,6 +244,18 @@ fn llava_parity(family_name: &str) {
             &format!("{family_name}/batch row {r}"),
         );
     }
+}
+
+#[test]
+fn qwen3_matches_transformers() {
+    let fx = Fixture::load("qwen3");
+    let (model, _) = elite::inference::local::qwen3::Qwen3::load(
+        &fx.dir.join("model"),
+        &Device::Cpu,
+        None,
+    )
+    .unwrap();
+    parity(&fx, model, "qwen3");
 }
 
 #[test]

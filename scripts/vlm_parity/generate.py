@@ -267,6 +267,33 @@ def processor_messages(messages):
         {"type": "image"} if p["type"] == "image" else p for p in m["content"]]} for m in messages]
 
 
+class TextProcessor:
+    """A text-only model's tokenizer behind the processor calls used here: content parts
+    become one string (what text tokenizers' templates expect)."""
+
+    def __init__(self, tokenizer, **template_kwargs):
+        self.tokenizer = tokenizer
+        self.template_kwargs = template_kwargs
+
+    def apply_chat_template(self, messages, **kwargs):
+        flat = [{"role": m["role"], "content": "".join(
+            p.get("text", "") for p in m["content"])} for m in messages]
+        return self.tokenizer.apply_chat_template(flat, **kwargs, **self.template_kwargs)
+
+    def __call__(self, text, images=None, **kwargs):
+        assert not images, "a text model takes no images"
+        return self.tokenizer(text, **kwargs)
+
+
+def encode(processor, text, images, **kwargs):
+    """The processor call of transformers' `apply_chat_template(tokenize=True)`: no special
+    tokens added when the rendered prompt already starts with BOS."""
+    bos = processor.tokenizer.bos_token
+    if bos is not None and (text[0] if isinstance(text, list) else text).startswith(bos):
+        kwargs["add_special_tokens"] = False
+    return processor(text=text, images=images, return_tensors="pt", **kwargs)
+
+
 def run_cases(directory, processor, model, cases, batch, extra_inputs=lambda enc: {}):
     """Runs every case and the batch; writes cases.json and expected.safetensors."""
     import torch
@@ -278,7 +305,7 @@ def run_cases(directory, processor, model, cases, batch, extra_inputs=lambda enc
         text = processor.apply_chat_template(processor_messages(msgs), add_generation_prompt=True,
                                              tokenize=False)
         images = load_images(directory, msgs) or None
-        enc = processor(text=text, images=images, return_tensors="pt")
+        enc = encode(processor, text, images)
         inputs = {k: v for k, v in enc.items() if k != "attention_mask"}
         inputs.update(extra_inputs(enc))
         prefill, steps, tokens = greedy(model, inputs)
@@ -297,7 +324,7 @@ def run_cases(directory, processor, model, cases, batch, extra_inputs=lambda enc
                                                        add_generation_prompt=True, tokenize=False))
             images.extend(load_images(directory, msgs))
         processor.tokenizer.padding_side = "left"
-        enc = processor(text=texts, images=images, return_tensors="pt", padding=True)
+        enc = encode(processor, texts, images or None, padding=True)
         inputs = dict(enc)
         inputs.update(extra_inputs(enc))
         prefill, steps, tokens = greedy(model, inputs)
@@ -423,8 +450,55 @@ def pil_resize_cases(directory):
     save_file(out, str(directory / "expected.safetensors"))
 
 
+# A ChatML template in the shape of Qwen3's (role blocks, the empty thinking block when
+# thinking is switched off); written for these fixtures.
+QWEN3_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] | trim + '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}"
+    "{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}{%- endif %}"
+)
+
+
+def family_qwen3(directory):
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(0)
+    config = Qwen3Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         head_dim=8, max_position_embeddings=512, rope_theta=1_000_000.0,
+                         rms_norm_eps=1e-6, tie_word_embeddings=False,
+                         bos_token_id=special("<|endoftext|>"),
+                         eos_token_id=special("<|im_end|>"), initializer_range=0.2)
+    model = Qwen3ForCausalLM(config).eval()
+    tok = fast_tokenizer(eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tok.chat_template = QWEN3_TEMPLATE
+    processor = TextProcessor(tok, enable_thinking=False)
+    model.save_pretrained(directory / "model", safe_serialization=True)
+    tok.save_pretrained(directory / "model")
+    cases = [
+        {"name": "text_only", "messages": [
+            {"role": "system", "content": [text_part("You answer briefly.")]},
+            {"role": "user", "content": [text_part("Name three colours.")]}]},
+        {"name": "multi_turn", "messages": [
+            {"role": "user", "content": [text_part("Hello!")]},
+            {"role": "assistant", "content": [text_part("Hi, how can I help?")]},
+            {"role": "user", "content": [text_part("  Count to five, please.  ")]}]},
+    ]
+    batch = {"name": "batch", "rows": [
+        [{"role": "user", "content": [text_part("Hi?")]}],
+        [{"role": "user", "content": [text_part("What are the main colours of a rainbow?")]}],
+        [{"role": "user", "content": [text_part("Tell a story.")]}],
+    ]}
+    run_cases(directory, processor, model, cases, batch)
+
+
 FAMILIES = {
     "pil_resize": pil_resize_cases,
+    "qwen3": family_qwen3,
     "llava": lambda d: family_llava(d, next_=False),
     "llava_next": lambda d: family_llava(d, next_=True),
 }

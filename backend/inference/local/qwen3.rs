@@ -15,6 +15,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::{quantized_qwen3, qwen3};
 
+use super::chat_template::{ChatTemplate, ContentStyle};
 use super::{Common, Family, Prepared};
 use crate::inference::{ChatRequest, InferenceError, Role};
 
@@ -28,11 +29,19 @@ pub struct Input {
     ids: Vec<u32>,
 }
 
+impl Input {
+    /// Token ids of the prompt.
+    pub fn ids(&self) -> &[u32] {
+        &self.ids
+    }
+}
+
 /// A loaded Qwen3 model.
 pub struct Qwen3 {
     backend: Backend,
     common: Common,
     context: usize,
+    template: Option<ChatTemplate>,
 }
 
 impl Qwen3 {
@@ -83,11 +92,12 @@ impl Qwen3 {
                     backend: Backend::Gguf(model),
                     common: common.clone(),
                     context,
+                    template: ChatTemplate::load(dir)?,
                 },
                 common,
             ));
         }
-        let raw = super::read_json(&path.join("config.json"))?;
+        let raw = super::read_model_config(path)?;
         let cfg: qwen3::Config = super::parse_config(raw.clone(), "Qwen3 config.json")?;
         if cfg.num_key_value_heads == 0
             || !cfg
@@ -109,6 +119,7 @@ impl Qwen3 {
                 backend: Backend::Full(model),
                 common: common.clone(),
                 context: cfg.max_position_embeddings,
+                template: ChatTemplate::load(path)?,
             },
             common,
         ))
@@ -155,7 +166,17 @@ impl Family for Qwen3 {
     type Input = Input;
 
     fn prepare(&self, request: &ChatRequest) -> Result<Prepared<Input>, InferenceError> {
-        let ids = super::encode(&self.common.tokenizer, &chatml(request, true))?;
+        // The model's own template with thinking switched off (answers are graded, not
+        // reasoning traces); without one, the same ChatML by hand.
+        let ids = match &self.template {
+            Some(t) => {
+                let msgs = super::messages_with_schema(request);
+                let off = [("enable_thinking", serde_json::Value::Bool(false))];
+                let text = t.render(&msgs, ContentStyle::Text, &off)?;
+                super::encode_prompt(&self.common.tokenizer, &text, t.add_special_tokens(&text))?
+            }
+            None => super::encode(&self.common.tokenizer, &chatml(request, true))?,
+        };
         let len = ids.len();
         Ok(Prepared {
             input: Input { ids },
