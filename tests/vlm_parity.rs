@@ -170,6 +170,15 @@ impl Inspect for elite::inference::local::qwen3::Input {
     }
 }
 
+impl Inspect for elite::inference::local::paligemma::Input {
+    fn ids(&self) -> &[u32] {
+        self.ids()
+    }
+    fn pixel_values(&self) -> Vec<&Tensor> {
+        self.pixel_values()
+    }
+}
+
 fn llava_parity(family_name: &str) {
     let fx = Fixture::load(family_name);
     let (model, _) = Llava::load(&fx.dir.join("model"), &Device::Cpu, None).unwrap();
@@ -197,8 +206,10 @@ where
                 // LLaVA-NeXT pads every image to the same number of crops.
                 let e = if e.rank() == 4 {
                     e.narrow(0, 0, px.dim(0).unwrap()).unwrap()
-                } else {
+                } else if px.rank() == 4 {
                     e.unsqueeze(0).unwrap()
+                } else {
+                    e
                 };
                 let d = max_diff(px, &e);
                 assert!(d <= PIXEL_TOL, "{family_name}/{name}: pixel values of image {i} differ by {d}");
@@ -256,6 +267,18 @@ fn qwen3_matches_transformers() {
     )
     .unwrap();
     parity(&fx, model, "qwen3");
+}
+
+#[test]
+fn paligemma_matches_transformers() {
+    let fx = Fixture::load("paligemma");
+    let (model, _) = elite::inference::local::paligemma::PaliGemma::load(
+        &fx.dir.join("model"),
+        &Device::Cpu,
+        None,
+    )
+    .unwrap();
+    parity(&fx, model, "paligemma");
 }
 
 #[test]

@@ -496,8 +496,57 @@ def family_qwen3(directory):
     run_cases(directory, processor, model, cases, batch)
 
 
+class PromptProcessor:
+    """PaliGemma has no chat template: its prompt is the text of the messages joined by
+    newlines (elite's convention), which the processor prefixes with the image tokens and BOS
+    and ends with a newline."""
+
+    def __init__(self, processor):
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+
+    def apply_chat_template(self, messages, **kwargs):
+        return "\n".join(p["text"] for m in messages for p in m["content"] if p["type"] == "text")
+
+    def __call__(self, text, images=None, add_special_tokens=None, **kwargs):
+        return self.processor(text=text, images=images, **kwargs)
+
+
+def family_paligemma(directory):
+    import torch
+    from transformers import (GemmaConfig, PaliGemmaConfig, PaliGemmaForConditionalGeneration,
+                              PaliGemmaProcessor, SiglipVisionConfig)
+    from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+
+    torch.manual_seed(0)
+    text = GemmaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64,
+                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1,
+                       head_dim=8, max_position_embeddings=512, rms_norm_eps=1e-6,
+                       rope_theta=10000.0, hidden_activation="gelu_pytorch_tanh",
+                       bos_token_id=special("<bos>"), eos_token_id=special("<eos>"),
+                       pad_token_id=special("<pad>"), initializer_range=0.2)
+    vision = SiglipVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                num_attention_heads=2, image_size=16, patch_size=4,
+                                layer_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh",
+                                vision_use_head=False)
+    config = PaliGemmaConfig(text_config=text, vision_config=vision,
+                             image_token_index=special("<image>"), projection_dim=32,
+                             hidden_size=32, initializer_range=0.2)
+    model = PaliGemmaForConditionalGeneration(config).eval()
+    tok = fast_tokenizer(bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
+                         unk_token="<unk>")
+    improc = SiglipImageProcessorPil(size={"height": 16, "width": 16})
+    improc.image_seq_length = 16
+    processor = PaliGemmaProcessor(image_processor=improc, tokenizer=tok)
+    write_model(directory, model, processor)
+    images = make_images(directory)
+    cases = [c for c in standard_cases(images, two_images=False) if c["name"] != "text_only"]
+    run_cases(directory, PromptProcessor(processor), model, cases, batch_case(images))
+
+
 FAMILIES = {
     "pil_resize": pil_resize_cases,
+    "paligemma": family_paligemma,
     "qwen3": family_qwen3,
     "llava": lambda d: family_llava(d, next_=False),
     "llava_next": lambda d: family_llava(d, next_=True),

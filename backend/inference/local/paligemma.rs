@@ -135,12 +135,32 @@ pub struct PaliGemmaConfig {
     vision_config: VisionConfig,
     #[serde(default)]
     projection_dim: Option<usize>,
+    #[serde(default = "d_image_token", alias = "image_token_id")]
+    image_token_index: u32,
+}
+
+fn d_image_token() -> u32 {
+    257_152
 }
 
 /// Inputs of one request.
 pub struct Input {
     ids: Vec<u32>,
     pixels: Option<Tensor>,
+    expanded: Vec<u32>,
+}
+
+impl Input {
+    /// The prompt's token ids as transformers' processor writes them: the
+    /// image tokens (one per image feature), BOS, the text and a newline.
+    pub fn ids(&self) -> &[u32] {
+        &self.expanded
+    }
+
+    /// Pixel values `(3, S, S)` of the image, if any.
+    pub fn pixel_values(&self) -> Vec<&Tensor> {
+        self.pixels.iter().collect()
+    }
 }
 
 /// A loaded PaliGemma model.
@@ -163,7 +183,7 @@ impl PaliGemma {
         device: &Device,
         dtype: Option<DType>,
     ) -> Result<(Self, Common), InferenceError> {
-        let raw = super::read_json(&dir.join("config.json"))?;
+        let raw = super::read_model_config(dir)?;
         let cfg: PaliGemmaConfig = super::parse_config(raw.clone(), "PaliGemma config.json")?;
         let t = &cfg.text_config;
         if t.model_type != "gemma" {
@@ -190,7 +210,7 @@ impl PaliGemma {
         let tensors = super::to_classic_vlm_layout(super::load_tensors(dir, common.dtype, device)?);
         let vb = VarBuilder::from_tensors(tensors, common.dtype, device);
         let (vision, projector, lm) = modules(&cfg, vb)?;
-        let pre = super::read_json_opt(&dir.join("preprocessor_config.json"))?;
+        let pre = super::image_processor_config(dir)?;
         let (mean, std) = preprocess::mean_std(pre.as_ref(), HALF, HALF);
         let n = v.image_size / v.patch_size;
         Ok((
@@ -317,10 +337,19 @@ impl Family for PaliGemma {
             } else {
                 0
             };
+        let mut expanded = Vec::with_capacity(positions);
+        if pixels.is_some() {
+            expanded.extend(std::iter::repeat_n(
+                self.cfg.image_token_index,
+                self.image_tokens,
+            ));
+        }
+        expanded.extend_from_slice(&ids);
         Ok(Prepared {
             input: Input {
                 ids,
                 pixels: pixels.clone(),
+                expanded,
             },
             prompt_tokens: positions,
             group_key: vec![positions, usize::from(pixels.is_some())],
