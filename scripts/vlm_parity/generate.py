@@ -246,6 +246,25 @@ def greedy(model, inputs, steps=STEPS):
     return prefill, torch.stack(step_logits, 1), torch.stack(tokens, 1)
 
 
+def greedy_generate(model, inputs, steps=STEPS):
+    """The same as `greedy`, through `generate` (which keeps model-specific decode state such
+    as Qwen-VL's multimodal position offsets)."""
+    import torch
+
+    with torch.no_grad():
+        prefill = model(**inputs).logits.float()
+        # No end-of-sequence token: the reference runs all steps, choosing by raw argmax.
+        out = model.generate(**inputs, max_new_tokens=steps + 1, do_sample=False,
+                             eos_token_id=None, output_logits=True,
+                             return_dict_in_generate=True)
+    logits = [x.float() for x in out.logits]
+    for x in logits[:steps]:
+        check_margin(x)
+    n = inputs["input_ids"].shape[1]
+    tokens = out.sequences[:, n:n + steps]
+    return prefill, torch.stack(logits[1:steps + 1], 1), tokens
+
+
 def check_margin(logits):
     """A greedy choice decided by less than 1e-3 would make token equality fragile."""
     top = logits.topk(2, dim=-1).values
@@ -294,11 +313,13 @@ def encode(processor, text, images, **kwargs):
     return processor(text=text, images=images, return_tensors="pt", **kwargs)
 
 
-def run_cases(directory, processor, model, cases, batch, extra_inputs=lambda enc: {}):
+def run_cases(directory, processor, model, cases, batch, extra_inputs=lambda enc: {},
+              decode=None):
     """Runs every case and the batch; writes cases.json and expected.safetensors."""
     import torch
     from safetensors.torch import save_file
 
+    decode = decode or greedy
     tensors = {}
     for case in cases:
         msgs = case["messages"]
@@ -308,7 +329,7 @@ def run_cases(directory, processor, model, cases, batch, extra_inputs=lambda enc
         enc = encode(processor, text, images)
         inputs = {k: v for k, v in enc.items() if k != "attention_mask"}
         inputs.update(extra_inputs(enc))
-        prefill, steps, tokens = greedy(model, inputs)
+        prefill, steps, tokens = decode(model, inputs)
         n = case["name"]
         case["prompt"] = text
         tensors[f"{n}.input_ids"] = enc["input_ids"][0].to(torch.int64)
@@ -327,7 +348,7 @@ def run_cases(directory, processor, model, cases, batch, extra_inputs=lambda enc
         enc = encode(processor, texts, images or None, padding=True)
         inputs = dict(enc)
         inputs.update(extra_inputs(enc))
-        prefill, steps, tokens = greedy(model, inputs)
+        prefill, steps, tokens = decode(model, inputs)
         batch["prompts"] = texts
         tensors["batch.input_ids"] = enc["input_ids"].to(torch.int64)
         tensors["batch.attention_mask"] = enc["attention_mask"].to(torch.int64)
@@ -544,8 +565,66 @@ def family_paligemma(directory):
     run_cases(directory, PromptProcessor(processor), model, cases, batch_case(images))
 
 
+# A ChatML template in the shape of the Qwen-VL ones (each image as a vision block before
+# the text, no default system prompt); written for these fixtures.
+QWEN_VL_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' }}"
+    "{%- if message['content'] is string %}{{- message['content'] }}"
+    "{%- else %}{%- for part in message['content'] %}"
+    "{%- if part['type'] == 'image' %}{{- '<|vision_start|><|image_pad|><|vision_end|>' }}"
+    "{%- elif part['type'] == 'text' %}{{- part['text'] }}{%- endif %}"
+    "{%- endfor %}{%- endif %}"
+    "{{- '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+
+def family_qwen3_vl(directory):
+    import torch
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import \
+        Qwen2VLImageProcessorPil
+
+    torch.manual_seed(0)
+    text = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                max_position_embeddings=512, rms_norm_eps=1e-6,
+                rope_parameters={"rope_type": "default", "rope_theta": 5_000_000.0,
+                                 "mrope_section": [2, 1, 1], "mrope_interleaved": True},
+                initializer_range=0.2, bos_token_id=special("<|endoftext|>"),
+                eos_token_id=special("<|im_end|>"), tie_word_embeddings=True)
+    vision = dict(depth=2, hidden_size=16, intermediate_size=32, num_heads=2, patch_size=4,
+                  spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=32,
+                  num_position_embeddings=16, deepstack_visual_indexes=[0],
+                  hidden_act="gelu_pytorch_tanh", initializer_range=0.2)
+    config = Qwen3VLConfig(text_config=text, vision_config=vision,
+                           image_token_id=special("<|image_pad|>"),
+                           video_token_id=special("<|video_pad|>"),
+                           vision_start_token_id=special("<|vision_start|>"),
+                           vision_end_token_id=special("<|vision_end|>"),
+                           tie_word_embeddings=True)
+    model = Qwen3VLForConditionalGeneration(config).eval()
+    tok = fast_tokenizer(eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    improc = Qwen2VLImageProcessorPil(patch_size=4, temporal_patch_size=2, merge_size=2,
+                                      size={"shortest_edge": 256, "longest_edge": 1024},
+                                      image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
+
+    video = Qwen3VLVideoProcessor(patch_size=4, temporal_patch_size=2, merge_size=2)
+    processor = Qwen3VLProcessor(image_processor=improc, tokenizer=tok, video_processor=video,
+                                 chat_template=QWEN_VL_TEMPLATE)
+    write_model(directory, model, processor)
+    images = make_images(directory)
+    run_cases(directory, processor, model, standard_cases(images), batch_case(images),
+              lambda enc: {k: enc[k] for k in ("image_grid_thw",) if k in enc},
+              decode=greedy_generate)
+
+
 FAMILIES = {
     "pil_resize": pil_resize_cases,
+    "qwen3_vl": family_qwen3_vl,
     "paligemma": family_paligemma,
     "qwen3": family_qwen3,
     "llava": lambda d: family_llava(d, next_=False),
