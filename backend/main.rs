@@ -308,6 +308,10 @@ enum ModelCommand {
         /// Local model directory (or .gguf file, or hf:org/name).
         #[arg(long)]
         path: Option<String>,
+        /// Device of a local model: cpu, cuda or cuda:N (default: the first GPU of a CUDA
+        /// build when present, else the CPU).
+        #[arg(long)]
+        device: Option<String>,
         /// OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1.
         #[arg(long)]
         base_url: Option<String>,
@@ -1019,6 +1023,7 @@ async fn model_command_inner(command: ModelCommand, pool: &sqlx::PgPool) -> anyh
             name,
             adapter,
             path,
+            device,
             base_url,
             model_id,
             api_key_env,
@@ -1040,6 +1045,7 @@ async fn model_command_inner(command: ModelCommand, pool: &sqlx::PgPool) -> anyh
                     model_id.unwrap_or_default(),
                 )
             };
+            spec.device = device;
             spec.api_key_env = api_key_env;
             spec.max_in_flight = max_in_flight;
             spec.requests_per_minute = requests_per_minute;

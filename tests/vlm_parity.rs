@@ -41,8 +41,7 @@ impl Fixture {
             Err(_) => Value::Null,
         };
         let expected =
-            candle_core::safetensors::load(dir.join("expected.safetensors"), &Device::Cpu)
-                .unwrap();
+            candle_core::safetensors::load(dir.join("expected.safetensors"), &Device::Cpu).unwrap();
         Self {
             dir,
             cases,
@@ -134,7 +133,11 @@ fn check_decode<F: Family>(
     assert!(d <= LOGIT_TOL, "{what}: prefill logits differ by {d}");
     let mut logits = logits;
     for (k, &tok) in tokens.iter().enumerate() {
-        let ours = logits.argmax(D::Minus1).unwrap().to_scalar::<u32>().unwrap();
+        let ours = logits
+            .argmax(D::Minus1)
+            .unwrap()
+            .to_scalar::<u32>()
+            .unwrap();
         assert_eq!(ours, tok, "{what}: greedy token {k} differs");
         logits = family
             .step(&[tok], prompt_len + k)
@@ -142,7 +145,10 @@ fn check_decode<F: Family>(
             .flatten_all()
             .unwrap();
         let d = max_diff(&logits, &steps.get(k).unwrap());
-        assert!(d <= LOGIT_TOL, "{what}: logits of decode step {k} differ by {d}");
+        assert!(
+            d <= LOGIT_TOL,
+            "{what}: logits of decode step {k} differ by {d}"
+        );
     }
 }
 
@@ -212,7 +218,10 @@ where
                     e
                 };
                 let d = max_diff(px, &e);
-                assert!(d <= PIXEL_TOL, "{family_name}/{name}: pixel values of image {i} differ by {d}");
+                assert!(
+                    d <= PIXEL_TOL,
+                    "{family_name}/{name}: pixel values of image {i} differ by {d}"
+                );
             }
         } else {
             assert!(p.input.pixel_values().is_empty());
@@ -244,7 +253,11 @@ where
             .filter(|(_, m)| **m == 1)
             .map(|(i, _)| *i)
             .collect();
-        assert_eq!(p.input.ids(), unpadded.as_slice(), "batch row {r}: input ids");
+        assert_eq!(
+            p.input.ids(),
+            unpadded.as_slice(),
+            "batch row {r}: input ids"
+        );
         check_decode(
             &mut model,
             &p.input,
@@ -260,12 +273,9 @@ where
 #[test]
 fn qwen3_matches_transformers() {
     let fx = Fixture::load("qwen3");
-    let (model, _) = elite::inference::local::qwen3::Qwen3::load(
-        &fx.dir.join("model"),
-        &Device::Cpu,
-        None,
-    )
-    .unwrap();
+    let (model, _) =
+        elite::inference::local::qwen3::Qwen3::load(&fx.dir.join("model"), &Device::Cpu, None)
+            .unwrap();
     parity(&fx, model, "qwen3");
 }
 

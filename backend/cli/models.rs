@@ -10,18 +10,6 @@ use sqlx::PgPool;
 use crate::inference::store;
 use crate::inference::{ChatMessage, ChatRequest, GenerationSettings, ImageInput, load_model};
 
-/// The device local models run on: the first CUDA GPU in a `--features cuda` build when one is
-/// present, else the CPU.
-pub fn device() -> candle_core::Device {
-    #[cfg(feature = "cuda")]
-    {
-        if let Ok(device) = candle_core::Device::cuda_if_available(0) {
-            return device;
-        }
-    }
-    candle_core::Device::Cpu
-}
-
 /// What `elite model test` prints.
 #[derive(Debug, Serialize)]
 pub struct TestReport {
@@ -64,7 +52,11 @@ pub async fn test_model(
 ) -> anyhow::Result<TestReport> {
     let registered = store::get(pool, name).await?;
     let started = Instant::now();
-    let model = load_model(&registered.spec, &device()).await?;
+    let model = load_model(
+        &registered.spec,
+        &crate::inference::device::select(registered.spec.device.as_deref())?,
+    )
+    .await?;
     let load_seconds = started.elapsed().as_secs_f64();
     let message = match image {
         Some(path) => {

@@ -94,6 +94,10 @@ pub struct ModelSpec {
     /// Local model directory, `.gguf` file, or `hf:org/name[@revision]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local_path: Option<String>,
+    /// Device of a local model: "cpu", "cuda" or "cuda:N" (default: the first
+    /// GPU of a CUDA build when present, else the CPU).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
     /// Remote server base URL, e.g. `http://127.0.0.1:8000/v1`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_url: Option<String>,
@@ -131,6 +135,7 @@ impl ModelSpec {
             name: name.into(),
             adapter,
             local_path: Some(path.into()),
+            device: None,
             base_url: None,
             model_id: None,
             api_key_env: None,
@@ -198,6 +203,12 @@ impl ModelSpec {
                     "{field} has at most {max} bytes and no control characters"
                 ));
             }
+        }
+        if let Some(d) = &self.device {
+            if !self.adapter.is_local() {
+                return bad("device applies to local models only".into());
+            }
+            super::device::parse(d)?;
         }
         if self.max_in_flight.is_some_and(|n| n > MAX_IN_FLIGHT) {
             return bad(format!("max_in_flight must be at most {MAX_IN_FLIGHT}"));

@@ -101,15 +101,15 @@ async fn model(
     if let Some(model) = loaded.get(&key) {
         return Ok(model.clone());
     }
-    let model = load_model(&spec, &crate::cli::models::device())
-        .await
-        .map_err(|e| {
-            if e.is_retryable() {
-                JobError::Retryable(e.to_string())
-            } else {
-                JobError::Permanent(e.to_string())
-            }
-        })?;
+    let device = crate::inference::device::select(spec.device.as_deref())
+        .map_err(|e| JobError::Permanent(e.to_string()))?;
+    let model = load_model(&spec, &device).await.map_err(|e| {
+        if e.is_retryable() {
+            JobError::Retryable(e.to_string())
+        } else {
+            JobError::Permanent(e.to_string())
+        }
+    })?;
     loaded.retain(|k, _| !k.starts_with(&format!("{name}\u{0}")));
     loaded.insert(key, model.clone());
     Ok(model)

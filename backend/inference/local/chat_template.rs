@@ -192,7 +192,9 @@ impl ChatTemplate {
         });
         env.add_template_owned("chat", strip_generation_tags(source))
             .map_err(|e| {
-                InferenceError::UnsupportedConfig(format!("the chat template does not compile: {e}"))
+                InferenceError::UnsupportedConfig(format!(
+                    "the chat template does not compile: {e}"
+                ))
             })?;
         let mut tokens = serde_json::Map::new();
         for key in ["bos_token", "eos_token", "pad_token", "unk_token"] {
@@ -234,9 +236,10 @@ impl ChatTemplate {
             .env
             .get_template("chat")
             .map_err(|e| InferenceError::Internal(e.to_string()))?;
-        tmpl.render(JValue::from(minijinja::value::Serde(&ctx))).map_err(|e| {
-            InferenceError::InvalidRequest(format!("the model's chat template refused: {e}"))
-        })
+        tmpl.render(JValue::from(minijinja::value::Serde(&ctx)))
+            .map_err(|e| {
+                InferenceError::InvalidRequest(format!("the model's chat template refused: {e}"))
+            })
     }
 
     /// Whether token ids should get the tokenizer's special tokens (BOS) added: not when
@@ -312,15 +315,20 @@ mod tests {
         .unwrap();
         let out = t.render(&[], ContentStyle::Text, &[]).unwrap();
         assert_eq!(out, "{\"a\": [1, \"x<y\"], \"b\": null}|[\n  1,\n  2\n]");
-        let t = ChatTemplate::new("{{ raise_exception('only user and assistant') }}", None).unwrap();
+        let t =
+            ChatTemplate::new("{{ raise_exception('only user and assistant') }}", None).unwrap();
         let e = t.render(&[], ContentStyle::Text, &[]).unwrap_err();
         assert!(e.to_string().contains("only user and assistant"), "{e}");
     }
 
     #[test]
     fn named_templates_pick_default() {
-        let v = json!([{"name": "tool_use", "template": "T"}, {"name": "default", "template": "D"}]);
+        let v =
+            json!([{"name": "tool_use", "template": "T"}, {"name": "default", "template": "D"}]);
         assert_eq!(template_of(Some(&v)).as_deref(), Some("D"));
-        assert_eq!(strip_generation_tags("a{%- generation -%}b{% endgeneration %}c{% if x %}"), "abc{% if x %}");
+        assert_eq!(
+            strip_generation_tags("a{%- generation -%}b{% endgeneration %}c{% if x %}"),
+            "abc{% if x %}"
+        );
     }
 }

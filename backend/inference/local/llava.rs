@@ -484,7 +484,10 @@ impl Llava {
             }
             i = end;
         }
-        if features.as_ref().is_some_and(|f| f.dim(0).ok() != Some(used)) {
+        if features
+            .as_ref()
+            .is_some_and(|f| f.dim(0).ok() != Some(used))
+        {
             candle_core::bail!("image features and image tokens differ in number");
         }
         Tensor::cat(&pieces, 0)

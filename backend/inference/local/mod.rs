@@ -457,7 +457,9 @@ pub fn to_classic_vlm_layout(map: HashMap<String, Tensor>) -> HashMap<String, Te
     } else {
         map
     };
-    if map.keys().any(|k| k.starts_with("vision_tower.vision_model."))
+    if map
+        .keys()
+        .any(|k| k.starts_with("vision_tower.vision_model."))
         || !map.keys().any(|k| k.starts_with("vision_tower."))
     {
         return map;

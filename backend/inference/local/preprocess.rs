@@ -139,7 +139,11 @@ fn clip8(v: i64) -> u8 {
 /// Resamples along one axis: `horizontal` maps columns, otherwise rows.
 fn resample_axis(img: &RgbImage, out_len: usize, horizontal: bool, filter: Resample) -> RgbImage {
     let (w, h) = (img.width() as usize, img.height() as usize);
-    let (ow, oh) = if horizontal { (out_len, h) } else { (w, out_len) };
+    let (ow, oh) = if horizontal {
+        (out_len, h)
+    } else {
+        (w, out_len)
+    };
     let taps = taps(if horizontal { w } else { h }, out_len, filter);
     let src = img.as_raw();
     let mut out = vec![0u8; ow * oh * 3];
