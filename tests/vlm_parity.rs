@@ -189,6 +189,53 @@ fn llava_parity(family_name: &str) {
     let fx = Fixture::load(family_name);
     let (model, _) = Llava::load(&fx.dir.join("model"), &Device::Cpu, None).unwrap();
     parity(&fx, model, family_name);
+    let (model, _) = Llava::load(&fx.dir.join("model"), &Device::Cpu, None).unwrap();
+    padded_batch(&fx, model, family_name);
+}
+
+/// The three prompts of different lengths in one left-padded forward pass, as
+/// transformers ran them; then decode steps with the reference's tokens, where the
+/// shortest row leaves the batch after 4 steps.
+fn padded_batch<F: Family>(fx: &Fixture, mut model: F, family_name: &str) {
+    assert!(model.pads_batches());
+    let rows = fx.cases["batch"]["rows"].as_array().unwrap();
+    let prepared: Vec<_> = rows
+        .iter()
+        .map(|r| model.prepare(&fx.request(r)).unwrap())
+        .collect();
+    let inputs: Vec<&F::Input> = prepared.iter().map(|p| &p.input).collect();
+    let logits = model.prefill(&inputs).unwrap();
+    let last = fx.get("batch.last_logits");
+    let d = max_diff(&logits, last);
+    assert!(
+        d <= LOGIT_TOL,
+        "{family_name}: padded prefill differs by {d}"
+    );
+    let tokens = fx.get("batch.tokens");
+    let steps = fx.get("batch.step_logits");
+    let mut active: Vec<usize> = (0..rows.len()).collect();
+    for k in 0..tokens.dim(1).unwrap() {
+        if k == 4 {
+            let keep: Vec<usize> = (0..active.len()).filter(|&i| active[i] != 0).collect();
+            assert!(model.retain_rows(&keep).unwrap());
+            active = keep.iter().map(|&i| active[i]).collect();
+        }
+        let next: Vec<u32> = active
+            .iter()
+            .map(|&r| ids_of(&tokens.get(r).unwrap())[k])
+            .collect();
+        let logits = model.step(&next, 0).unwrap();
+        for (i, &r) in active.iter().enumerate() {
+            let d = max_diff(
+                &logits.get(i).unwrap(),
+                &steps.get(r).unwrap().get(k).unwrap(),
+            );
+            assert!(
+                d <= LOGIT_TOL,
+                "{family_name}: batch row {r} step {k} differs by {d}"
+            );
+        }
+    }
 }
 
 fn parity<F: Family>(fx: &Fixture, mut model: F, family_name: &str)

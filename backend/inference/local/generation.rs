@@ -160,7 +160,8 @@ struct Row {
     ignore_eos: bool,
 }
 
-/// Generates every row of a group (all rows have the same prefill length).
+/// Generates every row of a group (rows have the same prefill length, or the family pads).
+/// Finished rows leave the batch when the family can drop them.
 pub fn generate_group<F: Family>(
     family: &mut F,
     inputs: &[&F::Input],
@@ -182,19 +183,22 @@ pub fn generate_group<F: Family>(
             ignore_eos: s.settings.ignore_eos,
         })
         .collect();
-    let mut offset = specs.first().map(|s| s.prompt_tokens).unwrap_or(0);
+    let mut offset = specs.iter().map(|s| s.prompt_tokens).max().unwrap_or(0);
     let mut logits = family.prefill(inputs)?;
     let prefill_latency = start.elapsed();
+    // Rows still in the batch, as indices into `rows`.
+    let mut active: Vec<usize> = (0..rows.len()).collect();
     loop {
         let table = logits_rows(&logits)?;
-        if table.len() != rows.len() {
+        if table.len() != active.len() {
             return Err(InferenceError::Model(format!(
                 "model returned {} rows of logits for {} requests",
                 table.len(),
-                rows.len()
+                active.len()
             )));
         }
-        for (row, l) in rows.iter_mut().zip(&table) {
+        for (&i, l) in active.iter().zip(&table) {
+            let row = &mut rows[i];
             if row.finished.is_some() {
                 continue;
             }
@@ -224,7 +228,13 @@ pub fn generate_group<F: Family>(
         if rows.iter().all(|r| r.finished.is_some()) {
             break;
         }
-        let next: Vec<u32> = rows.iter().map(|r| r.last).collect();
+        let keep: Vec<usize> = (0..active.len())
+            .filter(|&k| rows[active[k]].finished.is_none())
+            .collect();
+        if keep.len() < active.len() && family.retain_rows(&keep)? {
+            active = keep.iter().map(|&k| active[k]).collect();
+        }
+        let next: Vec<u32> = active.iter().map(|&i| rows[i].last).collect();
         logits = family.step(&next, offset)?;
         offset += 1;
     }

@@ -17,11 +17,11 @@
 
 use std::path::Path;
 
+use super::llama::{KvCache, Llama, LlamaConfig};
 use candle_core::{DType, Device, IndexOp, Module, Tensor};
 use candle_nn::{Activation, Linear, VarBuilder};
 use candle_transformers::models::clip::text_model::Activation as ClipActivation;
 use candle_transformers::models::clip::vision_model::{ClipVisionConfig, ClipVisionTransformer};
-use candle_transformers::models::llama::{self, Cache, Llama};
 use serde::Deserialize;
 
 use super::chat_template::{ChatTemplate, ContentStyle};
@@ -125,6 +125,8 @@ pub struct TextConfig {
     #[serde(default)]
     tie_word_embeddings: bool,
     #[serde(default)]
+    head_dim: Option<usize>,
+    #[serde(default)]
     sliding_window: Option<usize>,
     #[serde(default)]
     rope_scaling: Option<serde_json::Value>,
@@ -208,8 +210,8 @@ pub struct Llava {
     proj_act: Activation,
     newline: Option<Tensor>,
     llama: Llama,
-    llama_cfg: llama::Config,
-    cache: Option<Cache>,
+    cache: Option<KvCache>,
+    layers: usize,
     common: Common,
     next: bool,
     mean: [f32; 3],
@@ -321,6 +323,7 @@ impl Llava {
             }
         }
         let m = Modules::new(&cfg, next, vb)?;
+        let layers = cfg.text_config.num_hidden_layers;
         let pre = super::image_processor_config(dir)?;
         let (mean, std) = preprocess::mean_std(pre.as_ref(), CLIP_MEAN, CLIP_STD);
         let template = super::chat_template::ChatTemplate::load(dir)?;
@@ -335,8 +338,8 @@ impl Llava {
                 proj_act,
                 newline: m.newline,
                 llama: m.llama,
-                llama_cfg: m.llama_cfg,
                 cache: None,
+                layers,
                 common: common.clone(),
                 next,
                 mean,
@@ -571,7 +574,6 @@ struct Modules {
     proj2: Linear,
     newline: Option<Tensor>,
     llama: Llama,
-    llama_cfg: llama::Config,
 }
 
 impl Modules {
@@ -590,19 +592,16 @@ impl Modules {
             image_size: v.image_size,
             patch_size: v.patch_size,
         };
-        let llama_cfg = llama::Config {
+        let llama_cfg = LlamaConfig {
             hidden_size: t.hidden_size,
             intermediate_size: t.intermediate_size,
-            vocab_size: t.vocab_size,
             num_hidden_layers: t.num_hidden_layers,
             num_attention_heads: heads,
             num_key_value_heads: t.num_key_value_heads.unwrap_or(heads),
-            use_flash_attn: false,
+            head_dim: t.head_dim.unwrap_or(t.hidden_size / heads),
             rms_norm_eps: t.rms_norm_eps,
-            rope_theta: t.rope_theta,
-            bos_token_id: None,
-            eos_token_id: None,
-            rope_scaling: None,
+            rope_theta: f64::from(t.rope_theta),
+            vocab_size: t.vocab_size,
             max_position_embeddings: t.max_position_embeddings,
             tie_word_embeddings: t.tie_word_embeddings,
         };
@@ -625,14 +624,13 @@ impl Modules {
         } else {
             None
         };
-        let llama = Llama::load(vb.pp("language_model"), &llama_cfg).map_err(load)?;
+        let llama = Llama::load(&llama_cfg, vb.pp("language_model")).map_err(load)?;
         Ok(Self {
             vision,
             proj1,
             proj2,
             newline,
             llama,
-            llama_cfg,
         })
     }
 }
@@ -721,12 +719,6 @@ impl Family for Llava {
     }
 
     fn prefill(&mut self, inputs: &[&Input]) -> candle_core::Result<Tensor> {
-        let mut cache = Cache::new(
-            true,
-            self.common.dtype,
-            &self.llama_cfg,
-            &self.common.device,
-        )?;
         let embeds = inputs
             .iter()
             .map(|i| {
@@ -741,18 +733,55 @@ impl Family for Llava {
                 Ok(e)
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
-        let x = Tensor::stack(&embeds, 0)?;
-        let logits = self.llama.forward_input_embed(&x, 0, &mut cache)?;
+        // Left padding to the longest prompt; the mask keeps padding out of attention.
+        let longest = embeds
+            .iter()
+            .map(|e| e.dim(0))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let longest = longest.into_iter().max().unwrap_or(0);
+        let hidden = self.cfg.text_config.hidden_size;
+        let dev = &self.common.device;
+        let mut rows = Vec::with_capacity(embeds.len());
+        let mut valid = Vec::with_capacity(embeds.len() * longest);
+        for e in &embeds {
+            let pad = longest - e.dim(0)?;
+            valid.extend(std::iter::repeat_n(0f32, pad));
+            valid.extend(std::iter::repeat_n(1f32, e.dim(0)?));
+            rows.push(if pad > 0 {
+                let zeros = Tensor::zeros((pad, hidden), e.dtype(), dev)?;
+                Tensor::cat(&[&zeros, e], 0)?
+            } else {
+                e.clone()
+            });
+        }
+        let x = Tensor::stack(&rows, 0)?;
+        let valid = Tensor::from_vec(valid, (embeds.len(), longest), dev)?;
+        let mut cache = KvCache::new(self.layers);
+        let logits = self.llama.forward(&x, &valid, &mut cache)?;
         self.cache = Some(cache);
         Ok(logits)
     }
 
-    fn step(&mut self, tokens: &[u32], offset: usize) -> candle_core::Result<Tensor> {
+    fn step(&mut self, tokens: &[u32], _offset: usize) -> candle_core::Result<Tensor> {
         let Some(cache) = self.cache.as_mut() else {
             candle_core::bail!("decode step before prefill")
         };
-        let ids = Tensor::from_vec(tokens.to_vec(), (tokens.len(), 1), &self.common.device)?;
-        self.llama.forward(&ids, offset, cache)
+        let dev = &self.common.device;
+        let ids = Tensor::from_vec(tokens.to_vec(), (tokens.len(), 1), dev)?;
+        let x = self.llama.embed(&ids)?;
+        let valid = Tensor::ones((tokens.len(), 1), candle_core::DType::F32, dev)?;
+        self.llama.forward(&x, &valid, cache)
+    }
+
+    fn pads_batches(&self) -> bool {
+        true
+    }
+
+    fn retain_rows(&mut self, keep: &[usize]) -> candle_core::Result<bool> {
+        if let Some(cache) = self.cache.as_mut() {
+            cache.retain(keep)?;
+        }
+        Ok(true)
     }
 
     fn context_length(&self) -> usize {

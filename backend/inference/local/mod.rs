@@ -10,6 +10,7 @@
 
 pub mod chat_template;
 pub mod generation;
+pub mod llama;
 pub mod llava;
 pub mod paligemma;
 pub mod preprocess;
@@ -67,6 +68,20 @@ pub trait Family: Send + 'static {
     /// Largest number of rows one forward pass takes.
     fn max_batch(&self) -> usize {
         MAX_BATCH
+    }
+
+    /// Whether prompts of different lengths share a forward pass (left padding with an
+    /// attention mask). Such families get every request of a call in one group.
+    fn pads_batches(&self) -> bool {
+        false
+    }
+
+    /// Drops finished rows from the running batch, keeping `keep` (indices into the current
+    /// batch, in order). Returns false when the family cannot, and then every row keeps
+    /// being computed until the whole batch ends.
+    fn retain_rows(&mut self, keep: &[usize]) -> candle_core::Result<bool> {
+        let _ = keep;
+        Ok(false)
     }
 }
 
@@ -245,9 +260,15 @@ fn run_batch<F: Family>(
     }
     // Group by shape, keeping request order inside a group.
     let mut groups: BTreeMap<Vec<usize>, Vec<usize>> = BTreeMap::new();
+    let pads = family.pads_batches();
     for (i, p) in prepared.iter().enumerate() {
         if let Some((p, _)) = p {
-            groups.entry(p.group_key.clone()).or_default().push(i);
+            let key = if pads {
+                Vec::new()
+            } else {
+                p.group_key.clone()
+            };
+            groups.entry(key).or_default().push(i);
         }
     }
     let mut order: Vec<Vec<usize>> = groups.into_values().collect();
