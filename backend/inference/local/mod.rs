@@ -587,7 +587,7 @@ pub fn read_model_config(dir: &Path) -> Result<serde_json::Value, InferenceError
             .unwrap_or("default");
         // Scaling parameters (or Qwen's `mrope_section`) go where the classic configs kept them.
         let scaled = kind != "default" || rope.get("mrope_section").is_some();
-        if scaled && !obj.get("rope_scaling").is_some_and(|r| !r.is_null()) {
+        if scaled && obj.get("rope_scaling").is_none_or(|r| r.is_null()) {
             let mut scaling = rope;
             if let Some(m) = scaling.as_object_mut() {
                 m.remove("rope_theta");

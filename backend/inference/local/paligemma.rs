@@ -145,7 +145,7 @@ fn d_image_token() -> u32 {
 
 /// Inputs of one request.
 pub struct Input {
-    ids: Vec<u32>,
+    text_ids: Vec<u32>,
     pixels: Option<Tensor>,
     expanded: Vec<u32>,
 }
@@ -347,7 +347,7 @@ impl Family for PaliGemma {
         expanded.extend_from_slice(&ids);
         Ok(Prepared {
             input: Input {
-                ids,
+                text_ids: ids,
                 pixels: pixels.clone(),
                 expanded,
             },
@@ -360,8 +360,11 @@ impl Family for PaliGemma {
         self.lm.clear_kv_cache();
         let dev = &self.common.device;
         let b = inputs.len();
-        let len = inputs.first().map(|i| i.ids.len()).unwrap_or(0);
-        let ids: Vec<u32> = inputs.iter().flat_map(|i| i.ids.iter().copied()).collect();
+        let len = inputs.first().map(|i| i.text_ids.len()).unwrap_or(0);
+        let ids: Vec<u32> = inputs
+            .iter()
+            .flat_map(|i| i.text_ids.iter().copied())
+            .collect();
         let ids = Tensor::from_vec(ids, (b, len), dev)?;
         let text = self.lm.embed_tokens().forward(&ids)?;
         let embeds = if inputs.iter().all(|i| i.pixels.is_some()) {
