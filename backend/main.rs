@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use elite::accounts::Role;
 use elite::cli::{self, genmetrics::EncoderChoice, genmetrics::SetSource};
-use elite::db::{self, DbSource, LocalCluster};
+use elite::db::{self, DbSource, LocalCluster, ProcessKind};
 use elite::genmetrics::Params;
 use elite::genmetrics::encoders::EncoderKind;
 use elite::jobs::WorkerOptions;
@@ -548,10 +548,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .data_dir
         .clone()
         .unwrap_or_else(elite::db::default_data_dir);
+    // Only long-running processes may stop the private cluster when they leave it last; a
+    // one-shot command stops only a server it started itself (see `elite::db::cluster`).
+    let process = if matches!(cli.command, Command::Serve { .. } | Command::Worker { .. }) {
+        ProcessKind::LongRunning
+    } else {
+        ProcessKind::OneShot
+    };
     let source = match &cli.database_url {
         Some(url) => DbSource::Url(url.clone()),
         None => DbSource::Embedded {
             data_dir: data_dir.clone(),
+            process,
         },
     };
     match cli.command {
@@ -562,7 +570,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             server_roots,
             workers,
         } => {
-            if let DbSource::Embedded { data_dir } = &source {
+            if let DbSource::Embedded { data_dir, .. } = &source {
                 eprintln!("data directory: {}", data_dir.display());
             }
             workers.apply_outbound_policy()?;
@@ -926,29 +934,31 @@ async fn db_command(
         }
         DbCommand::Url => match source {
             DbSource::Url(url) => println!("{url}"),
-            DbSource::Embedded { data_dir } => {
+            DbSource::Embedded { data_dir, .. } => {
                 let options = db::ClusterOptions {
                     data_dir: data_dir.clone(),
                     ephemeral: false,
+                    process: ProcessKind::OneShot,
                 };
                 let cluster =
                     tokio::task::spawn_blocking(move || LocalCluster::ensure_running(options))
                         .await??;
                 db::create_database_if_missing(&cluster.url_for("postgres"), "elite").await?;
                 println!("{}", cluster.url());
-                if cluster.is_owned() {
+                if cluster.started_here() {
                     eprintln!(
                         "started the private PostgreSQL server; stop it with `elite db stop`"
                     );
                 }
                 // Leave the server running for the caller.
-                std::mem::forget(cluster);
+                cluster.leave_running();
             }
         },
         DbCommand::Stop => {
             let options = db::ClusterOptions {
                 data_dir: data_dir.to_path_buf(),
                 ephemeral: false,
+                process: ProcessKind::OneShot,
             };
             let stopped =
                 tokio::task::spawn_blocking(move || LocalCluster::stop_existing(options)).await??;

@@ -11,7 +11,8 @@ use crate::jobs::{WorkerOptions, WorkerPool};
 use crate::web::{self, AppState, WebConfig};
 
 /// Serve the web app on `bind` (and run workers in-process unless `workers` is None) until a
-/// shutdown signal arrives; then stop workers, drain connections and stop the private cluster.
+/// shutdown signal arrives; then stop workers, drain connections and leave the private cluster
+/// (stopping it if no other elite process uses it).
 pub async fn serve(
     db: Database,
     bind: SocketAddr,

@@ -112,6 +112,7 @@ async fn main() {
             let cluster = LocalCluster::ensure_running(ClusterOptions {
                 data_dir: root.join("target/elite-bench-pg"),
                 ephemeral: true,
+                process: db::ProcessKind::OneShot,
             })
             .expect("start a throwaway PostgreSQL cluster");
             let url = cluster.url_for("postgres");

@@ -1,5 +1,6 @@
 //! The `elite` binary end to end: the embedded PostgreSQL default (start, serve, stop on
-//! SIGTERM, adopt after a crash), `db` and `user` subcommands.
+//! SIGTERM, stop after a crash by the next serve), `db` and `user` subcommands. Sharing one
+//! cluster between processes is `tests/cluster.rs`.
 
 mod common;
 
@@ -227,7 +228,8 @@ fn terminate(child: &mut Child) {
 }
 
 /// No DATABASE_URL: `elite serve` creates and starts its own cluster, serves the login page,
-/// stops the cluster on SIGTERM; after a crash (SIGKILL) the next start adopts the server.
+/// stops the cluster on SIGTERM; after a crash (SIGKILL) the next serve uses the server and stops
+/// it when it exits.
 #[tokio::test]
 async fn serve_owns_a_private_cluster_without_database_url() {
     let data_dir = tempfile::Builder::new()
@@ -244,7 +246,7 @@ async fn serve_owns_a_private_cluster_without_database_url() {
         "cluster left running after SIGTERM"
     );
 
-    // A crash leaves the server running; the next process adopts and later stops it.
+    // A crash leaves the server running; the next serve uses it and, leaving last, stops it.
     let mut crashed = start_serve(data_dir.path(), port);
     wait_for_login_page(port).await;
     crashed.kill().unwrap();
@@ -273,7 +275,7 @@ async fn serve_owns_a_private_cluster_without_database_url() {
     terminate(&mut restarted);
     assert!(
         !cluster_running(data_dir.path()),
-        "adopted cluster left running after SIGTERM"
+        "a crashed serve's cluster left running after the next serve's SIGTERM"
     );
 
     // `db url` starts it for psql-style use and `db stop` stops it.

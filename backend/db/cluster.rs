@@ -3,25 +3,56 @@
 //! Layout under the data directory:
 //!
 //! ```text
-//! {data_dir}/pgdata        the cluster (initdb'ed once)
-//! {data_dir}/run           the Unix socket directory (TCP is off)
-//! {data_dir}/postgres.log  the server log
-//! {data_dir}/owner.pid     the pid of the elite process that started the server
+//! {data_dir}/pgdata         the cluster (initdb'ed once)
+//! {data_dir}/run            the Unix socket directory (TCP is off)
+//! {data_dir}/postgres.log   the server log
+//! {data_dir}/launcher.lock  flock'ed while a process starts, joins, leaves or stops the server
+//! {data_dir}/users/         one `<pid>-<n>.lock` per live elite process using the server
 //! ```
 //!
-//! A process that starts the server owns it and stops it on shutdown. A process that finds the
-//! server already running leaves it alone, unless the recorded owner is dead (a crashed run), in
-//! which case it adopts the server and becomes its owner. As root, the PostgreSQL binaries run
-//! as the `postgres` user through `runuser`, since PostgreSQL refuses to run as root.
+//! Many elite processes share one server (serve, workers, CLI commands), so no single process
+//! owns it. Each process registers while it uses the server: it holds a shared `flock` on its
+//! own file in `users/` from joining to leaving. The kernel releases a lock when its process
+//! dies, however it dies (SIGKILL included), so a registry entry whose lock can be taken is a
+//! dead process's, and counting live users needs no pid bookkeeping that a crash could leave
+//! wrong. Joining (start if needed, then register) and leaving (deregister, count the others,
+//! stop if the rules below say so) each happen under `launcher.lock`, so nobody joins between
+//! the count and the stop: a process that starts meanwhile waits and then starts the server
+//! again.
+//!
+//! When a process leaves and no other live process is registered:
+//! - a long-running process ([`ProcessKind::LongRunning`]: `serve`, `worker`) stops the server,
+//!   whoever started it; this is how a crashed process's server gets stopped eventually;
+//! - a one-shot command ([`ProcessKind::OneShot`]) stops it only if it started it itself, so a
+//!   lone `elite user add` leaves no server behind, but a command run after a crash never stops
+//!   a server it merely found running.
+//!
+//! When another live process is registered, the server keeps running whoever leaves. `elite db
+//! url` leaves the server running on purpose ([`LocalCluster::leave_running`]); `elite db stop`
+//! stops it regardless of users. As root, the PostgreSQL binaries run as the `postgres` user
+//! through `runuser`, since PostgreSQL refuses to run as root.
 
+use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::DbError;
 
 /// Name of the superuser and of the application database inside the private cluster.
 const DB_USER: &str = "elite";
 pub(crate) const DB_NAME: &str = "elite";
+
+/// How a process uses the cluster, which decides whether it may stop it when it leaves (see
+/// the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcessKind {
+    /// `serve` and `worker`: stops the server when it leaves last.
+    LongRunning,
+    /// A CLI command: stops the server when it leaves last only if it started it.
+    OneShot,
+}
 
 /// Settings of a private cluster.
 #[derive(Debug, Clone)]
@@ -30,55 +61,64 @@ pub struct ClusterOptions {
     pub data_dir: PathBuf,
     /// Trade durability for speed (fsync off): for throwaway test clusters only.
     pub ephemeral: bool,
+    /// How this process uses the server.
+    pub process: ProcessKind,
 }
 
-/// A private cluster that this process may own.
+/// This process's use of the private cluster: registered as a user from
+/// [`LocalCluster::ensure_running`] until [`LocalCluster::release`] (or drop).
 #[derive(Debug)]
 pub struct LocalCluster {
     options: ClusterOptions,
     bin_dir: PathBuf,
-    owned: bool,
+    /// Whether this process started the server (rather than finding it running).
+    started: bool,
+    /// Our entry in the users registry; `None` once released (or for `stop_existing`).
+    registration: Option<Registration>,
 }
 
 impl LocalCluster {
-    /// Initialise the cluster if needed and start it if it is not running. The application
-    /// database is created by [`super::connect`].
+    /// Initialise the cluster if needed, start it if it is not running, and register this
+    /// process as one of its users. The application database is created by
+    /// [`super::open`].
     pub fn ensure_running(options: ClusterOptions) -> Result<Self, DbError> {
         let mut cluster = Self::locate(options)?;
-        // Serialise concurrent launchers (serve + worker, parallel test processes).
-        let _lock = DirLock::acquire(&cluster.options.data_dir.join("launcher.lock"))?;
+        // Serialise concurrent launchers (serve + worker, parallel test processes) and leavers.
+        let _lock = DirLock::acquire(&cluster.launcher_lock())?;
         cluster.prepare_directories()?;
+        // Written by earlier versions, which had one owner process; the registry replaces it.
+        let _ = std::fs::remove_file(cluster.options.data_dir.join("owner.pid"));
         if !cluster.pgdata().join("PG_VERSION").exists() {
             cluster.initdb()?;
         }
+        // Register before starting: a failed start then leaves no unregistered server behind.
+        cluster.registration = Some(Registration::register(&cluster.users_dir())?);
         if cluster.is_running()? {
-            if cluster.owner_is_dead() {
-                tracing::info!("adopting a PostgreSQL server left running by a stopped process");
-                cluster.owned = true;
-                cluster.write_owner()?;
-            } else {
-                tracing::info!(
-                    "using the PostgreSQL server already running under the data directory"
-                );
-            }
+            tracing::info!("using the PostgreSQL server already running under the data directory");
         } else {
             cluster.start()?;
-            cluster.owned = true;
-            cluster.write_owner()?;
+            cluster.started = true;
         }
         Ok(cluster)
     }
 
-    /// Stop the cluster under `options.data_dir` if it runs, whoever started it (for
-    /// `elite db stop` and test clean-up). Returns whether a server was stopped.
+    /// Stop the cluster under `options.data_dir` if it runs, whoever started it and whoever
+    /// still uses it (for `elite db stop` and test clean-up). Returns whether a server was
+    /// stopped.
     pub fn stop_existing(options: ClusterOptions) -> Result<bool, DbError> {
-        let mut cluster = Self::locate(options)?;
-        let _lock = DirLock::acquire(&cluster.options.data_dir.join("launcher.lock"))?;
+        let cluster = Self::locate(options)?;
+        let _lock = DirLock::acquire(&cluster.launcher_lock())?;
         if !cluster.pgdata().join("PG_VERSION").exists() || !cluster.is_running()? {
             return Ok(false);
         }
-        cluster.owned = true;
-        cluster.stop()?;
+        let users = live_users(&cluster.users_dir());
+        if !users.is_empty() {
+            tracing::warn!(
+                pids = ?users,
+                "stopping the private PostgreSQL server while other elite processes use it"
+            );
+        }
+        cluster.pg_stop()?;
         Ok(true)
     }
 
@@ -103,7 +143,8 @@ impl LocalCluster {
                 ..options
             },
             bin_dir,
-            owned: false,
+            started: false,
+            registration: None,
         };
         cluster.check_socket_path_length()?;
         Ok(cluster)
@@ -122,23 +163,57 @@ impl LocalCluster {
         )
     }
 
-    /// Whether this process started (or adopted) the server and must stop it.
-    pub fn is_owned(&self) -> bool {
-        self.owned
+    /// Whether this process started the server (it was not running when we joined).
+    pub fn started_here(&self) -> bool {
+        self.started
     }
 
-    /// Stop the server if this process owns it. Idempotent.
-    pub fn stop(&mut self) -> Result<(), DbError> {
-        if !self.owned {
+    /// Leave as a user without stopping the server, whatever the rules say (`elite db url`
+    /// hands the server to a client outside elite). A later long-running process that leaves
+    /// last stops it.
+    pub fn leave_running(mut self) {
+        self.registration = None;
+    }
+
+    /// Leave as a user: deregister and, if no other live elite process uses the server, stop
+    /// it when this process may (a long-running process always, a one-shot command only if it
+    /// started the server). Idempotent; also run on drop.
+    pub fn release(&mut self) -> Result<(), DbError> {
+        let Some(registration) = self.registration.take() else {
+            return Ok(());
+        };
+        let _lock = DirLock::acquire(&self.launcher_lock())?;
+        drop(registration);
+        let others = live_users(&self.users_dir());
+        let long_running = self.options.process == ProcessKind::LongRunning;
+        if !others.is_empty() {
+            if long_running {
+                tracing::info!(
+                    pids = ?others,
+                    "leaving the private PostgreSQL server running for other elite processes"
+                );
+            }
             return Ok(());
         }
-        self.owned = false;
+        if !long_running && !self.started {
+            tracing::debug!("leaving the PostgreSQL server running: this command did not start it");
+            return Ok(());
+        }
+        if !self.is_running()? {
+            // Stopped meanwhile (`elite db stop`).
+            return Ok(());
+        }
+        tracing::info!("stopping the private PostgreSQL server: no other elite process uses it");
+        self.pg_stop()
+    }
+
+    /// `pg_ctl stop` (fast: disconnects clients, rolls back their transactions).
+    fn pg_stop(&self) -> Result<(), DbError> {
         let pgdata = self.pgdata();
         let output = self.pg_command(
             "pg_ctl",
             &["-D", path_str(&pgdata)?, "-m", "fast", "-w", "stop"],
         )?;
-        let _ = std::fs::remove_file(self.owner_file());
         if !output.status.success() {
             return Err(DbError::Cluster(format!(
                 "pg_ctl stop failed: {}",
@@ -160,8 +235,12 @@ impl LocalCluster {
         self.options.data_dir.join("postgres.log")
     }
 
-    fn owner_file(&self) -> PathBuf {
-        self.options.data_dir.join("owner.pid")
+    fn launcher_lock(&self) -> PathBuf {
+        self.options.data_dir.join("launcher.lock")
+    }
+
+    fn users_dir(&self) -> PathBuf {
+        self.options.data_dir.join("users")
     }
 
     fn check_socket_path_length(&self) -> Result<(), DbError> {
@@ -309,22 +388,6 @@ impl LocalCluster {
         Ok(())
     }
 
-    fn owner_is_dead(&self) -> bool {
-        match std::fs::read_to_string(self.owner_file()) {
-            Ok(text) => match text.trim().parse::<i32>() {
-                // kill(pid, 0) probes for existence without sending anything.
-                Ok(pid) => unsafe { libc::kill(pid, 0) != 0 },
-                Err(_) => true,
-            },
-            Err(_) => true,
-        }
-    }
-
-    fn write_owner(&self) -> Result<(), DbError> {
-        std::fs::write(self.owner_file(), std::process::id().to_string())
-            .map_err(|e| DbError::Cluster(format!("cannot write owner file: {e}")))
-    }
-
     /// Run a PostgreSQL program from the server's bin directory, as `postgres` when we are root.
     fn pg_command(&self, program: &str, args: &[&str]) -> Result<Output, DbError> {
         let path = self.bin_dir.join(program);
@@ -344,8 +407,8 @@ impl LocalCluster {
 
 impl Drop for LocalCluster {
     fn drop(&mut self) {
-        if let Err(e) = self.stop() {
-            tracing::warn!("stopping the private PostgreSQL server: {e}");
+        if let Err(e) = self.release() {
+            tracing::warn!("leaving the private PostgreSQL server: {e}");
         }
     }
 }
@@ -392,14 +455,108 @@ pub fn find_postgres_bin_dir() -> Result<PathBuf, DbError> {
     })
 }
 
+/// A process's entry in the users registry: a file of its own it holds a shared `flock` on.
+/// Dropping it removes the file and so releases the lock; a killed process's lock is released
+/// by the kernel and its file is removed by the next count.
+#[derive(Debug)]
+struct Registration {
+    path: PathBuf,
+    _file: File,
+}
+
+impl Registration {
+    /// Call with `launcher.lock` held, so that no count runs while the entry appears.
+    fn register(dir: &Path) -> Result<Self, DbError> {
+        // Unique within the process too: a process may open the cluster more than once.
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        std::fs::create_dir_all(dir)
+            .map_err(|e| DbError::Cluster(format!("cannot create {}: {e}", dir.display())))?;
+        let name = format!(
+            "{}-{}.lock",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let path = dir.join(name);
+        // Truncate nothing: a dead process of the same pid may have left this very file.
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| DbError::Cluster(format!("cannot open {}: {e}", path.display())))?;
+        // SAFETY: the descriptor is valid for the lifetime of `file`.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH) } != 0 {
+            return Err(DbError::Cluster(format!(
+                "cannot lock {}: {}",
+                path.display(),
+                std::io::Error::last_os_error()
+            )));
+        }
+        Ok(Registration { path, _file: file })
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        // Remove the entry, then close the file (which unlocks it).
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// The pids of the live processes registered in `dir`; entries of dead processes are removed.
+/// Call with `launcher.lock` held. An entry whose state cannot be read counts as live: better a
+/// server left running than one stopped under a user.
+fn live_users(dir: &Path) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut live = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        let Some(name) = name.to_str().and_then(|n| n.strip_suffix(".lock")) else {
+            continue;
+        };
+        let pid = name
+            .split('-')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        let file = match File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                tracing::warn!("cannot read {}: {e}; counting it as a user", path.display());
+                live.push(pid);
+                continue;
+            }
+        };
+        // SAFETY: the descriptor is valid for the lifetime of `file`.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            // Nobody holds it: its process is gone. The lock goes with `file`.
+            let _ = std::fs::remove_file(&path);
+            continue;
+        }
+        let error = std::io::Error::last_os_error();
+        if error.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            tracing::warn!(
+                "cannot lock {}: {error}; counting it as a user",
+                path.display()
+            );
+        }
+        live.push(pid);
+    }
+    live.sort_unstable();
+    live
+}
+
 /// An exclusive `flock` on a file, released on drop.
 struct DirLock {
-    file: std::fs::File,
+    file: File,
 }
 
 impl DirLock {
     fn acquire(path: &Path) -> Result<Self, DbError> {
-        use std::os::fd::AsRawFd;
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -416,7 +573,6 @@ impl DirLock {
 
 impl Drop for DirLock {
     fn drop(&mut self) {
-        use std::os::fd::AsRawFd;
         // SAFETY: as above; unlocking cannot invalidate anything.
         unsafe { libc::flock(self.file.as_raw_fd(), libc::LOCK_UN) };
     }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 
-pub use cluster::{ClusterOptions, LocalCluster};
+pub use cluster::{ClusterOptions, LocalCluster, ProcessKind};
 
 /// The data directory when none is given: `./.elite`, or `/var/lib/elite` for root, whose
 /// home (and so a checkout under it) the postgres user usually cannot enter.
@@ -39,12 +39,17 @@ pub enum DbError {
 pub enum DbSource {
     /// An existing server.
     Url(String),
-    /// The private cluster under this data directory.
-    Embedded { data_dir: PathBuf },
+    /// The private cluster under this data directory, used by a process of this kind (which
+    /// decides whether it stops the cluster when it leaves; see [`cluster`]).
+    Embedded {
+        data_dir: PathBuf,
+        process: ProcessKind,
+    },
 }
 
-/// An open database: the pool plus, for the embedded default, the cluster it runs on
-/// (stopped when this value is dropped, if this process started it).
+/// An open database: the pool plus, for the embedded default, this process's registration as
+/// a user of the cluster (left when this value is shut down or dropped, which stops the cluster
+/// if no other elite process uses it and this one may stop it; see [`cluster`]).
 pub struct Database {
     pub pool: PgPool,
     pub url: String,
@@ -52,11 +57,12 @@ pub struct Database {
 }
 
 impl Database {
-    /// Close the pool and stop the private cluster if we own it.
+    /// Close the pool and leave the private cluster (stopping it when we are its last user and
+    /// may stop it).
     pub async fn shutdown(mut self) {
         self.pool.close().await;
         if let Some(mut cluster) = self.cluster.take() {
-            let result = tokio::task::spawn_blocking(move || cluster.stop()).await;
+            let result = tokio::task::spawn_blocking(move || cluster.release()).await;
             if let Ok(Err(e)) = result {
                 tracing::warn!("{e}");
             }
@@ -71,10 +77,11 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 pub async fn open(source: &DbSource, max_connections: u32) -> Result<Database, DbError> {
     let (url, cluster) = match source {
         DbSource::Url(url) => (url.clone(), None),
-        DbSource::Embedded { data_dir } => {
+        DbSource::Embedded { data_dir, process } => {
             let options = ClusterOptions {
                 data_dir: data_dir.clone(),
                 ephemeral: false,
+                process: *process,
             };
             let cluster =
                 tokio::task::spawn_blocking(move || LocalCluster::ensure_running(options))

@@ -39,6 +39,7 @@ fn server_url() -> &'static str {
         let cluster = LocalCluster::ensure_running(ClusterOptions {
             data_dir,
             ephemeral: true,
+            process: db::ProcessKind::OneShot,
         })
         .expect("start the throwaway PostgreSQL cluster for tests");
         let url = cluster.url_for("postgres");
