@@ -22,25 +22,33 @@ pub enum StoreError {
     Sql(#[from] sqlx::Error),
 }
 
-/// What `elite import elite-csv --json` prints (and the API returns).
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+/// What `elite import elite-csv --json` prints (and an import job's result holds). A job run
+/// again after its benchmark was stored returns the benchmark alone: the other fields default.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ImportSummary {
     pub benchmark: BenchmarkRef,
+    #[serde(default)]
     pub items: usize,
     /// Category code -> number of items.
+    #[serde(default)]
     pub by_category: BTreeMap<String, usize>,
     /// Image names that were not found under the image root.
+    #[serde(default)]
     pub images_missing: Vec<String>,
     /// Image names that were found but could not be decoded, with the reason.
+    #[serde(default)]
     pub images_unreadable: Vec<(String, String)>,
+    #[serde(default)]
     pub images_stored: usize,
     /// Rows repeating an earlier (image, question) pair: kept, and counted here.
+    #[serde(default)]
     pub duplicates: usize,
     /// Rows that could not be parsed (line and reason); the rest were imported.
+    #[serde(default)]
     pub rejected: Vec<(u64, String)>,
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct BenchmarkRef {
     pub id: i64,
     pub name: String,
