@@ -22,5 +22,6 @@ pub fn job_registry() -> jobs::Registry {
     let registry = jobs::Registry::new();
     let registry = genmetrics::jobs::register(registry);
     let registry = compression::jobs::register(registry);
+    let registry = safety::import_jobs::register(registry);
     safety::jobs::register(registry)
 }

@@ -392,24 +392,27 @@ enum ImportCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Generated pairs: seeds (JSONL: category, instruction, optional benign) drawn as
-    /// typographic or flowchart images and wrapped in text templates, in the four image/text
-    /// safety combinations.
+    /// Generated pairs with the paper's methods, built around their images: seeds (JSONL:
+    /// category, instruction, optional benign, method, title, steps, image, caption) become
+    /// role-play (the seed's photo), fake-news, blueprint and flowchart pairs (images drawn with
+    /// the seed's text), typographic ones, and safe-safe combinations. Runs as a job that this
+    /// command works on with a progress bar.
     Generated {
         #[arg(long)]
         seeds: PathBuf,
         #[arg(long)]
         name: String,
-        /// typographic, flowchart (comma-separated; rotate over the seeds).
-        #[arg(long, value_delimiter = ',', default_value = "typographic,flowchart")]
-        image_style: Vec<String>,
-        /// role-play, fake-news, blueprint (comma-separated; rotate over the seeds).
+        /// role-play, fake-news, blueprint, flowchart, typographic, combination
+        /// (comma-separated; rotate over the seeds that name no method).
         #[arg(
             long,
             value_delimiter = ',',
-            default_value = "role-play,fake-news,blueprint"
+            default_value = "role-play,fake-news,blueprint,flowchart"
         )]
-        text_template: Vec<String>,
+        method: Vec<String>,
+        /// Root of the seeds' photo paths (`image` values that are paths).
+        #[arg(long)]
+        images: Option<PathBuf>,
         /// safe-safe, safe-unsafe, unsafe-safe, unsafe-unsafe (comma-separated).
         #[arg(
             long,
@@ -437,6 +440,18 @@ enum ImportCommand {
         #[arg(long)]
         json: bool,
     },
+    /// One benchmark made of several (matched and generated pairs), to be answered by the
+    /// victims and filtered as a whole; a pair without a source data set gets its benchmark's
+    /// name.
+    Merged {
+        /// Benchmark ids (comma-separated, in order).
+        #[arg(long = "from", value_delimiter = ',', required = true)]
+        sources: Vec<i64>,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// A benchmark built from another: the pairs that enough victim models answered unsafely
     /// (by their judged runs), with over-full categories balanced (the ELITE construction).
     Filtered {
@@ -453,6 +468,10 @@ enum ImportCommand {
         /// Keep at most this many pairs per category (the highest victim score sums).
         #[arg(long)]
         per_category: Option<usize>,
+        /// A source kept whatever the victims answered: `SOURCE` or `SOURCE=S3,S10` (only in
+        /// those categories); compared case-insensitively. Repeatable.
+        #[arg(long)]
+        exempt: Vec<String>,
         #[arg(long)]
         name: String,
         #[arg(long)]
@@ -712,29 +731,53 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 ImportCommand::Generated {
                     seeds,
                     name,
-                    image_style,
-                    text_template,
+                    method,
+                    images,
                     pair_type,
                     font,
                     json,
                 },
         } => {
-            let request = cli::safety::generation_request(
-                &seeds,
-                name,
-                &image_style,
-                &text_template,
-                &pair_type,
-            )?;
+            let request = cli::safety::generation_request(&seeds, name, &method, &pair_type)?;
             let db = db::open_and_migrate(&source, 4).await?;
             let result =
-                elite::safety::generate::generate_benchmark(&db.pool, request, font, None).await;
+                cli::safety::generate(&db.pool, &request, font.as_deref(), images.as_deref()).await;
             db.shutdown().await;
             let summary = result?;
             if json {
                 println!("{}", serde_json::to_string(&summary)?);
             } else {
-                print!("{}", cli::safety::describe_import(&summary));
+                print!("{}", cli::safety::describe_generation(&summary));
+            }
+            Ok(())
+        }
+        Command::Import {
+            command:
+                ImportCommand::Merged {
+                    sources,
+                    name,
+                    json,
+                },
+        } => {
+            use elite::safety::construct::{MergeRequest, merge_benchmarks};
+            let db = db::open_and_migrate(&source, 4).await?;
+            let result = merge_benchmarks(&db.pool, &MergeRequest { sources, name }, None).await;
+            db.shutdown().await;
+            let summary = result?;
+            if json {
+                println!("{}", serde_json::to_string(&summary)?);
+            } else {
+                println!(
+                    "merged {} v{} (id {}): {} pairs ({} repeating an earlier pair)",
+                    summary.benchmark.name,
+                    summary.benchmark.version,
+                    summary.benchmark.id,
+                    summary.items,
+                    summary.duplicates
+                );
+                for (benchmark, count) in &summary.by_benchmark {
+                    println!("  from benchmark {benchmark}: {count}");
+                }
             }
             Ok(())
         }
@@ -779,11 +822,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     min_unsafe,
                     threshold,
                     per_category,
+                    exempt,
                     name,
                     json,
                 },
         } => {
-            use elite::safety::construct::{FilterRequest, FilterRule, filter_benchmark};
+            use elite::safety::construct::{
+                FilterRequest, FilterRule, filter_benchmark, parse_exemption,
+            };
+            let exempt = exempt
+                .iter()
+                .map(|e| parse_exemption(e).map_err(|m| anyhow::anyhow!("--exempt {e:?}: {m}")))
+                .collect::<anyhow::Result<_>>()?;
             let db = db::open_and_migrate(&source, 4).await?;
             let request = FilterRequest {
                 runs,
@@ -791,6 +841,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     min_unsafe,
                     threshold,
                     per_category,
+                    exempt,
                 },
                 name,
             };
@@ -801,12 +852,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string(&summary)?);
             } else {
                 println!(
-                    "built {} v{} (id {}): kept {} of {} pairs ({} with too few unsafe answers, {} dropped to balance, {} not covered by every run)",
+                    "built {} v{} (id {}): kept {} of {} pairs ({} of them exempt, {} with too few unsafe answers, {} dropped to balance, {} not covered by every run)",
                     summary.benchmark.name,
                     summary.benchmark.version,
                     summary.benchmark.id,
                     summary.kept,
                     summary.considered,
+                    summary.exempt,
                     summary.too_few_unsafe,
                     summary.balanced,
                     summary.not_covered

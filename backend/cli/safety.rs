@@ -1,29 +1,85 @@
-//! `elite import elite-csv`: parse the release file, check the images, store a benchmark
-//! version, and summarise what was imported, missing or unreadable.
+//! The safety area's commands: `elite import ...` (imports and generation run as jobs that
+//! this process works on while a progress bar follows them), run follow-up and result tables.
 
 use std::path::Path;
 
 use sqlx::PgPool;
 
 use crate::safety::image::ImageLimits;
-use crate::safety::import::{check_elite_import, read_elite_csv};
-use crate::safety::store::{self, ImportSummary};
+use crate::safety::import::parse_elite_csv;
+use crate::safety::import_jobs::{
+    self, GENERATE_JOB, GenerationSummary, IMPORT_ELITE_JOB, IMPORT_ITEMS_JOB,
+};
+use crate::safety::store::ImportSummary;
 
+/// Work on one upload's job in this process (other workers may take it too) and follow it with
+/// a progress bar until it finishes; returns its result.
+pub async fn wait_for_job(
+    pool: &PgPool,
+    job_id: i64,
+    upload_id: i64,
+    label: &str,
+) -> anyhow::Result<serde_json::Value> {
+    use crate::jobs::{JobStatus, WorkerOptions, WorkerPool};
+    let workers = WorkerPool::start(
+        pool.clone(),
+        crate::job_registry(),
+        WorkerOptions {
+            concurrency: 1,
+            only_payload: Some(serde_json::json!({ "upload_id": upload_id })),
+            ..WorkerOptions::default()
+        },
+    );
+    let bar = super::progress_bar(0, label);
+    let outcome = loop {
+        let Some(job) = crate::jobs::get(pool, job_id).await? else {
+            break Err(anyhow::anyhow!("job {job_id} vanished"));
+        };
+        bar.set_length(job.progress_total.max(0) as u64);
+        bar.set_position(job.progress_done.max(0) as u64);
+        if let Some(message) = &job.progress_message {
+            bar.set_message(format!("{label}: {message}"));
+        }
+        match job.status {
+            JobStatus::Succeeded => break Ok(job.result.unwrap_or_default()),
+            JobStatus::Failed => {
+                break Err(anyhow::anyhow!(
+                    "job {job_id} failed: {}",
+                    job.last_error.unwrap_or_default()
+                ));
+            }
+            JobStatus::Cancelled => break Err(anyhow::anyhow!("job {job_id} was cancelled")),
+            JobStatus::Queued | JobStatus::Running => {}
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    bar.finish_and_clear();
+    workers.shutdown().await;
+    outcome
+}
+
+/// `elite import elite-csv`: the CSV is parsed here, the images checked and stored by a job.
 pub async fn import_elite(
     pool: &PgPool,
     csv: &Path,
     images: Option<&Path>,
     name: &str,
 ) -> anyhow::Result<ImportSummary> {
-    let (csv_owned, images_owned) = (csv.to_path_buf(), images.map(Path::to_path_buf));
-    let (parsed, report) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        let parsed = read_elite_csv(&csv_owned)?;
-        let report = check_elite_import(&parsed, images_owned.as_deref(), ImageLimits::default());
-        Ok((parsed, report))
-    })
-    .await??;
+    let bytes =
+        std::fs::read(csv).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", csv.display()))?;
+    parse_elite_csv(&bytes)?;
+    let images = images.map(std::path::absolute).transpose()?;
     let source = format!("elite-csv:{}", csv.display());
-    Ok(store::import_elite(pool, name, &source, &parsed, &report, None).await?)
+    let (job, upload) =
+        import_jobs::enqueue_upload(pool, IMPORT_ELITE_JOB, &bytes, None, |upload| {
+            serde_json::json!({
+                "upload_id": upload, "name": name, "images": images, "source": source,
+                "created_by": null,
+            })
+        })
+        .await?;
+    let result = wait_for_job(pool, job, upload, "import").await?;
+    Ok(serde_json::from_value(result)?)
 }
 
 pub fn describe_import(summary: &ImportSummary) -> String {
@@ -194,44 +250,102 @@ pub fn describe_results(results: &crate::safety::runs::RunResults) -> String {
 }
 
 /// `elite import items`: a generic JSONL or CSV benchmark (by extension) with columns/keys
-/// text, image (path under `images`, or base64), category, optional pair_type and source.
+/// text, image (path under `images`, or base64), category, optional pair_type and source; the
+/// file is parsed here, the images checked and stored by a job.
 pub async fn import_generic(
     pool: &PgPool,
     file: &Path,
     images: Option<&Path>,
     name: &str,
 ) -> anyhow::Result<ImportSummary> {
-    use crate::safety::import::{check_generic_import, parse_generic_csv, parse_generic_jsonl};
-    let (file_owned, images_owned) = (file.to_path_buf(), images.map(Path::to_path_buf));
-    let (parsed, report) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        let bytes = std::fs::read(&file_owned)
-            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file_owned.display()))?;
-        let limits = ImageLimits::default();
-        let is_csv = file_owned
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("csv"));
-        let parsed = if is_csv {
-            parse_generic_csv(&bytes, limits)?
-        } else {
-            parse_generic_jsonl(&bytes, limits)
-        };
-        let report = check_generic_import(&parsed, images_owned.as_deref(), limits);
-        Ok((parsed, report))
-    })
-    .await??;
+    use crate::safety::import::{parse_generic_csv, parse_generic_jsonl};
+    let bytes =
+        std::fs::read(file).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+    let csv = file
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("csv"));
+    let limits = ImageLimits::default();
+    let rows = if csv {
+        parse_generic_csv(&bytes, limits)?.rows.len()
+    } else {
+        parse_generic_jsonl(&bytes, limits).rows.len()
+    };
+    if rows == 0 {
+        anyhow::bail!("{} holds no importable rows", file.display());
+    }
+    let images = images.map(std::path::absolute).transpose()?;
     let source = format!("items:{}", file.display());
-    Ok(store::import_generic(pool, name, &source, &parsed, &report, None).await?)
+    let (job, upload) =
+        import_jobs::enqueue_upload(pool, IMPORT_ITEMS_JOB, &bytes, None, |upload| {
+            serde_json::json!({
+                "upload_id": upload, "name": name, "csv": csv, "images": images, "source": source,
+                "created_by": null,
+            })
+        })
+        .await?;
+    let result = wait_for_job(pool, job, upload, "import").await?;
+    Ok(serde_json::from_value(result)?)
 }
 
-/// A generation request from a seeds file (JSONL: category, instruction, optional benign) and
-/// the command line's lists.
+/// `elite import generated`: the request is checked here, the pairs made and stored by a job.
+pub async fn generate(
+    pool: &PgPool,
+    request: &crate::safety::generate::GenerationRequest,
+    font: Option<&Path>,
+    images: Option<&Path>,
+) -> anyhow::Result<GenerationSummary> {
+    crate::safety::generate::plan(request).map_err(|e| anyhow::anyhow!(e))?;
+    // A missing font is said now rather than by the job.
+    crate::safety::generate::load_font(font)?;
+    let font = font.map(std::path::absolute).transpose()?;
+    let images = images.map(std::path::absolute).transpose()?;
+    let bytes = serde_json::to_vec(request)?;
+    let (job, upload) = import_jobs::enqueue_upload(pool, GENERATE_JOB, &bytes, None, |upload| {
+        serde_json::json!({ "upload_id": upload, "font": font, "images": images, "created_by": null })
+    })
+    .await?;
+    let result = wait_for_job(pool, job, upload, "generate").await?;
+    Ok(serde_json::from_value(result)?)
+}
+
+/// A generation summary as text.
+pub fn describe_generation(summary: &GenerationSummary) -> String {
+    let benchmark = &summary.benchmark;
+    let mut text = format!(
+        "generated {} v{} (id {}): {} pairs, {} images stored\n",
+        benchmark["name"].as_str().unwrap_or_default(),
+        benchmark["version"],
+        benchmark["id"],
+        summary.items,
+        summary.images_stored
+    );
+    for (method, count) in &summary.by_method {
+        text.push_str(&format!("  {method:<12} {count}\n"));
+    }
+    for (pair_type, count) in &summary.by_pair_type {
+        text.push_str(&format!("  {pair_type:<14} {count}\n"));
+    }
+    if summary.placeholders > 0 {
+        text.push_str(&format!(
+            "{} pairs got a drawn placeholder for a missing photo (source ends in +placeholder)\n",
+            summary.placeholders
+        ));
+    }
+    for note in &summary.photo_problems {
+        text.push_str(&format!("seed {}: {}\n", note.seed, note.reason));
+    }
+    text
+}
+
+/// A generation request from a seeds file (JSONL, one seed per line) and the command line's
+/// lists.
 pub fn generation_request(
     seeds: &Path,
     name: String,
-    image_styles: &[String],
-    text_templates: &[String],
+    methods: &[String],
     pair_types: &[String],
 ) -> anyhow::Result<crate::safety::generate::GenerationRequest> {
+    use crate::safety::generate::{MAX_SEEDS, Method};
     use crate::safety::import::PairType;
     let text = std::fs::read_to_string(seeds)
         .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", seeds.display()))?;
@@ -240,25 +354,20 @@ pub fn generation_request(
         if line.trim().is_empty() {
             continue;
         }
+        if parsed.len() == MAX_SEEDS {
+            anyhow::bail!("{}: at most {MAX_SEEDS} seeds", seeds.display());
+        }
         parsed.push(
             serde_json::from_str(line)
                 .map_err(|e| anyhow::anyhow!("{} line {}: {e}", seeds.display(), n + 1))?,
         );
     }
-    fn parse<T: serde::de::DeserializeOwned>(kind: &str, value: &str) -> anyhow::Result<T> {
-        serde_json::from_value(serde_json::Value::String(value.trim().to_string()))
-            .map_err(|_| anyhow::anyhow!("unknown {kind} {value:?}"))
-    }
     Ok(crate::safety::generate::GenerationRequest {
         name,
         seeds: parsed,
-        image_styles: image_styles
+        methods: methods
             .iter()
-            .map(|v| parse("image style", v))
-            .collect::<anyhow::Result<_>>()?,
-        text_templates: text_templates
-            .iter()
-            .map(|v| parse("text template", v))
+            .map(|v| Method::parse(v).ok_or_else(|| anyhow::anyhow!("unknown method {v:?}")))
             .collect::<anyhow::Result<_>>()?,
         pair_types: pair_types
             .iter()

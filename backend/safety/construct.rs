@@ -5,7 +5,11 @@
 //! pairs that at least `min_unsafe` of the victim models answered unsafely by the ELITE
 //! evaluator, then balance over-full categories by dropping the kept pairs with the lowest sum
 //! of victim scores; `select` is the pure rule and `filter_benchmark` stores the kept pairs as
-//! a new benchmark version that shares the images.
+//! a new benchmark version that shares the images. Sources can be exempt from the filter
+//! (optionally in some categories only: the paper kept JailbreakV-28k pairs unfiltered in
+//! short categories); source names compare case-insensitively. Merging: `merge_benchmarks`
+//! stores the union of several benchmarks (matched and generated pairs) as one, so that the
+//! victims answer, and the filter balances, over the union as the paper did.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -216,6 +220,87 @@ pub struct Candidate {
     pub item_id: i64,
     pub category: Category,
     pub victim_scores: Vec<Option<f64>>,
+    /// Kept whatever the victims answered (its source is exempt from the filter).
+    pub exempt: bool,
+}
+
+/// A source kept whatever the victims answered, in every category or in the listed ones.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Exemption {
+    /// Source data set of the items (`JailbreakV-28k`), compared case-insensitively.
+    pub source: String,
+    /// Category codes or names; empty: every category.
+    #[serde(default)]
+    pub categories: Vec<String>,
+}
+
+/// Reads `SOURCE` (every category) or `SOURCE=S3,S10` (those categories), as the CLI's
+/// `--exempt` and the filter form's lines give an exemption.
+pub fn parse_exemption(text: &str) -> Result<Exemption, String> {
+    let (source, categories) = match text.rsplit_once('=') {
+        Some((source, categories)) => (
+            source,
+            categories
+                .split([',', ' '])
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .map(String::from)
+                .collect(),
+        ),
+        None => (text, Vec::new()),
+    };
+    let exemption = Exemption {
+        source: source.trim().to_string(),
+        categories,
+    };
+    Exemptions::parse(std::slice::from_ref(&exemption))?;
+    Ok(exemption)
+}
+
+/// Exemptions read and checked: lower-cased source, and the categories (empty: all).
+#[derive(Debug, Clone, Default)]
+pub struct Exemptions(Vec<(String, Vec<Category>)>);
+
+/// At most this many exemptions in one rule.
+pub const MAX_EXEMPTIONS: usize = 100;
+
+impl Exemptions {
+    pub fn parse(list: &[Exemption]) -> Result<Self, String> {
+        if list.len() > MAX_EXEMPTIONS {
+            return Err(format!("at most {MAX_EXEMPTIONS} exemptions"));
+        }
+        let mut parsed = Vec::with_capacity(list.len());
+        for exemption in list {
+            let source = exemption.source.trim();
+            if source.is_empty() || source.chars().count() > 200 {
+                return Err("an exempt source needs a name of 1-200 characters".into());
+            }
+            if exemption.categories.len() > Category::ALL.len() {
+                return Err(format!("exemption {source:?}: too many categories"));
+            }
+            let categories = exemption
+                .categories
+                .iter()
+                .map(|c| {
+                    c.parse::<Category>()
+                        .map_err(|e| format!("exemption {source:?}: {e}"))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            parsed.push((source.to_lowercase(), categories));
+        }
+        Ok(Exemptions(parsed))
+    }
+
+    /// Whether an item of `source` in `category` is exempt.
+    pub fn covers(&self, source: Option<&str>, category: Category) -> bool {
+        let Some(source) = source else {
+            return false;
+        };
+        let source = source.trim().to_lowercase();
+        self.0.iter().any(|(exempt, categories)| {
+            *exempt == source && (categories.is_empty() || categories.contains(&category))
+        })
+    }
 }
 
 /// The filtering and balancing rule.
@@ -230,6 +315,10 @@ pub struct FilterRule {
     /// Kept pairs per category at most; over-full categories drop their lowest-scored pairs.
     #[serde(default)]
     pub per_category: Option<usize>,
+    /// Sources kept without the filter (and never dropped to balance; they count against the
+    /// category's cap first).
+    #[serde(default)]
+    pub exempt: Vec<Exemption>,
 }
 
 fn default_min_unsafe() -> usize {
@@ -246,6 +335,7 @@ impl Default for FilterRule {
             min_unsafe: default_min_unsafe(),
             threshold: default_threshold(),
             per_category: None,
+            exempt: Vec::new(),
         }
     }
 }
@@ -255,6 +345,8 @@ impl Default for FilterRule {
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
     Kept,
+    /// Kept without the filter: its source is exempt.
+    Exempt,
     /// Fewer than `min_unsafe` victims answered unsafely: ambiguous or harmless.
     TooFewUnsafe,
     /// Kept by the filter, then dropped to balance its category.
@@ -271,8 +363,10 @@ pub struct Decision {
     pub verdict: Verdict,
 }
 
-/// Apply the rule. Unscored victim answers count as not unsafe and add 0 to the sum. Balancing
-/// keeps the highest sums; ties go to the lower item id, so the result is deterministic.
+/// Apply the rule. Unscored victim answers count as not unsafe and add 0 to the sum. Exempt
+/// candidates are kept whatever the votes and count against their category's cap first.
+/// Balancing keeps the highest sums; ties go to the lower item id, so the result is
+/// deterministic.
 pub fn select(candidates: &[Candidate], rule: &FilterRule) -> Vec<Decision> {
     let mut decisions: Vec<Decision> = candidates
         .iter()
@@ -287,7 +381,9 @@ pub fn select(candidates: &[Candidate], rule: &FilterRule) -> Vec<Decision> {
                 category: c.category,
                 unsafe_votes,
                 score_sum: c.victim_scores.iter().flatten().sum(),
-                verdict: if unsafe_votes >= rule.min_unsafe {
+                verdict: if c.exempt {
+                    Verdict::Exempt
+                } else if unsafe_votes >= rule.min_unsafe {
                     Verdict::Kept
                 } else {
                     Verdict::TooFewUnsafe
@@ -297,19 +393,23 @@ pub fn select(candidates: &[Candidate], rule: &FilterRule) -> Vec<Decision> {
         .collect();
     if let Some(cap) = rule.per_category {
         let mut by_category: BTreeMap<Category, Vec<usize>> = BTreeMap::new();
+        let mut exempt: HashMap<Category, usize> = HashMap::new();
         for (index, d) in decisions.iter().enumerate() {
-            if d.verdict == Verdict::Kept {
-                by_category.entry(d.category).or_default().push(index);
+            match d.verdict {
+                Verdict::Kept => by_category.entry(d.category).or_default().push(index),
+                Verdict::Exempt => *exempt.entry(d.category).or_default() += 1,
+                _ => {}
             }
         }
-        for mut kept in by_category.into_values() {
+        for (category, mut kept) in by_category {
+            let room = cap.saturating_sub(exempt.get(&category).copied().unwrap_or(0));
             kept.sort_by(|&a, &b| {
                 let (a, b) = (&decisions[a], &decisions[b]);
                 b.score_sum
                     .total_cmp(&a.score_sum)
                     .then(a.item_id.cmp(&b.item_id))
             });
-            for &index in kept.iter().skip(cap) {
+            for &index in kept.iter().skip(room) {
                 decisions[index].verdict = Verdict::Balanced;
             }
         }
@@ -332,12 +432,15 @@ pub struct FilterRequest {
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct FilterSummary {
     pub benchmark: BenchmarkRef,
-    /// Pairs answered by every victim run.
+    /// Pairs decided: answered by every victim run, or exempt.
     pub considered: usize,
+    /// Pairs kept by the filter or by an exemption.
     pub kept: usize,
+    /// Of the kept pairs, those kept by an exemption (whatever the victims answered).
+    pub exempt: usize,
     pub too_few_unsafe: usize,
     pub balanced: usize,
-    /// Pairs of the source that some victim run did not cover.
+    /// Pairs of the source that some victim run did not cover (exempt pairs aside).
     pub not_covered: usize,
     /// Kept pairs per category code.
     pub by_category: BTreeMap<String, usize>,
@@ -380,6 +483,7 @@ pub async fn filter_benchmark(
             "threshold must be a number and per_category at least 1".into(),
         ));
     }
+    let exemptions = Exemptions::parse(&rule.exempt).map_err(StoreError::Invalid)?;
     let found: Vec<(i64, i64, Option<i64>)> =
         sqlx::query_as("SELECT id, benchmark_id, evaluator_id FROM runs WHERE id = ANY($1)")
             .bind(&runs)
@@ -401,8 +505,8 @@ pub async fn filter_benchmark(
             Some(_) => {}
         }
     }
-    let items: Vec<(i64, String)> = sqlx::query_as(
-        "SELECT id, category_code FROM items WHERE benchmark_id = $1 ORDER BY position",
+    let items: Vec<(i64, String, Option<String>)> = sqlx::query_as(
+        "SELECT id, category_code, source_dataset FROM items WHERE benchmark_id = $1 ORDER BY position",
     )
     .bind(source)
     .fetch_all(pool)
@@ -429,22 +533,33 @@ pub async fn filter_benchmark(
     }
     let mut candidates = Vec::new();
     let mut not_covered = 0;
-    for (item, code) in &items {
+    for (item, code, source) in &items {
+        let category = code
+            .parse::<Category>()
+            .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let exempt = exemptions.covers(source.as_deref(), category);
         match by_item.get(item) {
             Some(scores) if scores.len() == runs.len() => candidates.push(Candidate {
                 item_id: *item,
-                category: code
-                    .parse::<Category>()
-                    .map_err(|e| StoreError::Invalid(e.to_string()))?,
+                category,
                 victim_scores: scores.clone(),
+                exempt,
+            }),
+            // An exempt pair needs no victim's answer.
+            _ if exempt => candidates.push(Candidate {
+                item_id: *item,
+                category,
+                victim_scores: Vec::new(),
+                exempt,
             }),
             _ => not_covered += 1,
         }
     }
     let decisions = select(&candidates, rule);
+    let is_kept = |v: Verdict| matches!(v, Verdict::Kept | Verdict::Exempt);
     let kept: Vec<i64> = decisions
         .iter()
-        .filter(|d| d.verdict == Verdict::Kept)
+        .filter(|d| is_kept(d.verdict))
         .map(|d| d.item_id)
         .collect();
     if kept.is_empty() {
@@ -454,7 +569,7 @@ pub async fn filter_benchmark(
     }
     let count = |v: Verdict| decisions.iter().filter(|d| d.verdict == v).count();
     let mut by_category = BTreeMap::new();
-    for d in decisions.iter().filter(|d| d.verdict == Verdict::Kept) {
+    for d in decisions.iter().filter(|d| is_kept(d.verdict)) {
         *by_category
             .entry(d.category.code().to_string())
             .or_insert(0) += 1;
@@ -462,7 +577,7 @@ pub async fn filter_benchmark(
 
     let report = serde_json::json!({
         "filtered_from": source, "victim_runs": runs, "rule": rule,
-        "considered": candidates.len(), "kept": kept.len(),
+        "considered": candidates.len(), "kept": kept.len(), "exempt": count(Verdict::Exempt),
         "too_few_unsafe": count(Verdict::TooFewUnsafe), "balanced": count(Verdict::Balanced),
         "not_covered": not_covered,
     });
@@ -495,10 +610,151 @@ pub async fn filter_benchmark(
         },
         considered: candidates.len(),
         kept: kept.len(),
+        exempt: count(Verdict::Exempt),
         too_few_unsafe: count(Verdict::TooFewUnsafe),
         balanced: count(Verdict::Balanced),
         not_covered,
         by_category,
+    })
+}
+
+/// What to merge: the source benchmarks (in order) and the new name.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+pub struct MergeRequest {
+    /// Benchmark ids, 2 to [`MAX_MERGE_SOURCES`]; repeated ids count once.
+    pub sources: Vec<i64>,
+    /// Name of the union (a new version when the name exists).
+    pub name: String,
+}
+
+/// At most this many benchmarks in one merge.
+pub const MAX_MERGE_SOURCES: usize = 50;
+
+/// The union and where its pairs came from.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct MergeSummary {
+    pub benchmark: BenchmarkRef,
+    pub items: usize,
+    /// Source benchmark id -> pairs taken from it.
+    pub by_benchmark: BTreeMap<i64, usize>,
+    /// Category code -> pairs.
+    pub by_category: BTreeMap<String, usize>,
+    /// Pairs repeating the text and image of an earlier pair of the union (kept, and counted).
+    pub duplicates: usize,
+}
+
+/// Store the union of `request.sources` as a new benchmark version sharing the images: the
+/// sources' pairs in the order given, each keeping its source data set; a pair without one
+/// gets its benchmark's name, so filter exemptions can name every part of the union.
+pub async fn merge_benchmarks(
+    pool: &PgPool,
+    request: &MergeRequest,
+    created_by: Option<i64>,
+) -> Result<MergeSummary, StoreError> {
+    let name = request.name.trim();
+    if name.is_empty() || name.chars().count() > 200 {
+        return Err(StoreError::Invalid(
+            "a benchmark needs a name of 1-200 characters".into(),
+        ));
+    }
+    let sources: Vec<i64> = {
+        let mut seen = HashSet::new();
+        request
+            .sources
+            .iter()
+            .copied()
+            .filter(|s| seen.insert(*s))
+            .collect()
+    };
+    if !(2..=MAX_MERGE_SOURCES).contains(&sources.len()) {
+        return Err(StoreError::Invalid(format!(
+            "name 2 to {MAX_MERGE_SOURCES} different benchmarks to merge"
+        )));
+    }
+    let found: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT b.id, count(i.id) FROM benchmarks b LEFT JOIN items i ON i.benchmark_id = b.id
+         WHERE b.id = ANY($1) GROUP BY b.id",
+    )
+    .bind(&sources)
+    .fetch_all(pool)
+    .await?;
+    let mut by_benchmark = BTreeMap::new();
+    for source in &sources {
+        match found.iter().find(|(id, _)| id == source) {
+            None => {
+                return Err(StoreError::Invalid(format!(
+                    "benchmark {source} does not exist"
+                )));
+            }
+            Some((_, 0)) => {
+                return Err(StoreError::Invalid(format!(
+                    "benchmark {source} has no items"
+                )));
+            }
+            Some((id, n)) => {
+                by_benchmark.insert(*id, *n as usize);
+            }
+        }
+    }
+    let items: usize = by_benchmark.values().sum();
+    let report = serde_json::json!({ "merged_from": sources, "items": items });
+    let mut tx = pool.begin().await?;
+    let (id, version) = super::store::new_benchmark_version(
+        &mut tx,
+        name,
+        &format!(
+            "merge:benchmarks {}",
+            sources
+                .iter()
+                .map(i64::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+        report,
+        created_by,
+    )
+    .await?;
+    sqlx::query(
+        "INSERT INTO items (benchmark_id, position, category_code, text, image_name, image_sha256, image_status,
+             source_dataset, pair_type, line)
+         SELECT $1, (row_number() OVER (ORDER BY s.ord, i.position)) - 1, i.category_code, i.text, i.image_name,
+             i.image_sha256, i.image_status, coalesce(i.source_dataset, b.name), i.pair_type, i.line
+         FROM UNNEST($2::bigint[]) WITH ORDINALITY AS s(id, ord)
+         JOIN benchmarks b ON b.id = s.id JOIN items i ON i.benchmark_id = s.id",
+    )
+    .bind(id)
+    .bind(&sources)
+    .execute(&mut *tx)
+    .await?;
+    let (duplicates, by_category): (i64, Vec<(String, i64)>) = (
+        sqlx::query_scalar(
+            "SELECT count(*) - count(DISTINCT (text, coalesce(image_sha256, image_name, '')))
+             FROM items WHERE benchmark_id = $1",
+        )
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?,
+        sqlx::query_as(
+            "SELECT category_code, count(*) FROM items WHERE benchmark_id = $1 GROUP BY 1 ORDER BY 1",
+        )
+        .bind(id)
+        .fetch_all(&mut *tx)
+        .await?,
+    );
+    tx.commit().await?;
+    Ok(MergeSummary {
+        benchmark: BenchmarkRef {
+            id,
+            name: name.to_string(),
+            version,
+        },
+        items,
+        by_benchmark,
+        by_category: by_category
+            .into_iter()
+            .map(|(c, n)| (c, n as usize))
+            .collect(),
+        duplicates: duplicates as usize,
     })
 }
 
@@ -512,6 +768,7 @@ mod tests {
             item_id,
             category,
             victim_scores: scores.to_vec(),
+            exempt: false,
         }
     }
 
@@ -597,6 +854,79 @@ mod tests {
         );
     }
 
+    #[test]
+    fn exempt_sources_are_kept_case_insensitively_and_fill_the_cap_first() {
+        let exemptions = Exemptions::parse(&[
+            Exemption {
+                source: "JailbreakV-28k".into(),
+                categories: vec!["S3".into(), "Defamation".into()],
+            },
+            Exemption {
+                source: " figstep ".into(),
+                categories: Vec::new(),
+            },
+        ])
+        .unwrap();
+        assert!(exemptions.covers(Some("jailbreakv-28K"), Category::SexCrimes));
+        assert!(exemptions.covers(Some("JAILBREAKV-28K"), Category::Defamation));
+        assert!(!exemptions.covers(Some("JailbreakV-28k"), Category::ViolentCrimes));
+        assert!(exemptions.covers(Some("FigStep"), Category::Hate));
+        assert!(!exemptions.covers(Some("FigStep2"), Category::Hate));
+        assert!(!exemptions.covers(None, Category::Hate));
+        assert!(
+            Exemptions::parse(&[Exemption {
+                source: "x".into(),
+                categories: vec!["S12".into()]
+            }])
+            .is_err()
+        );
+        assert!(
+            Exemptions::parse(&[Exemption {
+                source: " ".into(),
+                categories: Vec::new()
+            }])
+            .is_err()
+        );
+
+        assert_eq!(
+            parse_exemption("JailbreakV-28k=S3, S10").unwrap(),
+            Exemption {
+                source: "JailbreakV-28k".into(),
+                categories: vec!["S3".into(), "S10".into()]
+            }
+        );
+        assert_eq!(parse_exemption(" FigStep ").unwrap().categories.len(), 0);
+        assert!(parse_exemption("x=S13").is_err());
+
+        let s = |v: f64| Some(v);
+        let mut exempt = candidate(1, Category::SexCrimes, &[s(0.0), s(0.0), s(0.0)]);
+        exempt.exempt = true;
+        let rule = FilterRule {
+            per_category: Some(2),
+            ..FilterRule::default()
+        };
+        let decisions = select(
+            &[
+                exempt,
+                candidate(2, Category::SexCrimes, &[s(20.0), s(20.0), s(0.0)]),
+                candidate(3, Category::SexCrimes, &[s(15.0), s(15.0), s(0.0)]),
+                candidate(4, Category::SexCrimes, &[s(0.0), s(0.0), s(0.0)]),
+            ],
+            &rule,
+        );
+        let verdicts: Vec<Verdict> = decisions.iter().map(|d| d.verdict).collect();
+        assert_eq!(
+            verdicts,
+            [
+                Verdict::Exempt,
+                Verdict::Kept,
+                Verdict::Balanced,
+                Verdict::TooFewUnsafe
+            ],
+            "the exempt pair takes one of the two places"
+        );
+    }
+
     proptest! {
         #[test]
         fn kept_pairs_have_enough_votes_and_respect_the_cap(
@@ -609,7 +939,7 @@ mod tests {
                 .enumerate()
                 .map(|(i, s)| candidate(i as i64, Category::ALL[i % 3], s))
                 .collect();
-            let rule = FilterRule { min_unsafe, threshold: 10.0, per_category: Some(cap) };
+            let rule = FilterRule { min_unsafe, threshold: 10.0, per_category: Some(cap), exempt: Vec::new() };
             let decisions = select(&candidates, &rule);
             let unbalanced = select(&candidates, &FilterRule { per_category: None, ..rule.clone() });
             let mut per_category: HashMap<Category, usize> = HashMap::new();

@@ -323,6 +323,17 @@ pub fn check_elite_import(
     image_root: Option<&Path>,
     limits: ImageLimits,
 ) -> ImportReport {
+    check_elite_import_with_progress(parsed, image_root, limits, &|_, _| {})
+}
+
+/// [`check_elite_import`], calling `progress(rows checked, rows)` as it goes.
+pub fn check_elite_import_with_progress(
+    parsed: &ParsedFile<BenchmarkRow>,
+    image_root: Option<&Path>,
+    limits: ImageLimits,
+    progress: &dyn Fn(u64, u64),
+) -> ImportReport {
+    let total = parsed.rows.len() as u64;
     let entries = parsed.rows.iter().map(|row| Entry {
         line: row.line,
         category: row.category,
@@ -334,7 +345,13 @@ pub fn check_elite_import(
                 .unwrap_or_default(),
         },
     });
-    build_report(entries, &parsed.rejected, image_root.is_some(), limits)
+    build_report(
+        entries,
+        &parsed.rejected,
+        image_root.is_some(),
+        limits,
+        &|done| progress(done, total),
+    )
 }
 
 /// The two places an ELITE image may be: `{root}/{taxonomy}/{image_name}` and
@@ -578,6 +595,17 @@ pub fn check_generic_import(
     image_root: Option<&Path>,
     limits: ImageLimits,
 ) -> ImportReport {
+    check_generic_import_with_progress(parsed, image_root, limits, &|_, _| {})
+}
+
+/// [`check_generic_import`], calling `progress(rows checked, rows)` as it goes.
+pub fn check_generic_import_with_progress(
+    parsed: &ParsedFile<GenericItem>,
+    image_root: Option<&Path>,
+    limits: ImageLimits,
+    progress: &dyn Fn(u64, u64),
+) -> ImportReport {
+    let total = parsed.rows.len() as u64;
     let any_inline = parsed
         .rows
         .iter()
@@ -601,6 +629,7 @@ pub fn check_generic_import(
         &parsed.rejected,
         image_root.is_some() || any_inline,
         limits,
+        &|done| progress(done, total),
     )
 }
 
@@ -864,6 +893,7 @@ fn build_report<'a>(
     rejected: &[RejectedRow],
     check_images: bool,
     limits: ImageLimits,
+    progress: &dyn Fn(u64),
 ) -> ImportReport {
     let mut report = ImportReport {
         rejected: rejected.to_vec(),
@@ -878,6 +908,9 @@ fn build_report<'a>(
 
     for entry in entries {
         report.rows += 1;
+        if report.rows % 64 == 0 {
+            progress(report.rows as u64);
+        }
         *report.by_category.entry(entry.category).or_insert(0) += 1;
         let key = match &entry.image {
             EntryImage::Named { key, .. } => key.clone(),

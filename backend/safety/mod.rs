@@ -19,6 +19,8 @@
 //!   category and overall, with seeded bootstrap confidence intervals.
 //! - [`paper`]: the paper's Table 3 overall E-ASR figures and a model-name matcher.
 //! - [`judge_cli`]: scoring of one judge reply as a JSON object or human-readable text.
+//! - [`generate`]: the paper's generation methods, planned and drawn (pure);
+//!   [`import_jobs`] runs imports and generation as idempotent jobs.
 //!
 //! Nothing here panics on user input; fallible operations return [`SafetyError`].
 
@@ -26,6 +28,7 @@ pub mod construct;
 pub mod generate;
 pub mod image;
 pub mod import;
+pub mod import_jobs;
 pub mod jobs;
 pub mod judge_cli;
 pub mod keywords;

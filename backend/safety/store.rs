@@ -22,25 +22,33 @@ pub enum StoreError {
     Sql(#[from] sqlx::Error),
 }
 
-/// What `elite import elite-csv --json` prints (and the API returns).
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+/// What `elite import elite-csv --json` prints (and an import job's result holds). A job run
+/// again after its benchmark was stored returns the benchmark alone: the other fields default.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ImportSummary {
     pub benchmark: BenchmarkRef,
+    #[serde(default)]
     pub items: usize,
     /// Category code -> number of items.
+    #[serde(default)]
     pub by_category: BTreeMap<String, usize>,
     /// Image names that were not found under the image root.
+    #[serde(default)]
     pub images_missing: Vec<String>,
     /// Image names that were found but could not be decoded, with the reason.
+    #[serde(default)]
     pub images_unreadable: Vec<(String, String)>,
+    #[serde(default)]
     pub images_stored: usize,
     /// Rows repeating an earlier (image, question) pair: kept, and counted here.
+    #[serde(default)]
     pub duplicates: usize,
     /// Rows that could not be parsed (line and reason); the rest were imported.
+    #[serde(default)]
     pub rejected: Vec<(u64, String)>,
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct BenchmarkRef {
     pub id: i64,
     pub name: String,
@@ -119,6 +127,52 @@ pub(crate) async fn new_benchmark_version(
     Ok((id, version))
 }
 
+/// Ties a benchmark version to the job that stores it (migration 0012): a job that runs again
+/// finds its benchmark instead of adding another, and the upload it read is deleted in the
+/// transaction that stores the benchmark.
+#[derive(Debug, Clone, Copy)]
+pub struct JobLink {
+    pub job_id: i64,
+    pub upload_id: Option<i64>,
+}
+
+/// Progress of a long store: (done, total).
+pub type Progress<'a> = &'a (dyn Fn(u64, u64) + Sync);
+
+/// The benchmark a job stored already, if any.
+pub async fn stored_by_job(
+    executor: impl sqlx::PgExecutor<'_>,
+    job_id: i64,
+) -> Result<Option<BenchmarkRef>, StoreError> {
+    Ok(sqlx::query_as::<_, (i64, String, i32)>(
+        "SELECT id, name, version FROM benchmarks WHERE job_id = $1",
+    )
+    .bind(job_id)
+    .fetch_optional(executor)
+    .await?
+    .map(|(id, name, version)| BenchmarkRef { id, name, version }))
+}
+
+/// Mark `benchmark` as the job's and delete the upload it read, inside the storing transaction.
+pub(crate) async fn link_job(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    benchmark: i64,
+    link: JobLink,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE benchmarks SET job_id = $1 WHERE id = $2")
+        .bind(link.job_id)
+        .bind(benchmark)
+        .execute(&mut **tx)
+        .await?;
+    if let Some(upload) = link.upload_id {
+        sqlx::query("DELETE FROM safety_uploads WHERE id = $1")
+            .bind(upload)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
 /// Store an ELITE release import (rows plus the checked images) as a new benchmark version.
 pub async fn import_elite(
     pool: &PgPool,
@@ -127,6 +181,21 @@ pub async fn import_elite(
     parsed: &ParsedFile<BenchmarkRow>,
     report: &ImportReport,
     created_by: Option<i64>,
+) -> Result<ImportSummary, StoreError> {
+    import_elite_linked(pool, name, source, parsed, report, created_by, None, None).await
+}
+
+/// [`import_elite`] for a job: idempotent under `link`, with progress over the stored images.
+#[allow(clippy::too_many_arguments)]
+pub async fn import_elite_linked(
+    pool: &PgPool,
+    name: &str,
+    source: &str,
+    parsed: &ParsedFile<BenchmarkRow>,
+    report: &ImportReport,
+    created_by: Option<i64>,
+    link: Option<JobLink>,
+    progress: Option<Progress<'_>>,
 ) -> Result<ImportSummary, StoreError> {
     let items: Vec<NewItem> = parsed
         .rows
@@ -141,16 +210,23 @@ pub async fn import_elite(
             line: row.line,
         })
         .collect();
-    import_items(
-        pool,
+    let target = Target {
         name,
         source,
-        &items,
-        report,
-        &HashMap::new(),
         created_by,
-    )
-    .await
+        link,
+        progress,
+    };
+    import_items(pool, &target, &items, report, &HashMap::new()).await
+}
+
+/// Where and how an import stores its benchmark.
+struct Target<'a> {
+    name: &'a str,
+    source: &'a str,
+    created_by: Option<i64>,
+    link: Option<JobLink>,
+    progress: Option<Progress<'a>>,
 }
 
 /// Store a generic JSONL/CSV import (paths under an image root, or inline base64 images).
@@ -161,6 +237,21 @@ pub async fn import_generic(
     parsed: &ParsedFile<GenericItem>,
     report: &ImportReport,
     created_by: Option<i64>,
+) -> Result<ImportSummary, StoreError> {
+    import_generic_linked(pool, name, source, parsed, report, created_by, None, None).await
+}
+
+/// [`import_generic`] for a job: idempotent under `link`, with progress over the stored images.
+#[allow(clippy::too_many_arguments)]
+pub async fn import_generic_linked(
+    pool: &PgPool,
+    name: &str,
+    source: &str,
+    parsed: &ParsedFile<GenericItem>,
+    report: &ImportReport,
+    created_by: Option<i64>,
+    link: Option<JobLink>,
+    progress: Option<Progress<'_>>,
 ) -> Result<ImportSummary, StoreError> {
     let mut inline: HashMap<String, &[u8]> = HashMap::new();
     let items: Vec<NewItem> = parsed
@@ -186,18 +277,24 @@ pub async fn import_generic(
             }
         })
         .collect();
-    import_items(pool, name, source, &items, report, &inline, created_by).await
+    let target = Target {
+        name,
+        source,
+        created_by,
+        link,
+        progress,
+    };
+    import_items(pool, &target, &items, report, &inline).await
 }
 
 async fn import_items(
     pool: &PgPool,
-    name: &str,
-    source: &str,
+    target: &Target<'_>,
     items: &[NewItem<'_>],
     report: &ImportReport,
     inline: &HashMap<String, &[u8]>,
-    created_by: Option<i64>,
 ) -> Result<ImportSummary, StoreError> {
+    let name = target.name;
     if name.trim().is_empty() || name.chars().count() > 200 {
         return Err(StoreError::Invalid(
             "a benchmark needs a name of 1-200 characters".into(),
@@ -223,12 +320,34 @@ async fn import_items(
         "rejected": report.rejected.len(),
     });
     let mut tx = pool.begin().await?;
-    let (id, version) =
-        new_benchmark_version(&mut tx, name, source, report_json, created_by).await?;
+    let existing = match target.link {
+        Some(link) => stored_by_job(&mut *tx, link.job_id).await?,
+        None => None,
+    };
+    let (id, version, fresh) = match existing {
+        // The job stored this benchmark before (its worker died after committing).
+        Some(found) => (found.id, found.version, false),
+        None => {
+            let (id, version) =
+                new_benchmark_version(&mut tx, name, target.source, report_json, target.created_by)
+                    .await?;
+            if let Some(link) = target.link {
+                link_job(&mut tx, id, link).await?;
+            }
+            (id, version, true)
+        }
+    };
 
     let mut stored = 0;
     let mut hashes: HashMap<&str, &str> = HashMap::new();
-    for (key, resolved) in &report.images_resolved {
+    let total_images = report.images_resolved.len() as u64;
+    for (done, (key, resolved)) in report.images_resolved.iter().enumerate() {
+        if !fresh {
+            break;
+        }
+        if let Some(progress) = target.progress {
+            progress(done as u64, total_images);
+        }
         let bytes = match (&resolved.path, inline.get(key.as_str())) {
             (Some(path), _) => tokio::fs::read(path).await.map_err(|e| StoreError::Image {
                 path: path.clone(),
@@ -253,7 +372,7 @@ async fn import_items(
         hashes.insert(key.as_str(), resolved.content_hash.as_str());
     }
 
-    for (position, item) in items.iter().enumerate() {
+    for (position, item) in items.iter().enumerate().filter(|_| fresh) {
         let (sha, status) = match hashes.get(item.image_key.as_str()) {
             Some(sha) => (Some(*sha), "ok"),
             None if unreadable.contains_key(item.image_key.as_str()) => (None, "unreadable"),
@@ -278,6 +397,9 @@ async fn import_items(
         .await?;
     }
     tx.commit().await?;
+    if let Some(progress) = target.progress {
+        progress(total_images, total_images);
+    }
 
     Ok(ImportSummary {
         benchmark: BenchmarkRef {
@@ -410,4 +532,110 @@ pub async fn image(pool: &PgPool, sha256: &str) -> Result<Option<(Vec<u8>, Strin
             .fetch_optional(pool)
             .await?,
     )
+}
+
+/// Store images by content hash (bytes, width, height, format); an image already stored is left
+/// as it is. Returns how many were new. Idempotent, so a job can store its images chunk by
+/// chunk before the transaction that stores its items.
+pub async fn store_images(
+    pool: &PgPool,
+    images: &[(String, Vec<u8>, super::image::ImageInfo)],
+) -> Result<usize, StoreError> {
+    if images.is_empty() {
+        return Ok(0);
+    }
+    let mut hashes = Vec::with_capacity(images.len());
+    let mut data = Vec::with_capacity(images.len());
+    let (mut widths, mut heights, mut formats) = (Vec::new(), Vec::new(), Vec::new());
+    for (hash, bytes, info) in images {
+        hashes.push(hash.as_str());
+        data.push(bytes.as_slice());
+        widths.push(info.width as i32);
+        heights.push(info.height as i32);
+        formats.push(info.format.as_str());
+    }
+    Ok(sqlx::query(
+        "INSERT INTO images (sha256, data, width, height, format)
+         SELECT * FROM UNNEST($1::text[], $2::bytea[], $3::int[], $4::int[], $5::text[])
+         ON CONFLICT (sha256) DO NOTHING",
+    )
+    .bind(&hashes)
+    .bind(&data)
+    .bind(&widths)
+    .bind(&heights)
+    .bind(&formats)
+    .execute(pool)
+    .await?
+    .rows_affected() as usize)
+}
+
+/// One item whose image is stored already (by [`store_images`]).
+#[derive(Debug, Clone)]
+pub struct StoredPair {
+    pub category: &'static str,
+    pub text: String,
+    pub image_sha256: String,
+    pub pair_type: &'static str,
+    pub source_dataset: String,
+}
+
+/// Store items whose images are stored already as a new benchmark version, in one statement;
+/// under `link`, a job that stored its benchmark before gets that benchmark back unchanged.
+/// Returns the benchmark and whether this call created it.
+pub async fn store_pairs(
+    pool: &PgPool,
+    name: &str,
+    source: &str,
+    report: serde_json::Value,
+    items: &[StoredPair],
+    created_by: Option<i64>,
+    link: Option<JobLink>,
+) -> Result<(BenchmarkRef, bool), StoreError> {
+    if name.trim().is_empty() || name.chars().count() > 200 {
+        return Err(StoreError::Invalid(
+            "a benchmark needs a name of 1-200 characters".into(),
+        ));
+    }
+    if items.is_empty() {
+        return Err(StoreError::Invalid("no pair to store".into()));
+    }
+    let mut tx = pool.begin().await?;
+    if let Some(link) = link
+        && let Some(found) = stored_by_job(&mut *tx, link.job_id).await?
+    {
+        return Ok((found, false));
+    }
+    let (id, version) = new_benchmark_version(&mut tx, name, source, report, created_by).await?;
+    if let Some(link) = link {
+        link_job(&mut tx, id, link).await?;
+    }
+    let categories: Vec<&str> = items.iter().map(|i| i.category).collect();
+    let texts: Vec<&str> = items.iter().map(|i| i.text.as_str()).collect();
+    let hashes: Vec<&str> = items.iter().map(|i| i.image_sha256.as_str()).collect();
+    let pair_types: Vec<&str> = items.iter().map(|i| i.pair_type).collect();
+    let sources: Vec<&str> = items.iter().map(|i| i.source_dataset.as_str()).collect();
+    sqlx::query(
+        "INSERT INTO items (benchmark_id, position, category_code, text, image_sha256, image_status,
+             source_dataset, pair_type, line)
+         SELECT $1, (n - 1)::int, c, t, h, 'ok', s, p, n::int
+         FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
+              WITH ORDINALITY AS u(c, t, h, p, s, n)",
+    )
+    .bind(id)
+    .bind(&categories)
+    .bind(&texts)
+    .bind(&hashes)
+    .bind(&pair_types)
+    .bind(&sources)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok((
+        BenchmarkRef {
+            id,
+            name: name.to_string(),
+            version,
+        },
+        true,
+    ))
 }

@@ -37,7 +37,7 @@ pub(crate) fn routes(routes: Routes) -> Routes {
         super::genmetrics::get_result_api, super::genmetrics::compute_api, super::genmetrics::list_toy_api,
         super::genmetrics::run_toy_api, super::compression::list_api, super::compression::run_api,
         super::compression::import_api, super::safety::list_benchmarks_api, super::safety::list_items_api,
-        super::safety::import_items_api, super::safety::import_elite_api, super::safety::filter_api, super::safety::generate_api, super::safety::align_api,
+        super::safety::import_items_api, super::safety::import_elite_api, super::safety::filter_api, super::safety::generate_api, super::safety::align_api, super::safety::merge_api,
         super::models::list_api, super::models::get_api, super::models::register_api,
         super::models::update_api, super::models::revisions_api,
         super::runs::list_api, super::runs::start_api, super::runs::results_api, super::runs::export_api, super::runs::cancel_api,

@@ -343,3 +343,22 @@ pub fn run_elite(args: &[&str], database_url: Option<&str>) -> (bool, String, St
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Run a job to its end with a worker pool of this process (the build's registry) that claims
+/// only jobs with its payload (other queued work waits), and return it (any final state).
+pub async fn run_job(app: &TestApp, id: i64) -> elite::jobs::Job {
+    let job = elite::jobs::get(&app.pool, id).await.unwrap().unwrap();
+    let workers = elite::jobs::WorkerPool::start(
+        app.pool.clone(),
+        elite::job_registry(),
+        elite::jobs::WorkerOptions {
+            concurrency: 1,
+            poll_interval: std::time::Duration::from_millis(50),
+            only_payload: Some(job.payload),
+            ..Default::default()
+        },
+    );
+    let job = wait_job(app, id).await;
+    workers.shutdown().await;
+    job
+}

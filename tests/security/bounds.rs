@@ -37,10 +37,11 @@ pub async fn small_benchmark(app: &TestApp) -> i64 {
             Some(&body),
         ))
         .await;
-    assert_eq!(created.status(), StatusCode::CREATED);
-    body_json(created).await["benchmark"]["id"]
-        .as_i64()
-        .unwrap()
+    assert_eq!(created.status(), StatusCode::ACCEPTED);
+    let job_id = body_json(created).await["job_id"].as_i64().unwrap();
+    let job = run_job(app, job_id).await;
+    assert_eq!(job.status, JobStatus::Succeeded, "{job:?}");
+    job.result.unwrap()["benchmark"]["id"].as_i64().unwrap()
 }
 
 fn fast() -> WorkerOptions {
