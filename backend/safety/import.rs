@@ -908,7 +908,7 @@ fn build_report<'a>(
 
     for entry in entries {
         report.rows += 1;
-        if report.rows % 64 == 0 {
+        if report.rows.is_multiple_of(64) {
             progress(report.rows as u64);
         }
         *report.by_category.entry(entry.category).or_insert(0) += 1;
