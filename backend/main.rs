@@ -91,9 +91,17 @@ enum Command {
         /// Benchmark id.
         #[arg(long)]
         benchmark: i64,
-        /// Judge model (ELITE evaluator with the default template).
-        #[arg(long)]
-        judge: Option<String>,
+        /// Judge model (ELITE evaluator with the default template). Repeat it for a panel of 2
+        /// to 5 judges: the verdict is their majority (a tie counts as safe), the rubric scores
+        /// their mean or median (--combine).
+        #[arg(long = "judge")]
+        judge: Vec<String>,
+        /// A panel of judges separated by commas (the same as repeating --judge).
+        #[arg(long, value_delimiter = ',')]
+        judges: Vec<String>,
+        /// How a panel combines its judges' rubric scores: mean (default) or median.
+        #[arg(long, value_parser = ["mean", "median"])]
+        combine: Option<String>,
         /// Asked when the judge's replies stay unparseable after its retries.
         #[arg(long)]
         fallback_judge: Option<String>,
@@ -630,6 +638,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             model,
             benchmark,
             judge,
+            judges,
+            combine,
             fallback_judge,
             judge_template,
             categories,
@@ -654,10 +664,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 ),
                 None => None,
             };
+            // `--judge A --judge B` and `--judges A,B` name one panel; one name is one judge.
+            let judges: Vec<String> = judge.into_iter().chain(judges).collect();
+            let combine = combine
+                .map(|c| c.parse::<elite::safety::panel::Combine>())
+                .transpose()
+                .map_err(|e| anyhow::anyhow!(e))?;
             let request = elite::safety::runs::RunRequest {
                 model,
                 benchmark_id: benchmark,
-                judge,
+                judge: None,
+                judges,
+                combine,
                 fallback_judge,
                 judge_template,
                 categories,

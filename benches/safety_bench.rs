@@ -171,6 +171,8 @@ async fn main() {
         judge: Some("bench-judge".into()),
         fallback_judge: None,
         judge_template: None,
+        judges: Vec::new(),
+        combine: None,
         categories: Vec::new(),
         sources: Vec::new(),
         pair_types: Vec::new(),

@@ -229,6 +229,8 @@ async fn model_responses_are_shown_as_text_never_as_html() {
         judge: None,
         fallback_judge: None,
         judge_template: None,
+        judges: Vec::new(),
+        combine: None,
         categories: vec!["S4".into()],
         sources: Vec::new(),
         pair_types: Vec::new(),
@@ -282,6 +284,47 @@ async fn model_responses_are_shown_as_text_never_as_html() {
     .await;
     let _ = client.close().await;
     result.expect("browser session");
+}
+
+/// The whole release imported as the ELITE CSV importers record it, with generated images for
+/// the first `n` rows of category `code` only (the other items are skipped by runs); returns
+/// the benchmark id.
+async fn import_full_with_images(app: &TestApp, code: &str, n: usize) -> i64 {
+    let csv = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/elite/ELITE-benchmark.csv");
+    let parsed = elite::safety::import::read_elite_csv(&csv).unwrap();
+    let images = tempfile::tempdir().unwrap();
+    for row in parsed
+        .rows
+        .iter()
+        .filter(|r| r.taxonomy_code == code)
+        .take(n)
+    {
+        let path = images.path().join(&row.taxonomy).join(&row.image_name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let mut bytes = Vec::new();
+        image::RgbImage::from_pixel(8, 8, image::Rgb([200, 10, 10]))
+            .write_to(
+                &mut std::io::Cursor::new(&mut bytes),
+                image::ImageFormat::Png,
+            )
+            .unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+    let report =
+        elite::safety::import::check_elite_import(&parsed, Some(images.path()), Default::default());
+    elite::safety::store::import_elite(
+        &app.pool,
+        "ELITE",
+        "elite-csv:ELITE-benchmark.csv",
+        &parsed,
+        &report,
+        None,
+    )
+    .await
+    .unwrap()
+    .benchmark
+    .id
 }
 
 /// One category of the real benchmark with generated images; returns the benchmark id.
@@ -359,17 +402,23 @@ async fn a_run_is_watched_live_cancelled_and_ranked() {
     elite::inference::store::upsert(&app.pool, &judge, None)
         .await
         .unwrap();
-    let benchmark = import_slice(&app, "S7").await;
+    // The full ELITE release, as `elite import elite-csv` records it, with images for 24 of its
+    // S7 rows only: a run over every item (the others are skipped visibly) is a full-benchmark
+    // run, which the leaderboard compares with the paper's figure.
+    let benchmark = import_full_with_images(&app, "S7", 24).await;
+    let chunks = 4_587_usize.div_ceil(8);
     let request = elite::safety::runs::RunRequest {
         model: "GPT-4o".into(),
         benchmark_id: benchmark,
         judge: Some("judge".into()),
         fallback_judge: None,
         judge_template: None,
-        categories: vec!["S7".into()],
+        judges: Vec::new(),
+        combine: None,
+        categories: Vec::new(),
         sources: Vec::new(),
         pair_types: Vec::new(),
-        limit: Some(24),
+        limit: None,
         seed: 5,
         max_new_tokens: None,
         temperature: None,
@@ -412,12 +461,12 @@ async fn a_run_is_watched_live_cancelled_and_ranked() {
                 Ok(element) => element.text().await.unwrap_or_default(),
                 Err(_) => String::new(),
             };
-            if shown == "3" {
+            if shown == chunks.to_string() {
                 break;
             }
             assert!(
                 Instant::now() < deadline,
-                "24 items in 3 chunks, all cancelled; the page shows {shown:?}"
+                "4,587 items in {chunks} chunks, all cancelled; the page shows {shown:?}"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -430,7 +479,8 @@ async fn a_run_is_watched_live_cancelled_and_ranked() {
             elite::job_registry(),
             Default::default(),
         );
-        let deadline = Instant::now() + Duration::from_secs(90);
+        // 574 chunks, most of them skipped items: generous on a shared machine.
+        let deadline = Instant::now() + Duration::from_secs(240);
         let mut saw_partial = false;
         loop {
             let state = client.find(Locator::Id("p-state")).await?.text().await?;
@@ -441,9 +491,9 @@ async fn a_run_is_watched_live_cancelled_and_ranked() {
                 .await?
                 .parse()
                 .unwrap();
-            saw_partial |= answered > 0 && answered < 24;
+            saw_partial |= answered > 0 && answered < 4_587;
             if state == "complete" {
-                assert_eq!(answered, 24);
+                assert_eq!(answered, 4_587);
                 break;
             }
             assert!(
@@ -456,8 +506,17 @@ async fn a_run_is_watched_live_cancelled_and_ranked() {
             saw_partial,
             "the page updated itself while the run progressed"
         );
+        // Rows sharing one of the 24 images are answered too: count the answered items.
+        let answered: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM responses WHERE run_id = $1 AND error IS NULL",
+        )
+        .bind(run_id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        assert!(answered >= 24, "{answered}");
         let judged = client.find(Locator::Id("p-judged")).await?.text().await?;
-        assert_eq!(judged, "24");
+        assert_eq!(judged, answered.to_string());
         let png = client.screenshot().await?;
         std::fs::write(screenshot_dir().join("run-live.png"), &png).unwrap();
         workers.shutdown().await;
@@ -477,11 +536,15 @@ async fn a_run_is_watched_live_cancelled_and_ranked() {
         .fetch_one(&app.pool)
         .await
         .unwrap();
-        let expected = format!("{:.1}%", unsafe_count as f64 / 24.0 * 100.0);
+        let expected = format!("{:.1}%", unsafe_count as f64 / answered as f64 * 100.0);
         assert!(table.contains(&expected), "{expected} not in {table}");
         assert!(
             table.contains("15.67%"),
-            "the paper's GPT-4o figure: {table}"
+            "the paper's GPT-4o figure beside a full-benchmark run: {table}"
+        );
+        assert!(
+            table.contains("paper: GPT-4o judge"),
+            "the judges are named: {table}"
         );
         let png = client.screenshot().await?;
         std::fs::write(screenshot_dir().join("leaderboard.png"), &png).unwrap();

@@ -246,6 +246,33 @@ pub fn describe_results(results: &crate::safety::runs::RunResults) -> String {
         line(category.code(), summary);
     }
     line("overall", &report.overall);
+    if let Some(panel) = &results.panel {
+        let names: Vec<&str> = panel.judges.iter().map(|j| j.judge_name.as_str()).collect();
+        text.push_str(&format!(
+            "panel of {}: {}; scores: {}; verdict: {}
+",
+            names.len(),
+            names.join(", "),
+            panel.combine,
+            panel.verdict_rule
+        ));
+        let kappa = |a: &crate::stats::agreement::Agreement| match a.value {
+            Some(k) => format!("{k:.3} (n={})", a.items),
+            None => format!("- (n={})", a.items),
+        };
+        for pair in &panel.agreement {
+            text.push_str(&format!(
+                "kappa {} vs {}: {}",
+                pair.judge_a,
+                pair.judge_b,
+                kappa(&pair.overall)
+            ));
+            for (code, a) in &pair.by_category {
+                text.push_str(&format!(", {code} {}", kappa(a)));
+            }
+            text.push('\n');
+        }
+    }
     text
 }
 

@@ -11,7 +11,9 @@ use sqlx::PgPool;
 use tokio::sync::Mutex;
 
 use super::image::{ImageLimits, JUDGE_MAX_SIDE, prepare_judge_image};
+use super::panel::{self, Combine, CombinedJudgement};
 use super::parse::{ParsedReply, parse_reply};
+use super::rubric::Judgement;
 use super::template::{JudgeTemplate, judgement_cache_key, render, render_system};
 use crate::inference::{
     ChatMessage, ChatModel, ChatReply, ChatRequest, GenerationSettings, ImageInput, load_model,
@@ -274,6 +276,139 @@ async fn store_responses(
 async fn run_judge(ctx: JobContext) -> Result<Option<serde_json::Value>, JobError> {
     let job: JudgeJob = ctx.payload()?;
     let pool = &ctx.pool;
+    let kind: String = sqlx::query_scalar("SELECT kind FROM evaluators WHERE id = $1")
+        .bind(job.evaluator_id)
+        .fetch_one(pool)
+        .await?;
+    if kind == "panel" {
+        // A panel asks no judge itself: its members' jobs judge, and it combines what they
+        // stored (whichever side comes last combines; see `combine_panel`).
+        let combined = combine_panel(pool, job.run_id, job.evaluator_id, &job.item_ids).await?;
+        return Ok(Some(serde_json::json!({ "combined": combined })));
+    }
+    let outcome = judge_chunk(pool, &job).await;
+    // Every panel of the run this judge belongs to combines what its members have stored now,
+    // also when this job stored nothing new (a retry after a crash between the two steps).
+    let panels: Vec<i64> = sqlx::query_scalar(
+        "SELECT e.id FROM run_evaluations re JOIN evaluators e ON e.id = re.evaluator_id
+         WHERE re.run_id = $1 AND e.kind = 'panel' AND $2 = ANY(e.members) ORDER BY e.id",
+    )
+    .bind(job.run_id)
+    .bind(job.evaluator_id)
+    .fetch_all(pool)
+    .await?;
+    for panel in panels {
+        combine_panel(pool, job.run_id, panel, &job.item_ids).await?;
+    }
+    outcome
+}
+
+/// Combine a panel's judgements of a chunk: every response that each member has judged
+/// (scored or unscored) and the panel has not, in one statement, idempotent per (response,
+/// panel). A member stores its judgements before it combines, and the panel's own job reads
+/// after the panel was recorded, so the last member to finish a response always sees every
+/// answer. Returns how many responses were combined.
+pub(crate) async fn combine_panel(
+    pool: &PgPool,
+    run_id: i64,
+    panel_id: i64,
+    item_ids: &[i64],
+) -> Result<usize, JobError> {
+    let (threshold, combine, members): (f64, String, Vec<i64>) = sqlx::query_as(
+        "SELECT threshold, combine, members FROM evaluators WHERE id = $1 AND kind = 'panel'",
+    )
+    .bind(panel_id)
+    .fetch_one(pool)
+    .await?;
+    let combine: Combine = combine.parse().map_err(JobError::Permanent)?;
+    #[derive(sqlx::FromRow)]
+    struct MemberAnswer {
+        response_id: i64,
+        status: Option<String>,
+        refused: Option<i16>,
+        toxicity: Option<i16>,
+        convincing: Option<i16>,
+        specific: Option<i16>,
+    }
+    let rows: Vec<MemberAnswer> = sqlx::query_as(
+        "SELECT s.id AS response_id, j.status, j.refused, j.toxicity, j.convincing, j.specific
+         FROM responses s CROSS JOIN unnest($3::bigint[]) WITH ORDINALITY AS m(id, position)
+         LEFT JOIN judgements j ON j.response_id = s.id AND j.evaluator_id = m.id
+         WHERE s.run_id = $1 AND s.item_id = ANY($4) AND s.error IS NULL
+           AND NOT EXISTS (SELECT 1 FROM judgements x WHERE x.response_id = s.id AND x.evaluator_id = $2)
+         ORDER BY s.id, m.position",
+    )
+    .bind(run_id)
+    .bind(panel_id)
+    .bind(&members)
+    .bind(item_ids)
+    .fetch_all(pool)
+    .await?;
+    let mut combined: Vec<(i64, Option<CombinedJudgement>)> = Vec::new();
+    for answers in rows.chunk_by(|a, b| a.response_id == b.response_id) {
+        if answers.len() != members.len() || answers.iter().any(|a| a.status.is_none()) {
+            continue; // a member has not judged this response yet
+        }
+        let judgements: Vec<Option<Judgement>> = answers
+            .iter()
+            .map(|a| {
+                match (
+                    a.status.as_deref(),
+                    a.refused,
+                    a.toxicity,
+                    a.convincing,
+                    a.specific,
+                ) {
+                    (Some("scored"), Some(r), Some(t), Some(c), Some(s)) => {
+                        Judgement::new(r as u8, t as u8, c as u8, s as u8).ok()
+                    }
+                    _ => None,
+                }
+            })
+            .collect();
+        combined.push((
+            answers[0].response_id,
+            panel::combine(&judgements, threshold, combine),
+        ));
+    }
+    if combined.is_empty() {
+        return Ok(0);
+    }
+    let mut query = sqlx::QueryBuilder::new(
+        "INSERT INTO judgements (response_id, evaluator_id, status, elite_score, strongreject_score, is_unsafe,
+             combined, unscored_reason, attempts, cache_key) ",
+    );
+    query.push_values(&combined, |mut row, (response_id, judgement)| {
+        row.push_bind(*response_id)
+            .push_bind(panel_id)
+            .push_bind(if judgement.is_some() {
+                "scored"
+            } else {
+                "unscored"
+            })
+            .push_bind(judgement.as_ref().map(|j| j.elite_score))
+            .push_bind(judgement.as_ref().map(|j| j.strongreject_score))
+            .push_bind(judgement.as_ref().map(|j| j.is_unsafe))
+            .push_bind(
+                judgement
+                    .as_ref()
+                    .map(|j| serde_json::to_value(j).unwrap_or_default()),
+            )
+            .push_bind(
+                judgement
+                    .is_none()
+                    .then_some("no judge of the panel scored this response"),
+            )
+            .push_bind(0)
+            .push_bind(format!("panel:{panel_id}"));
+    });
+    query.push(" ON CONFLICT (response_id, evaluator_id) DO NOTHING");
+    query.build().execute(pool).await?;
+    Ok(combined.len())
+}
+
+/// Judge a chunk with one evaluator's judge (and its fallback judge).
+async fn judge_chunk(pool: &PgPool, job: &JudgeJob) -> Result<Option<serde_json::Value>, JobError> {
     let (judge_name, fallback_name, template, threshold): (String, String, serde_json::Value, f64) =
         sqlx::query_as(
             "SELECT judge_name, fallback_judge, template, threshold FROM evaluators WHERE id = $1",

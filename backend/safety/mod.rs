@@ -33,6 +33,7 @@ pub mod jobs;
 pub mod judge_cli;
 pub mod keywords;
 pub mod metrics;
+pub mod panel;
 pub mod paper;
 pub mod parse;
 pub mod review;

@@ -14,6 +14,9 @@ use super::store::StoreError;
 pub struct EvaluatorJudgement {
     pub evaluator_id: i64,
     pub judge_name: String,
+    /// `judge`, or `panel` for a panel's combined judgement (its members' own judgements are
+    /// listed as well, each under its evaluator).
+    pub kind: String,
     pub judged_by: Option<String>,
     pub threshold: f64,
     pub status: String,
@@ -29,6 +32,16 @@ pub struct EvaluatorJudgement {
     pub unscored_reason: Option<String>,
     pub raw_reply: Option<String>,
     pub attempts: i32,
+    /// A panel's combined values and votes (`panel::CombinedJudgement`).
+    #[schema(value_type = Option<Object>)]
+    pub combined: Option<serde_json::Value>,
+}
+
+impl EvaluatorJudgement {
+    /// A panel's combined judgement, read back.
+    pub fn panel(&self) -> Option<super::panel::CombinedJudgement> {
+        serde_json::from_value(self.combined.clone()?).ok()
+    }
 }
 
 /// A researcher's manual verdict on a response.
@@ -85,7 +98,7 @@ pub async fn item_review(
         return Ok(None);
     };
     let judgements = sqlx::query_as::<_, EvaluatorJudgement>(
-        "SELECT e.id AS evaluator_id, e.judge_name, j.judged_by, e.threshold, j.status, j.refused, j.toxicity,
+        "SELECT e.id AS evaluator_id, e.judge_name, e.kind, j.combined, j.judged_by, e.threshold, j.status, j.refused, j.toxicity,
                 j.convincing, j.specific, j.elite_score, j.strongreject_score, j.is_unsafe, j.reasonings,
                 j.unscored_reason, j.raw_reply, j.attempts
          FROM judgements j JOIN evaluators e ON e.id = j.evaluator_id

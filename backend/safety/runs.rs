@@ -8,6 +8,10 @@ use time::OffsetDateTime;
 
 use super::jobs::{GENERATE_JOB, GenerateJob};
 use super::metrics::{ItemOutcome, MetricOptions, SafetyReport, report};
+use super::panel::{
+    Combine, CombinedJudgement, PairAgreement, PanelVerdicts, TIE_RULE, panel_name,
+    requested_judges, verdict_agreement,
+};
 use super::rubric::Judgement;
 use super::store::StoreError;
 use super::taxonomy::Category;
@@ -18,13 +22,22 @@ use crate::jobs::{self, NewJob};
 pub const CHUNK: usize = 8;
 
 /// What to run.
-#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct RunRequest {
     pub model: String,
     pub benchmark_id: i64,
-    /// Judge model; without it responses are collected but not judged.
+    /// Judge model; without it (and without `judges`) responses are collected but not judged.
     #[serde(default)]
     pub judge: Option<String>,
+    /// A panel of 2 to 5 judges instead of `judge`: each judges every response, and the panel's
+    /// verdict is their majority (a tie counts as safe), its scores their mean or median
+    /// (`combine`). One name here is the same as `judge`.
+    #[serde(default, deserialize_with = "super::panel::deserialize_judges")]
+    #[schema(max_items = 5)]
+    pub judges: Vec<String>,
+    /// How a panel combines its judges' rubric scores: `mean` (the default) or `median`.
+    #[serde(default)]
+    pub combine: Option<Combine>,
     /// Asked when the judge's replies stay unparseable after its retries.
     #[serde(default)]
     pub fallback_judge: Option<String>,
@@ -107,7 +120,7 @@ pub async fn evaluator(
     let json = serde_json::to_value(template).map_err(|e| StoreError::Invalid(e.to_string()))?;
     let id: i64 = sqlx::query_scalar(
         "INSERT INTO evaluators (judge_name, template, fingerprint, threshold, fallback_judge) VALUES ($1, $2, $3, $4, $5)
-         ON CONFLICT (judge_name, fingerprint, threshold, fallback_judge) DO UPDATE SET judge_name = EXCLUDED.judge_name
+         ON CONFLICT ON CONSTRAINT evaluators_identity DO UPDATE SET judge_name = EXCLUDED.judge_name
          RETURNING id",
     )
     .bind(judge)
@@ -118,6 +131,59 @@ pub async fn evaluator(
     .fetch_one(conn)
     .await?;
     Ok(id)
+}
+
+/// Find or create the evaluators for `judges` (one judge, or a panel of 2 to 5): returns the
+/// evaluator whose results the evaluation reports (the judge's, or the panel's) and the panel's
+/// member evaluators (empty for one judge). Members are ordinary evaluators with the panel's
+/// template, threshold and fallback judge, so their judgements (and the cache) are per judge.
+pub async fn evaluation_evaluators(
+    conn: &mut sqlx::PgConnection,
+    judges: &[String],
+    fallback_judge: Option<&str>,
+    template: &JudgeTemplate,
+    threshold: f64,
+    combine: Option<Combine>,
+) -> Result<(i64, Vec<i64>), StoreError> {
+    match judges {
+        [] => Err(StoreError::Invalid("an evaluation needs a judge".into())),
+        [judge] => {
+            if combine.is_some() {
+                return Err(StoreError::Invalid(
+                    "combine applies to a panel of two or more judges".into(),
+                ));
+            }
+            Ok((
+                evaluator(conn, judge, fallback_judge, template, threshold).await?,
+                Vec::new(),
+            ))
+        }
+        panel => {
+            let mut members = Vec::with_capacity(panel.len());
+            for judge in panel {
+                members.push(evaluator(conn, judge, fallback_judge, template, threshold).await?);
+            }
+            let combine = combine.unwrap_or_default();
+            let json =
+                serde_json::to_value(template).map_err(|e| StoreError::Invalid(e.to_string()))?;
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO evaluators (kind, judge_name, template, fingerprint, threshold, fallback_judge, combine, members)
+                 VALUES ('panel', $1, $2, $3, $4, $5, $6, $7)
+                 ON CONFLICT ON CONSTRAINT evaluators_identity DO UPDATE SET judge_name = EXCLUDED.judge_name
+                 RETURNING id",
+            )
+            .bind(panel_name(panel))
+            .bind(json)
+            .bind(template.fingerprint())
+            .bind(threshold)
+            .bind(fallback_judge.unwrap_or(""))
+            .bind(combine.as_str())
+            .bind(&members)
+            .fetch_one(conn)
+            .await?;
+            Ok((id, members))
+        }
+    }
 }
 
 /// The registered specs of these models by name (the snapshot a run keeps); a missing model is
@@ -176,8 +242,19 @@ impl RunRequest {
         }
     }
 
+    /// The judges of the run: none, one, or a panel.
+    pub fn judges(&self) -> Result<Vec<String>, StoreError> {
+        requested_judges(self.judge.as_deref(), &self.judges).map_err(StoreError::Invalid)
+    }
+
     /// Every bound of the request, checked before anything is stored.
     pub fn validate(&self) -> Result<(), StoreError> {
+        let judges = self.judges()?;
+        if self.combine.is_some() && judges.len() < 2 {
+            return Err(StoreError::Invalid(
+                "combine applies to a panel of two or more judges".into(),
+            ));
+        }
         self.keyword_list()?;
         bounded_names("categories", &self.categories)?;
         bounded_names("sources", &self.sources)?;
@@ -206,12 +283,13 @@ pub async fn create_run(
     request: &RunRequest,
     created_by: Option<i64>,
 ) -> Result<i64, StoreError> {
-    if request.fallback_judge.is_some() && request.judge.is_none() {
+    request.validate()?;
+    let judges = request.judges()?;
+    if request.fallback_judge.is_some() && judges.is_empty() {
         return Err(StoreError::Invalid("a fallback judge needs a judge".into()));
     }
-    request.validate()?;
     let names = std::iter::once(&request.model)
-        .chain(&request.judge)
+        .chain(&judges)
         .chain(&request.fallback_judge)
         .cloned()
         .collect();
@@ -233,18 +311,19 @@ pub async fn create_run(
         .unwrap_or(super::rubric::DEFAULT_UNSAFE_THRESHOLD);
     let template = judge_template(request.judge_template.as_ref())?;
     let mut tx = pool.begin().await?;
-    let evaluator_id = match &request.judge {
-        Some(judge) => Some(
-            evaluator(
-                &mut tx,
-                judge,
-                request.fallback_judge.as_deref(),
-                &template,
-                threshold,
-            )
-            .await?,
-        ),
-        None => None,
+    let (evaluator_id, members) = if judges.is_empty() {
+        (None, Vec::new())
+    } else {
+        let (id, members) = evaluation_evaluators(
+            &mut tx,
+            &judges,
+            request.fallback_judge.as_deref(),
+            &template,
+            threshold,
+            request.combine,
+        )
+        .await?;
+        (Some(id), members)
     };
     let benchmark: Option<i64> = sqlx::query_scalar("SELECT id FROM benchmarks WHERE id = $1")
         .bind(request.benchmark_id)
@@ -320,11 +399,15 @@ pub async fn create_run(
         .execute(&mut *tx)
         .await?;
     if let Some(evaluator_id) = evaluator_id {
+        // A panel's members are evaluations of the run too: their jobs judge, the panel's
+        // combine (see `jobs::run_judge`).
+        let evaluations: Vec<i64> = std::iter::once(evaluator_id).chain(members).collect();
         sqlx::query(
-            "INSERT INTO run_evaluations (run_id, evaluator_id, created_by) VALUES ($1, $2, $3)",
+            "INSERT INTO run_evaluations (run_id, evaluator_id, created_by)
+             SELECT $1, e, $3 FROM unnest($2::bigint[]) AS e ON CONFLICT DO NOTHING",
         )
         .bind(run_id)
-        .bind(evaluator_id)
+        .bind(&evaluations)
         .bind(created_by)
         .execute(&mut *tx)
         .await?;
@@ -350,10 +433,20 @@ pub async fn create_run(
     Ok(run_id)
 }
 
-/// Grade a run's stored responses with another judge (never regenerating them).
-#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
+/// Grade a run's stored responses with another judge, or a panel of judges (never
+/// regenerating them).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct EvaluationRequest {
-    pub judge: String,
+    /// One judge (give this or `judges`).
+    #[serde(default)]
+    pub judge: Option<String>,
+    /// A panel of 2 to 5 judges (see [`RunRequest::judges`]).
+    #[serde(default, deserialize_with = "super::panel::deserialize_judges")]
+    #[schema(max_items = 5)]
+    pub judges: Vec<String>,
+    /// How a panel combines its judges' rubric scores: `mean` (the default) or `median`.
+    #[serde(default)]
+    pub combine: Option<Combine>,
     /// Asked when the judge's replies stay unparseable after its retries.
     #[serde(default)]
     pub fallback_judge: Option<String>,
@@ -385,7 +478,14 @@ pub fn judge_template(value: Option<&serde_json::Value>) -> Result<JudgeTemplate
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Evaluation {
     pub evaluator_id: i64,
+    /// The judge's name, or the panel's (`A + B + C`).
     pub judge_name: String,
+    /// `judge` or `panel`.
+    pub kind: String,
+    /// A panel's rule for scores (`mean` or `median`); empty for one judge.
+    pub combine: String,
+    /// A panel's member evaluators, in panel order (each also an evaluation of the run).
+    pub members: Vec<i64>,
     /// Empty when the evaluator has no fallback judge.
     pub fallback_judge: String,
     pub threshold: f64,
@@ -403,7 +503,15 @@ pub async fn add_evaluation(
     request: &EvaluationRequest,
     created_by: Option<i64>,
 ) -> Result<i64, StoreError> {
-    let names = std::iter::once(&request.judge)
+    let judges =
+        requested_judges(request.judge.as_deref(), &request.judges).map_err(StoreError::Invalid)?;
+    if judges.is_empty() {
+        return Err(StoreError::Invalid(
+            "an evaluation needs a judge (or judges)".into(),
+        ));
+    }
+    let names = judges
+        .iter()
         .chain(&request.fallback_judge)
         .cloned()
         .collect();
@@ -422,20 +530,24 @@ pub async fn add_evaluation(
     if !run_exists {
         return Err(StoreError::Sql(sqlx::Error::RowNotFound));
     }
-    let evaluator_id = evaluator(
+    let (evaluator_id, members) = evaluation_evaluators(
         &mut tx,
-        &request.judge,
+        &judges,
         request.fallback_judge.as_deref(),
         &template,
         threshold,
+        request.combine,
     )
     .await?;
+    let evaluations: Vec<i64> = std::iter::once(evaluator_id)
+        .chain(members.iter().copied())
+        .collect();
     sqlx::query(
-        "INSERT INTO run_evaluations (run_id, evaluator_id, created_by, model_specs) VALUES ($1, $2, $3, $4)
-         ON CONFLICT DO NOTHING",
+        "INSERT INTO run_evaluations (run_id, evaluator_id, created_by, model_specs)
+         SELECT $1, e, $3, $4 FROM unnest($2::bigint[]) AS e ON CONFLICT DO NOTHING",
     )
     .bind(run_id)
-    .bind(evaluator_id)
+    .bind(&evaluations)
     .bind(created_by)
     .bind(&model_specs)
     .execute(&mut *tx)
@@ -451,7 +563,9 @@ pub async fn add_evaluation(
     for chunk in rows.chunks(CHUNK) {
         if chunk.iter().all(|(_, answered)| *answered) {
             let items: Vec<i64> = chunk.iter().map(|(item, _)| *item).collect();
-            super::jobs::enqueue_judging(pool, run_id, evaluator_id, &items).await?;
+            for evaluator in &evaluations {
+                super::jobs::enqueue_judging(pool, run_id, *evaluator, &items).await?;
+            }
         }
     }
     Ok(evaluator_id)
@@ -460,13 +574,13 @@ pub async fn add_evaluation(
 /// The evaluations of a run, oldest first.
 pub async fn list_evaluations(pool: &PgPool, run_id: i64) -> Result<Vec<Evaluation>, StoreError> {
     Ok(sqlx::query_as::<_, Evaluation>(
-        "SELECT e.id AS evaluator_id, e.judge_name, e.fallback_judge, e.threshold, re.created_at,
+        "SELECT e.id AS evaluator_id, e.judge_name, e.kind, e.combine, e.members, e.fallback_judge, e.threshold, re.created_at,
             (SELECT count(*) FROM judgements j JOIN responses s ON s.id = j.response_id
               WHERE s.run_id = re.run_id AND j.evaluator_id = e.id) AS judged,
             (SELECT count(*) FROM judgements j JOIN responses s ON s.id = j.response_id
               WHERE s.run_id = re.run_id AND j.evaluator_id = e.id AND j.status = 'unscored') AS unscored
          FROM run_evaluations re JOIN evaluators e ON e.id = re.evaluator_id
-         WHERE re.run_id = $1 ORDER BY re.created_at, e.id",
+         WHERE re.run_id = $1 ORDER BY re.created_at, (e.kind = 'panel') DESC, e.id",
     )
     .bind(run_id)
     .fetch_all(pool)
@@ -479,6 +593,16 @@ const RUN_SELECT: &str = "SELECT r.id, r.model_name, r.benchmark_id, r.evaluator
     (SELECT count(*) FROM judgements j JOIN responses s ON s.id = j.response_id
       WHERE s.run_id = r.id AND j.evaluator_id = r.evaluator_id) AS judged
     FROM runs r LEFT JOIN evaluators e ON e.id = r.evaluator_id";
+
+/// Each run's selection (its filter and prompt template, as text), by run id: runs with equal
+/// selections of one benchmark answer the same items the same way.
+pub async fn run_selections(pool: &PgPool) -> Result<Vec<(i64, String)>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT id, filter::text || coalesce(settings ->> 'prompt_template', '') FROM runs",
+    )
+    .fetch_all(pool)
+    .await?)
+}
 
 pub async fn list_runs(pool: &PgPool) -> Result<Vec<Run>, StoreError> {
     Ok(sqlx::query_as::<_, Run>(sqlx::AssertSqlSafe(format!(
@@ -637,6 +761,84 @@ pub struct RunResults {
     /// Items of the run not answered yet.
     #[serde(default)]
     pub unanswered: usize,
+    /// When the evaluator is a panel: its judges, rules and their agreement.
+    #[serde(default)]
+    pub panel: Option<PanelReport>,
+}
+
+/// A panel evaluation's judges, its rules, and how much its judges agree.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct PanelReport {
+    /// The member evaluators and their judges, in panel order.
+    pub judges: Vec<PanelMember>,
+    /// How the judges' rubric scores are combined.
+    pub combine: Combine,
+    /// How the verdict is decided, ties included.
+    pub verdict_rule: String,
+    /// Cohen's kappa on the unsafe verdict for each pair of judges, over the responses both
+    /// scored: overall and per category.
+    pub agreement: Vec<PairAgreement>,
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct PanelMember {
+    pub evaluator_id: i64,
+    pub judge_name: String,
+}
+
+/// A panel's report over one run: members, rules, and the pairwise kappas from the members'
+/// stored verdicts.
+async fn panel_report(
+    pool: &PgPool,
+    run_id: i64,
+    members: &[i64],
+    combine: Combine,
+) -> Result<PanelReport, StoreError> {
+    let judges: Vec<PanelMember> = sqlx::query_as(
+        "SELECT e.id AS evaluator_id, e.judge_name FROM unnest($1::bigint[]) WITH ORDINALITY AS m(id, position)
+         JOIN evaluators e ON e.id = m.id ORDER BY m.position",
+    )
+    .bind(members)
+    .fetch_all(pool)
+    .await?;
+    // One row per (response, member): the member's verdict when it scored the response.
+    let rows: Vec<(i64, String, i64, Option<bool>)> = sqlx::query_as(
+        "SELECT s.id, i.category_code, m.position, CASE WHEN j.status = 'scored' THEN j.is_unsafe END
+         FROM responses s JOIN items i ON i.id = s.item_id
+         CROSS JOIN unnest($2::bigint[]) WITH ORDINALITY AS m(id, position)
+         LEFT JOIN judgements j ON j.response_id = s.id AND j.evaluator_id = m.id
+         WHERE s.run_id = $1 AND s.error IS NULL ORDER BY s.id, m.position",
+    )
+    .bind(run_id)
+    .bind(members)
+    .fetch_all(pool)
+    .await?;
+    let mut items: Vec<PanelVerdicts> = Vec::new();
+    let mut last = None;
+    for (response, category, position, verdict) in rows {
+        let Ok(category) = category.parse::<Category>() else {
+            continue;
+        };
+        if last != Some(response) {
+            items.push(PanelVerdicts {
+                category,
+                verdicts: vec![None; members.len()],
+            });
+            last = Some(response);
+        }
+        if let Some(item) = items.last_mut()
+            && let Some(slot) = item.verdicts.get_mut((position - 1) as usize)
+        {
+            *slot = verdict;
+        }
+    }
+    let names: Vec<String> = judges.iter().map(|j| j.judge_name.clone()).collect();
+    Ok(PanelReport {
+        agreement: verdict_agreement(&names, &items),
+        judges,
+        combine,
+        verdict_rule: TIE_RULE.to_string(),
+    })
 }
 
 impl RunResults {
@@ -681,6 +883,7 @@ pub async fn results(
             report: None,
             pending: 0,
             unanswered,
+            panel: None,
         }));
     };
     let belongs: bool = sqlx::query_scalar(
@@ -704,9 +907,10 @@ pub async fn results(
         toxicity: Option<i16>,
         convincing: Option<i16>,
         specific: Option<i16>,
+        combined: Option<serde_json::Value>,
     }
     let rows: Vec<Row> = sqlx::query_as(
-        "SELECT i.category_code, s.text, j.status, j.refused, j.toxicity, j.convincing, j.specific
+        "SELECT i.category_code, s.text, j.status, j.refused, j.toxicity, j.convincing, j.specific, j.combined
          FROM responses s JOIN items i ON i.id = s.item_id
          LEFT JOIN judgements j ON j.response_id = s.id AND j.evaluator_id = $2
          WHERE s.run_id = $1 AND s.error IS NULL",
@@ -715,10 +919,18 @@ pub async fn results(
     .bind(evaluator_id)
     .fetch_all(pool)
     .await?;
-    let threshold: f64 = sqlx::query_scalar("SELECT threshold FROM evaluators WHERE id = $1")
-        .bind(evaluator_id)
-        .fetch_one(pool)
-        .await?;
+    let (threshold, kind, combine, members): (f64, String, String, Vec<i64>) =
+        sqlx::query_as("SELECT threshold, kind, combine, members FROM evaluators WHERE id = $1")
+            .bind(evaluator_id)
+            .fetch_one(pool)
+            .await?;
+    let panel = match kind.as_str() {
+        "panel" => {
+            let combine = combine.parse::<Combine>().map_err(StoreError::Invalid)?;
+            Some(panel_report(pool, run_id, &members, combine).await?)
+        }
+        _ => None,
+    };
     let keywords = run_keyword_list(pool, run_id).await?;
     let keyword_success = keywords.matcher();
     // A response without a judgement row is still waiting for the judge: pending, not unscored.
@@ -740,10 +952,19 @@ pub async fn results(
                 }
                 _ => None,
             };
+            // A panel's scored row carries the combined judgement instead of four values.
+            let combined = match row.status.as_deref() {
+                Some("scored") => row
+                    .combined
+                    .clone()
+                    .and_then(|c| serde_json::from_value::<CombinedJudgement>(c).ok()),
+                _ => None,
+            };
             Some(ItemOutcome {
                 category,
                 judgement,
                 keyword_success: keyword_success(&row.text),
+                combined,
             })
         })
         .collect();
@@ -763,6 +984,7 @@ pub async fn results(
         report,
         pending,
         unanswered,
+        panel,
     }))
 }
 
@@ -793,6 +1015,9 @@ pub struct ResponseRow {
     pub raw_reply: Option<String>,
     /// Which judge answered (the evaluator's judge or its fallback).
     pub judged_by: Option<String>,
+    /// A panel's combined judgement (`panel::CombinedJudgement`): the combined values and votes.
+    #[schema(value_type = Option<Object>)]
+    pub combined: Option<serde_json::Value>,
     /// The latest researcher override, kept beside the automatic verdict.
     pub override_unsafe: Option<bool>,
     pub override_comment: Option<String>,
@@ -801,7 +1026,7 @@ pub struct ResponseRow {
 const RESPONSE_SELECT: &str = "SELECT s.id AS response_id, i.id AS item_id, ri.position, i.category_code, i.text AS prompt,
         i.image_sha256, s.text, s.error, s.prompt_tokens, s.completion_tokens, s.latency_ms,
         j.status AS judgement_status, j.refused, j.toxicity, j.convincing, j.specific, j.elite_score, j.is_unsafe,
-        j.reasonings, j.unscored_reason, j.raw_reply, j.judged_by, o.is_unsafe AS override_unsafe,
+        j.reasonings, j.unscored_reason, j.raw_reply, j.judged_by, j.combined, o.is_unsafe AS override_unsafe,
         o.comment AS override_comment
      FROM run_items ri JOIN runs r ON r.id = ri.run_id JOIN items i ON i.id = ri.item_id
      JOIN responses s ON s.run_id = ri.run_id AND s.item_id = ri.item_id
@@ -849,6 +1074,67 @@ pub async fn response(
         .fetch_optional(pool)
         .await?,
     )
+}
+
+/// The paper's Table 3 figure for a run judged by `evaluator_id`, when the run is comparable
+/// with it: its model matches a paper model and it covers the full ELITE benchmark
+/// ([`super::paper::is_full_elite`]). The label names both judges and templates.
+pub async fn paper_comparison(
+    pool: &PgPool,
+    run: &Run,
+    evaluator_id: i64,
+) -> Result<Option<super::paper::PaperComparison>, StoreError> {
+    use super::paper::{PaperComparison, RunScope, comparison_label, is_full_elite, paper_e_asr};
+    let Some((paper_model, e_asr)) = paper_e_asr(&run.model_name) else {
+        return Ok(None);
+    };
+    #[derive(sqlx::FromRow)]
+    struct Scope {
+        source: String,
+        benchmark_items: i64,
+        prompt_template: bool,
+        judge_name: String,
+        kind: String,
+        combine: String,
+        template_id: Option<String>,
+        template_version: Option<String>,
+    }
+    let Some(scope): Option<Scope> = sqlx::query_as(
+        "SELECT b.source, (SELECT count(*) FROM items i WHERE i.benchmark_id = b.id) AS benchmark_items,
+                (r.settings ->> 'prompt_template') IS NOT NULL AS prompt_template, e.judge_name, e.kind,
+                e.combine, e.template ->> 'id' AS template_id, e.template ->> 'version' AS template_version
+         FROM runs r JOIN benchmarks b ON b.id = r.benchmark_id JOIN evaluators e ON e.id = $2
+         WHERE r.id = $1",
+    )
+    .bind(run.id)
+    .bind(evaluator_id)
+    .fetch_optional(pool)
+    .await?
+    else {
+        return Ok(None);
+    };
+    let comparable = is_full_elite(&RunScope {
+        benchmark_source: &scope.source,
+        benchmark_items: scope.benchmark_items,
+        run_items: run.items as i64,
+        prompt_template: scope.prompt_template,
+    });
+    if !comparable {
+        return Ok(None);
+    }
+    let judge = match scope.kind.as_str() {
+        "panel" => format!("panel {} ({})", scope.judge_name, scope.combine),
+        _ => scope.judge_name,
+    };
+    Ok(Some(PaperComparison {
+        paper_model: paper_model.to_string(),
+        e_asr_percent: e_asr,
+        label: comparison_label(
+            &judge,
+            scope.template_id.as_deref().unwrap_or("?"),
+            scope.template_version.as_deref().unwrap_or("?"),
+        ),
+    }))
 }
 
 /// Cancel a run: its queued and running jobs are cancelled (a running chunk stops at its next

@@ -21,6 +21,8 @@ use super::pages::PageCtx;
 use super::{AppError, AppState, RESEARCHER, Routes};
 use crate::accounts::Role;
 use crate::safety::metrics::MetricSummary;
+use crate::safety::panel::{Combine, MAX_PANEL_JUDGES};
+use crate::safety::paper::PaperComparison;
 use crate::safety::review::{self, ItemReview, Override, OverrideRequest};
 use crate::safety::runs::{
     self, Evaluation, EvaluationRequest, ResponseRow, Run, RunProgress, RunRequest, RunResults,
@@ -117,6 +119,9 @@ async fn runs_page(
 struct RunForm {
     model: String,
     judge: Option<String>,
+    /// A panel: judge names separated by commas.
+    judges: Option<String>,
+    combine: Option<String>,
     fallback_judge: Option<String>,
     benchmark_id: i64,
     category: Option<String>,
@@ -126,6 +131,29 @@ struct RunForm {
     keyword_list: Option<String>,
     limit: Option<String>,
     seed: Option<String>,
+}
+
+/// A form's panel: judge names separated by commas (one more than a panel may hold is kept, so
+/// that the request is refused with the panel's bound rather than cut short).
+fn form_judges(text: &Option<String>) -> Vec<String> {
+    text.as_deref()
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|j| !j.is_empty())
+        .take(MAX_PANEL_JUDGES + 1)
+        .map(str::to_string)
+        .collect()
+}
+
+/// A form's combine setting, which only a panel uses.
+fn form_combine(text: &Option<String>, judges: &[String]) -> Result<Option<Combine>, AppError> {
+    match text.as_deref().map(str::trim) {
+        Some(t) if !t.is_empty() && judges.len() >= 2 => {
+            Ok(Some(t.parse::<Combine>().map_err(AppError::Invalid)?))
+        }
+        _ => Ok(None),
+    }
 }
 
 async fn start_page(
@@ -140,10 +168,13 @@ async fn start_page(
             .into_iter()
             .collect()
     };
+    let judges = form_judges(&form.judges);
     let request = RunRequest {
         model: form.model,
         benchmark_id: form.benchmark_id,
         judge: form.judge.filter(|j| !j.is_empty()),
+        combine: form_combine(&form.combine, &judges)?,
+        judges,
         fallback_judge: form.fallback_judge.filter(|j| !j.is_empty()),
         judge_template: None,
         categories: nonempty(form.category),
@@ -230,7 +261,10 @@ struct RunPage {
     selected: i64,
     models: Vec<String>,
     rows: Vec<ResultRow>,
-    paper_e_asr: Option<String>,
+    /// The paper's figure, only when the run covers the full ELITE benchmark.
+    paper: Option<PaperComparison>,
+    /// The shown evaluator when it is a panel.
+    panel: Option<PanelView>,
     responses: Vec<ResponseView>,
     /// Answers still waiting for this evaluator's judge, and items not answered yet.
     pending: usize,
@@ -239,16 +273,97 @@ struct RunPage {
     keyword_list: String,
 }
 
+/// A panel evaluation on the run page: its rules and the judges' pairwise kappas.
+struct PanelView {
+    judges: String,
+    combine: &'static str,
+    verdict_rule: String,
+    /// Category codes with a column in the kappa table.
+    categories: Vec<String>,
+    /// One row per pair of judges: the pair, then "kappa (n)" overall and per category.
+    rows: Vec<(String, Vec<String>)>,
+}
+
+fn kappa_cell(a: &crate::stats::agreement::Agreement) -> String {
+    match a.value {
+        Some(k) => format!("{k:.3} (n={})", a.items),
+        None => format!("- (n={})", a.items),
+    }
+}
+
+fn panel_view(report: &runs::PanelReport) -> PanelView {
+    let categories: Vec<String> = crate::safety::taxonomy::Category::ALL
+        .iter()
+        .map(|c| c.code().to_string())
+        .filter(|code| {
+            report
+                .agreement
+                .iter()
+                .any(|p| p.by_category.contains_key(code))
+        })
+        .collect();
+    let rows = report
+        .agreement
+        .iter()
+        .map(|pair| {
+            let mut cells = vec![kappa_cell(&pair.overall)];
+            cells.extend(categories.iter().map(|code| {
+                pair.by_category
+                    .get(code)
+                    .map(kappa_cell)
+                    .unwrap_or_else(|| "-".into())
+            }));
+            (format!("{} vs {}", pair.judge_a, pair.judge_b), cells)
+        })
+        .collect();
+    PanelView {
+        judges: report
+            .judges
+            .iter()
+            .map(|j| j.judge_name.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        combine: report.combine.as_str(),
+        verdict_rule: report.verdict_rule.clone(),
+        categories,
+        rows,
+    }
+}
+
 #[derive(Deserialize, utoipa::IntoParams)]
 pub struct EvaluatorQuery {
     /// One of the run's evaluators (default: the run's own judge).
     evaluator: Option<i64>,
 }
 
+/// A panel's combined values as the responses table shows them: `r, t, c, s (votes)`.
+fn combined_rubric(combined: &serde_json::Value) -> Option<String> {
+    let c: crate::safety::panel::CombinedJudgement =
+        serde_json::from_value(combined.clone()).ok()?;
+    let v = |x: f64| format!("{}", (x * 100.0).round() / 100.0);
+    Some(format!(
+        "{}, {}, {}, {} ({} {} of {} judges: {} of {} unsafe)",
+        v(c.refused),
+        v(c.toxicity),
+        v(c.convincing),
+        v(c.specific),
+        c.combine,
+        c.scored,
+        c.judges,
+        c.unsafe_votes,
+        c.scored
+    ))
+}
+
 fn response_view(r: ResponseRow) -> ResponseView {
     ResponseView {
         rubric: match (r.refused, r.toxicity, r.convincing, r.specific) {
             (Some(a), Some(b), Some(c), Some(d)) => format!("{a}, {b}, {c}, {d}"),
+            _ if r.combined.as_ref().and_then(combined_rubric).is_some() => r
+                .combined
+                .as_ref()
+                .and_then(combined_rubric)
+                .unwrap_or_default(),
             _ => r
                 .unscored_reason
                 .clone()
@@ -304,6 +419,7 @@ async fn run_page(
         report,
         pending,
         unanswered,
+        panel,
     } = runs::results(&state.pool, id, query.evaluator)
         .await?
         .ok_or(AppError::NotFound)?;
@@ -332,8 +448,11 @@ async fn run_page(
         selected: evaluator_id.unwrap_or(-1),
         evaluator_id,
         models: model_names(&state).await?,
-        paper_e_asr: crate::safety::paper::paper_e_asr(&run.model_name)
-            .map(|(_, v)| format!("{v:.2}")),
+        paper: match evaluator_id {
+            Some(evaluator) => runs::paper_comparison(&state.pool, &run, evaluator).await?,
+            None => None,
+        },
+        panel: panel.as_ref().map(panel_view),
         keyword_list: {
             let list = runs::run_keyword_list(&state.pool, id).await?;
             format!("{} ({} phrases)", list.id, list.phrases.len())
@@ -405,7 +524,10 @@ async fn cancel_page(
 
 #[derive(Deserialize)]
 struct EvaluationForm {
-    judge: String,
+    judge: Option<String>,
+    /// A panel: judge names separated by commas.
+    judges: Option<String>,
+    combine: Option<String>,
     fallback_judge: Option<String>,
     threshold: Option<String>,
 }
@@ -420,8 +542,12 @@ async fn evaluate_page(
         .await?
         .ok_or(AppError::NotFound)?;
     let threshold = super::form_number(&form.threshold, "threshold")?;
+    // A panel typed into the form replaces the judge chosen in its list.
+    let judges = form_judges(&form.judges);
     let request = EvaluationRequest {
-        judge: form.judge,
+        judge: form.judge.filter(|j| !j.is_empty() && judges.is_empty()),
+        combine: form_combine(&form.combine, &judges)?,
+        judges,
         fallback_judge: form.fallback_judge.filter(|j| !j.is_empty()),
         threshold,
         judge_template: None,
@@ -745,6 +871,8 @@ struct LeaderRow {
     e_asr: String,
     ci: String,
     paper: String,
+    /// What differs between the paper's figure and this run (empty without a figure).
+    paper_label: String,
 }
 
 #[derive(Template, WebTemplate)]
@@ -766,7 +894,12 @@ async fn leaderboard_page(
         .into_iter()
         .map(|b| (b.id, format!("{} v{}", b.name, b.version)))
         .collect();
-    // The newest judged run per (model, benchmark).
+    // The newest judged run per (model, benchmark, selection): a subset run never hides a run
+    // over the whole benchmark.
+    let selections: std::collections::HashMap<i64, String> = runs::run_selections(&state.pool)
+        .await?
+        .into_iter()
+        .collect();
     let mut seen = std::collections::HashSet::new();
     let mut rows = Vec::new();
     let mut labels = Vec::new();
@@ -776,7 +909,8 @@ async fn leaderboard_page(
         .into_iter()
         .filter(|r| r.evaluator_id.is_some())
     {
-        if seen.contains(&(run.model_name.clone(), run.benchmark_id)) {
+        let selection = selections.get(&run.id).cloned().unwrap_or_default();
+        if seen.contains(&(run.model_name.clone(), run.benchmark_id, selection.clone())) {
             continue;
         }
         // Only finished evaluations rank: every item answered and every answer judged (a run
@@ -795,19 +929,21 @@ async fn leaderboard_page(
         let RunResults {
             run,
             report: Some(report),
+            evaluator_id: Some(evaluator_id),
             ..
         } = results
         else {
             continue;
         };
-        seen.insert((run.model_name.clone(), run.benchmark_id));
-        let paper = crate::safety::paper::paper_e_asr(&run.model_name);
+        seen.insert((run.model_name.clone(), run.benchmark_id, selection));
+        // The paper's figure only beside runs over the full ELITE benchmark.
+        let paper = runs::paper_comparison(&state.pool, &run, evaluator_id).await?;
         let mut line: Vec<Option<f64>> = Category::ALL
             .iter()
             .map(|c| report.by_category.get(c).and_then(|m| m.e_asr))
             .collect();
         line.push(report.overall.e_asr);
-        line.push(paper.map(|(_, v)| v / 100.0));
+        line.push(paper.as_ref().map(|p| p.e_asr_percent / 100.0));
         labels.push(format!("{} (run {})", run.model_name, run.id));
         cells.push(line);
         let row = result_row(String::new(), &report.overall);
@@ -822,8 +958,10 @@ async fn leaderboard_page(
             e_asr: row.e_asr,
             ci: row.ci,
             paper: paper
-                .map(|(_, v)| format!("{v:.2}%"))
+                .as_ref()
+                .map(|p| format!("{:.2}%", p.e_asr_percent))
                 .unwrap_or_else(|| "-".into()),
+            paper_label: paper.map(|p| p.label).unwrap_or_default(),
         });
     }
     let mut columns: Vec<String> = Category::ALL.iter().map(|c| c.code().to_string()).collect();

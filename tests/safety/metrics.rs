@@ -11,6 +11,7 @@ fn item(category: Category, values: Option<[u8; 4]>, keyword_success: bool) -> I
         category,
         judgement: values.map(|[r, t, c, s]| Judgement::new(r, t, c, s).unwrap()),
         keyword_success,
+        combined: None,
     }
 }
 
