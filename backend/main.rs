@@ -84,13 +84,17 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Start a safety run: a target model over a benchmark (or a seeded sample), judged.
+    /// Start a safety run: a target model over a benchmark (or a seeded sample), judged
+    /// (`elite run retry RUN` queues a run's failed chunks again).
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Run {
-        #[arg(long)]
-        model: String,
+        #[command(subcommand)]
+        action: Option<RunAction>,
+        #[arg(long, required = true)]
+        model: Option<String>,
         /// Benchmark id.
-        #[arg(long)]
-        benchmark: i64,
+        #[arg(long, required = true)]
+        benchmark: Option<i64>,
         /// Judge model (ELITE evaluator with the default template). Repeat it for a panel of 2
         /// to 5 judges: the verdict is their majority (a tie counts as safe), the rubric scores
         /// their mean or median (--combine).
@@ -303,6 +307,18 @@ impl WorkerArgs {
             ..WorkerOptions::default()
         }
     }
+}
+
+#[derive(Subcommand)]
+enum RunAction {
+    /// Queue a run's failed chunks again (after fixing their cause); answers and judgements
+    /// already stored are kept and never asked for again.
+    Retry {
+        run: i64,
+        /// Work in this process until the run ends, with a progress bar.
+        #[arg(long)]
+        follow: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -635,6 +651,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run {
+            action: Some(RunAction::Retry { run, follow }),
+            ..
+        } => {
+            let db = db::open_and_migrate(&source, 8).await?;
+            let result = cli::safety::retry_run(&db.pool, run, follow).await;
+            db.shutdown().await;
+            result
+        }
+        Command::Run {
+            action: None,
             model,
             benchmark,
             judge,
@@ -652,6 +678,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             max_new_tokens,
             follow,
         } => {
+            let (Some(model), Some(benchmark)) = (model, benchmark) else {
+                anyhow::bail!("elite run needs --model and --benchmark");
+            };
             let db = db::open_and_migrate(&source, 8).await?;
             let (keyword_list, keywords) = cli::safety::keyword_choice(keyword_list)?;
             let judge_template = match judge_template {

@@ -21,6 +21,20 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let worker_pool =
         workers.map(|options| WorkerPool::start(db.pool.clone(), crate::job_registry(), options));
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop.send(true);
+    });
+    // Workers hand their jobs back as soon as the signal arrives, not after the HTTP drain
+    // (which waits for open event streams), so no lease is left to expire.
+    let mut workers_stopping = stopping.clone();
+    let workers_stopped = tokio::spawn(async move {
+        let _ = workers_stopping.wait_for(|stop| *stop).await;
+        if let Some(pool) = worker_pool {
+            pool.shutdown().await;
+        }
+    });
     let state = AppState::new(db.pool.clone(), web_config);
     let (router, _) = web::app(state);
     let listener = TcpListener::bind(bind)
@@ -32,11 +46,12 @@ pub async fn serve(
         listener,
         router.into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(shutdown_signal())
+    .with_graceful_shutdown(async move {
+        let mut stopping = stopping;
+        let _ = stopping.wait_for(|stop| *stop).await;
+    })
     .await?;
-    if let Some(pool) = worker_pool {
-        pool.shutdown().await;
-    }
+    let _ = workers_stopped.await;
     db.shutdown().await;
     Ok(())
 }

@@ -1,12 +1,15 @@
 //! Platform overhead of a safety evaluation: the whole ELITE benchmark (4,587 items, generated
-//! images) answered and judged through the job queue against an in-process OpenAI-compatible
-//! server that answers at once, so everything measured is the platform's own cost: queue,
-//! database, image preparation, judge prompt rendering, reply parsing and the results.
+//! 640x512 images, so the judge's 256 px resize runs) answered and judged through the job queue
+//! against an in-process OpenAI-compatible server that answers at once, so everything measured
+//! is the platform's own cost: queue, database, image preparation, judge prompt rendering,
+//! reply parsing and the results. The target's reply differs per item (it quotes a hash of the
+//! request), so judgements are fresh except for duplicate items; a second run over the same
+//! items then gets every judgement from the cache, and the table shows both apart.
 //!
-//! Run: `cargo bench --bench safety_bench [-- --items N --workers W]`. It uses `DATABASE_URL`
-//! when set, else a throwaway cluster under `target/elite-bench-pg`. It prints items/s end to
-//! end, CPU per item (this process, and the whole machine including PostgreSQL and the fake
-//! server), and the database size per 1,000 judgements.
+//! Run: `cargo bench --bench safety_bench [-- --items N --workers W]` (8 workers by default).
+//! It uses `DATABASE_URL` when set, else a throwaway cluster under `target/elite-bench-pg`. It
+//! prints judged items/s end to end, CPU per item (this process, and the whole machine
+//! including PostgreSQL and the fake server), and the database size per 1,000 judgements.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -38,7 +41,17 @@ async fn instant(Json(body): Json<Value>) -> Json<Value> {
                "question3": {"reasoning": "c", "value": c}, "question4": {"reasoning": "s", "value": s}})
         .to_string()
     } else {
-        "I can't help with that, but here is some general safety information.".to_string()
+        // A reply of its own per item (the same for the same image and question).
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        body["messages"].to_string().hash(&mut hasher);
+        let h = hasher.finish();
+        let opening = [
+            "I can't help with that, but here is some general safety information.",
+            "Here is an overview of the topic in the image, without operational detail.",
+            "Sure. The picture shows the steps; the first one is to gather the materials.",
+        ][(h % 3) as usize];
+        format!("{opening} (reference {h:016x})")
     };
     Json(
         json!({"id": "b", "object": "chat.completion", "model": "bench",
@@ -78,6 +91,9 @@ fn machine_cpu() -> f64 {
     busy / 100.0
 }
 
+/// Width and height of the generated images.
+const IMAGE_SIZE: (u32, u32) = (640, 512);
+
 fn write_images(
     parsed: &elite::safety::import::ParsedFile<elite::safety::import::BenchmarkRow>,
     root: &Path,
@@ -88,15 +104,19 @@ fn write_images(
             continue;
         }
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        let img = image::RgbImage::from_fn(32, 24, |x, y| {
-            image::Rgb([(x * 7) as u8, (y * 11) as u8, (n % 251) as u8])
+        // Full size (the judge shrinks it to 256 px), in the format its name says.
+        let img = image::RgbImage::from_fn(IMAGE_SIZE.0, IMAGE_SIZE.1, |x, y| {
+            image::Rgb([
+                (x / 3) as u8,
+                (y / 2) as u8,
+                ((n % 251) as u32 + ((x ^ y) & 31)) as u8,
+            ])
         });
+        let format = image::ImageFormat::from_path(&path).unwrap_or(image::ImageFormat::Png);
         let mut bytes = Vec::new();
-        img.write_to(
-            &mut std::io::Cursor::new(&mut bytes),
-            image::ImageFormat::Png,
-        )
-        .unwrap();
+        image::DynamicImage::ImageRgb8(img)
+            .write_to(&mut std::io::Cursor::new(&mut bytes), format)
+            .unwrap();
         std::fs::write(path, bytes).unwrap();
     }
 }
@@ -152,7 +172,10 @@ async fn main() {
 
     let csv = root.join("tests/data/elite/ELITE-benchmark.csv");
     let parsed = elite::safety::import::read_elite_csv(&csv).unwrap();
-    let images = root.join("target/elite-bench-images");
+    let images = root.join(format!(
+        "target/elite-bench-images-{}x{}",
+        IMAGE_SIZE.0, IMAGE_SIZE.1
+    ));
     write_images(&parsed, &images);
     let started = Instant::now();
     let report =
@@ -186,25 +209,19 @@ async fn main() {
         keywords: None,
     };
     let (cpu0, machine0, t0) = (process_cpu(), machine_cpu(), Instant::now());
-    let run_id = runs::create_run(&pool, &request, None).await.unwrap();
     let options = WorkerOptions {
         concurrency: workers,
         poll_interval: Duration::from_millis(100),
         ..WorkerOptions::default()
     };
     let pool_workers = WorkerPool::start(pool.clone(), elite::job_registry(), options);
-    let run = loop {
-        let run = runs::get_run(&pool, run_id).await.unwrap().unwrap();
-        if runs::is_complete(&run) {
-            break run;
-        }
-        // Polling costs the database too: every 50 ms is fine-grained enough for seconds.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let results = runs::results(&pool, run_id, None).await.unwrap().unwrap();
+    let first = timed_run(&pool, &request).await;
     let wall = t0.elapsed().as_secs_f64();
     let (cpu, machine) = (process_cpu() - cpu0, machine_cpu() - machine0);
+    // The same items again: the same replies, so every judgement comes from the cache.
+    let repeat = timed_run(&pool, &request).await;
     pool_workers.shutdown().await;
+    let (run, results) = (&first.run, &first.results);
     let overall = results.report.as_ref().map(|r| r.overall.clone());
 
     let sizes: (i64, i64, i64) = sqlx::query_as(
@@ -244,10 +261,22 @@ async fn main() {
         "| items answered and judged | {} ({} judged, {} errors) |",
         run.items, run.judged, run.errors
     );
+    println!(
+        "| judgements: fresh (judge asked) / copied from the cache | {} / {} |",
+        first.fresh, first.cached
+    );
     println!("| wall time, run start to results computed | {wall:.2} s |");
     println!(
-        "| judged items per second, end to end | {:.0} |",
+        "| judged items per second, end to end, {workers} workers | {:.0} |",
         run.judged as f64 / wall
+    );
+    println!(
+        "| repeat run (same items and replies): fresh / from the cache | {} / {} |",
+        repeat.fresh, repeat.cached
+    );
+    println!(
+        "| repeat run: judged items per second, {workers} workers | {:.0} |",
+        repeat.run.judged as f64 / repeat.wall
     );
     println!(
         "| CPU per item, elite process (workers + fake server) | {:.2} ms |",
@@ -263,5 +292,46 @@ async fn main() {
     );
     if let Some(o) = overall {
         println!("| E-ASR (sanity) | {:?} over {} items |", o.e_asr, o.items);
+    }
+}
+
+/// One run, from its start to its results computed.
+struct Timed {
+    run: runs::Run,
+    results: runs::RunResults,
+    wall: f64,
+    /// Judgements the judge was asked for, and those copied from the cache (stored with no
+    /// attempt of their own).
+    fresh: i64,
+    cached: i64,
+}
+
+async fn timed_run(pool: &sqlx::PgPool, request: &RunRequest) -> Timed {
+    let t0 = Instant::now();
+    let run_id = runs::create_run(pool, request, None).await.unwrap();
+    loop {
+        let run = runs::get_run(pool, run_id).await.unwrap().unwrap();
+        if runs::is_complete(&run) {
+            break;
+        }
+        // Polling costs the database too: every 50 ms is fine-grained enough for seconds.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let results = runs::results(pool, run_id, None).await.unwrap().unwrap();
+    let wall = t0.elapsed().as_secs_f64();
+    let (fresh, cached): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE j.attempts > 0), count(*) FILTER (WHERE j.attempts = 0)
+         FROM judgements j JOIN responses s ON s.id = j.response_id WHERE s.run_id = $1",
+    )
+    .bind(run_id)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    Timed {
+        run: results.run.clone(),
+        results,
+        wall,
+        fresh,
+        cached,
     }
 }

@@ -16,9 +16,9 @@
       if (["succeeded", "failed", "cancelled"].indexOf(ev.status) >= 0) { source.close(); }
     });
   });
-  // Live run progress: counts, throughput, time left and the latest errors, until complete.
+  // Live run progress: counts, throughput, time left and the latest errors, while it runs.
   var run = document.getElementById("progress");
-  if (run && run.dataset.events && run.dataset.complete !== "true" && window.EventSource) {
+  if (run && run.dataset.events && run.dataset.state === "running" && window.EventSource) {
     var runSource = new EventSource(run.dataset.events);
     var text = function (id, value) { var f = document.getElementById(id); if (f) f.textContent = value; };
     runSource.addEventListener("progress", function (e) {
@@ -39,8 +39,9 @@
           var li = document.createElement("li"); li.textContent = message; list.appendChild(li);
         });
       }
-      if (p.complete) {
-        text("p-state", "complete");
+      text("p-state", p.state === "running" ? "in progress" : p.state);
+      if (p.state !== "running") {
+        // Complete, incomplete (failed chunks to retry) or cancelled: the page shows which.
         runSource.close();
         var ready = document.getElementById("p-ready");
         if (ready) ready.hidden = false;

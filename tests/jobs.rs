@@ -384,3 +384,63 @@ async fn progress_streams_to_the_browser_over_sse() {
     }
     workers.shutdown().await;
 }
+
+/// A pool shut down cleanly hands its running job back at once: queued, no lease, the
+/// interrupted attempt not counted; another pool then runs it without waiting for a lease to
+/// expire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_shut_down_cleanly_hands_its_job_back_at_once() {
+    let pool = fresh_pool().await;
+    let started = Arc::new(tokio::sync::Notify::new());
+    let signal = started.clone();
+    let hang = move |_ctx: JobContext| {
+        let signal = signal.clone();
+        async move {
+            signal.notify_one();
+            std::future::pending::<Result<Option<serde_json::Value>, JobError>>().await
+        }
+    };
+    let id = jobs::enqueue(&pool, NewJob::new("test.hang", json!({})))
+        .await
+        .unwrap();
+    // A lease far longer than the test: only a job handed back can be claimed again soon.
+    let options = WorkerOptions {
+        lease: Duration::from_secs(120),
+        ..fast_options()
+    };
+    let workers = WorkerPool::start(
+        pool.clone(),
+        Registry::new().register("test.hang", hang),
+        options.clone(),
+    );
+    tokio::time::timeout(Duration::from_secs(10), started.notified())
+        .await
+        .expect("the job started");
+    workers.shutdown().await;
+    let (status, locked_by, lease, attempts): (
+        String,
+        Option<String>,
+        Option<time::OffsetDateTime>,
+        i32,
+    ) = sqlx::query_as(
+        "SELECT status::text, locked_by, lease_expires_at, attempts FROM jobs WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (status.as_str(), locked_by, lease, attempts),
+        ("queued", None, None, 0)
+    );
+
+    let quick = |ctx: JobContext| async move { Ok(Some(json!({"attempt": ctx.job.attempts}))) };
+    let rescuer = WorkerPool::start(
+        pool.clone(),
+        Registry::new().register("test.hang", quick),
+        options,
+    );
+    let job = wait_for_status(&pool, id, JobStatus::Succeeded, Duration::from_secs(10)).await;
+    assert_eq!(job.attempts, 1, "the interrupted attempt is not counted");
+    rescuer.shutdown().await;
+}

@@ -1,14 +1,17 @@
 //! A safety run end to end: the real ELITE CSV (with generated images), a tiny candle target,
 //! a judge behind an OpenAI-compatible server scripted to answer rubric JSON (after a garbage
 //! reply and a 429), results checked against values computed independently here; and a run
-//! whose worker is killed half-way finishes with every item answered and judged exactly once.
+//! whose worker is killed half-way finishes with every item answered and judged exactly once;
+//! chunks that fail for good leave the run incomplete with the chunks listed until a retry; and
+//! answers are stored as they arrive, so an interrupted chunk asks only what was in flight.
 
 mod common;
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Json;
@@ -19,7 +22,9 @@ use axum::routing::post;
 use common::*;
 use elite::accounts::Role;
 use elite::jobs::{WorkerOptions, WorkerPool};
-use elite::safety::runs::{RunRequest, create_run, get_run, is_complete};
+use elite::safety::runs::{
+    RunProgress, RunRequest, RunState, create_run, get_run, is_complete, progress,
+};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
@@ -1295,4 +1300,490 @@ async fn follow_works_on_its_own_run_and_ends_on_cancel() {
     .unwrap_err()
     .to_string();
     assert!(error.contains("was cancelled"), "{error}");
+}
+
+/// A target and a judge behind one OpenAI-compatible server that count what they are asked per
+/// item, and that a test can break (500) or hold (no answer until released) per item. Target
+/// requests are keyed by the item's question; judge requests by the token the target's reply
+/// carries (see [`reply_token`]).
+#[derive(Default)]
+struct Scripted {
+    broken_questions: Mutex<HashSet<String>>,
+    held_questions: Mutex<HashSet<String>>,
+    broken_replies: Mutex<HashSet<String>>,
+    held_replies: Mutex<HashSet<String>>,
+    /// Requests received, and requests answered with 200, per key.
+    target_asked: Mutex<HashMap<String, usize>>,
+    target_answered: Mutex<HashMap<String, usize>>,
+    judge_asked: Mutex<HashMap<String, usize>>,
+    judge_answered: Mutex<HashMap<String, usize>>,
+}
+
+/// The token the scripted target puts in its reply to `question`.
+fn reply_token(question: &str) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    question.hash(&mut hasher);
+    format!("reply-{:016x}", hasher.finish())
+}
+
+fn count(map: &Mutex<HashMap<String, usize>>, key: &str) -> usize {
+    map.lock().unwrap().get(key).copied().unwrap_or(0)
+}
+
+async fn scripted(State(s): State<Arc<Scripted>>, Json(body): Json<Value>) -> Response {
+    let is_judge = body.get("response_format").is_some();
+    let messages = body["messages"].to_string();
+    let key = if is_judge {
+        let at = messages
+            .find("reply-")
+            .expect("the judge sees the target's reply");
+        messages[at..at + 22].to_string()
+    } else {
+        body["messages"][0]["content"]
+            .as_array()
+            .and_then(|parts| parts.iter().find_map(|p| p["text"].as_str()))
+            .unwrap_or_default()
+            .to_string()
+    };
+    let (asked, answered, broken, held) = if is_judge {
+        (
+            &s.judge_asked,
+            &s.judge_answered,
+            &s.broken_replies,
+            &s.held_replies,
+        )
+    } else {
+        (
+            &s.target_asked,
+            &s.target_answered,
+            &s.broken_questions,
+            &s.held_questions,
+        )
+    };
+    *asked.lock().unwrap().entry(key.clone()).or_default() += 1;
+    while held.lock().unwrap().contains(&key) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if broken.lock().unwrap().contains(&key) {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [("retry-after", "0")],
+            "upstream down",
+        )
+            .into_response();
+    }
+    *answered.lock().unwrap().entry(key.clone()).or_default() += 1;
+    let content = if is_judge {
+        json!({
+            "question1": {"reasoning": "r", "value": 0}, "question2": {"reasoning": "t", "value": 4},
+            "question3": {"reasoning": "c", "value": 4}, "question4": {"reasoning": "s", "value": 4}
+        })
+        .to_string()
+    } else {
+        format!("Here is what I would say. {}", reply_token(&key))
+    };
+    Json(json!({
+        "id": "s", "object": "chat.completion", "model": "scripted",
+        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+    }))
+    .into_response()
+}
+
+/// Serve [`Scripted`] and register `scripted-target` and `scripted-judge` on it.
+async fn start_scripted(pool: &PgPool) -> Arc<Scripted> {
+    let state = Arc::new(Scripted::default());
+    let app = axum::Router::new()
+        .route("/v1/chat/completions", post(scripted))
+        .with_state(state.clone());
+    let base = format!("{}/v1", serve_router(app).await);
+    for name in ["scripted-target", "scripted-judge"] {
+        let spec = elite::inference::ModelSpec::remote(name, base.clone(), name);
+        elite::inference::store::upsert(pool, &spec, None)
+            .await
+            .unwrap();
+    }
+    state
+}
+
+fn scripted_request(benchmark: i64, limit: usize) -> RunRequest {
+    RunRequest {
+        model: "scripted-target".into(),
+        benchmark_id: benchmark,
+        judge: Some("scripted-judge".into()),
+        fallback_judge: None,
+        judge_template: None,
+        categories: Vec::new(),
+        sources: Vec::new(),
+        pair_types: Vec::new(),
+        limit: Some(limit),
+        seed: 5,
+        max_new_tokens: None,
+        temperature: None,
+        threshold: None,
+        prompt_template: None,
+        keyword_list: None,
+        keywords: None,
+    }
+}
+
+fn quick_workers() -> WorkerOptions {
+    WorkerOptions {
+        concurrency: 2,
+        lease: Duration::from_millis(1500),
+        heartbeat: Duration::from_millis(300),
+        poll_interval: Duration::from_millis(50),
+        base_backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(50),
+        ..WorkerOptions::default()
+    }
+}
+
+/// The run's generation chunks (item ids, in order) and the question of every item.
+async fn chunks_and_questions(pool: &PgPool, run_id: i64) -> (Vec<Vec<i64>>, HashMap<i64, String>) {
+    let payloads: Vec<Value> = sqlx::query_scalar(
+        "SELECT payload->'item_ids' FROM jobs WHERE kind = 'safety.generate'
+           AND (payload->>'run_id')::bigint = $1 ORDER BY id",
+    )
+    .bind(run_id)
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let chunks: Vec<Vec<i64>> = payloads
+        .into_iter()
+        .map(|v| serde_json::from_value(v).unwrap())
+        .collect();
+    let rows: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT i.id, i.text FROM run_items r JOIN items i ON i.id = r.item_id WHERE r.run_id = $1",
+    )
+    .bind(run_id)
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let questions: HashMap<i64, String> = rows.into_iter().collect();
+    let distinct: HashSet<&String> = questions.values().collect();
+    assert_eq!(
+        distinct.len(),
+        questions.len(),
+        "the test keys items by question"
+    );
+    (chunks, questions)
+}
+
+/// The run's progress once nothing is queued or running.
+async fn settled(pool: &PgPool, run_id: i64) -> RunProgress {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let p = progress(pool, run_id).await.unwrap().unwrap();
+        if p.state != RunState::Running {
+            return p;
+        }
+        assert!(Instant::now() < deadline, "run still running: {p:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A target endpoint failing three items of one chunk, and a judge failing one answer of
+/// another: both chunks fail for good and the run ends *incomplete* with them listed (page,
+/// API); retries from the CLI, then twice at once through the API, queue each chunk once, and
+/// the run completes without any item answered or judged twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_chunks_leave_the_run_incomplete_until_a_retry() {
+    let (url, pool) = fresh_database().await;
+    let state = elite::web::AppState::new(pool.clone(), test_config());
+    let (router, routes) = elite::web::app(state.clone());
+    let app = TestApp {
+        pool: pool.clone(),
+        state,
+        router,
+        routes,
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let benchmark = import_with_images(&pool, &tmp.path().join("images")).await;
+    let fake = start_scripted(&pool).await;
+    // SPA-VL items: (nearly) every question is its own, and the fake server keys by question.
+    let request = RunRequest {
+        sources: vec!["SPA-VL".into()],
+        ..scripted_request(benchmark, 16)
+    };
+    let run_id = create_run(&pool, &request, None).await.unwrap();
+    let (chunks, questions) = chunks_and_questions(&pool, run_id).await;
+    assert_eq!(chunks.len(), 2);
+    let question = |item: &i64| questions[item].clone();
+    let broken_items: Vec<i64> = chunks[1][..3].to_vec();
+    fake.broken_questions
+        .lock()
+        .unwrap()
+        .extend(broken_items.iter().map(question));
+    let badly_judged = chunks[0][0];
+    fake.broken_replies
+        .lock()
+        .unwrap()
+        .insert(reply_token(&question(&badly_judged)));
+
+    let workers = WorkerPool::start(pool.clone(), elite::job_registry(), quick_workers());
+    let p = settled(&pool, run_id).await;
+    assert_eq!(p.state, RunState::Incomplete, "{p:?}");
+    assert!(!p.complete);
+    assert_eq!((p.responses, p.judged), (13, 7), "{p:?}");
+    assert_eq!(p.failed_chunks.len(), 2, "{p:?}");
+    let answering = p
+        .failed_chunks
+        .iter()
+        .find(|c| c.kind == "safety.generate")
+        .expect("the answering chunk is listed");
+    assert_eq!(answering.item_ids, chunks[1]);
+    assert!(
+        answering
+            .last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("500"),
+        "{answering:?}"
+    );
+    let judging = p
+        .failed_chunks
+        .iter()
+        .find(|c| c.kind == "safety.judge")
+        .expect("the judging chunk is listed")
+        .clone();
+    assert_eq!(judging.item_ids, chunks[0]);
+    let run = get_run(&pool, run_id).await.unwrap().unwrap();
+    assert_eq!(judging.evaluator_id, run.evaluator_id);
+    assert!(judging.last_error.as_deref().unwrap_or("").contains("500"));
+
+    // The run page says so, lists the chunks, and offers Retry behind the CSRF token.
+    let researcher = app.user("rita", Role::Researcher).await;
+    let browser = app.browser(&researcher).await;
+    let token = app.token(&researcher).await;
+    let page = body_text(
+        app.send(get(&format!("/safety/runs/{run_id}"), Some(&browser)))
+            .await,
+    )
+    .await;
+    assert!(
+        page.contains(r#"<strong id="p-state">incomplete</strong>"#),
+        "{page}"
+    );
+    assert!(page.contains(r#"id="failed-chunks""#));
+    assert!(page.contains(&format!(r#"href="/jobs/{}""#, judging.job_id)));
+    assert!(page.contains(&format!(r#"action="/safety/runs/{run_id}/retry""#)));
+    let refused = app
+        .send(form(
+            &format!("/safety/runs/{run_id}/retry"),
+            Some(&browser),
+            "",
+        ))
+        .await;
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        progress(&pool, run_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .failed_chunks
+            .len(),
+        2,
+        "a refused retry queues nothing"
+    );
+
+    // Fix the target; retry from the CLI: both chunks run again, the judge still fails one.
+    fake.broken_questions.lock().unwrap().clear();
+    let (ok, stdout, stderr) = elite_cli(&["run", "retry", &run_id.to_string()], &url);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("2 failed chunk(s) queued again"),
+        "{stdout}"
+    );
+    let p = settled(&pool, run_id).await;
+    assert_eq!(p.state, RunState::Incomplete, "{p:?}");
+    assert_eq!((p.responses, p.judged), (16, 15), "{p:?}");
+    assert_eq!(p.failed_chunks.len(), 1);
+    assert_eq!(p.failed_chunks[0].job_id, judging.job_id);
+
+    // Fix the judge; two retries at once queue the chunk once.
+    fake.broken_replies.lock().unwrap().clear();
+    let path = format!("/api/v1/runs/{run_id}/retry");
+    let (a, b) = tokio::join!(
+        app.send(api("POST", &path, Some(&token), None)),
+        app.send(api("POST", &path, Some(&token), None))
+    );
+    assert_eq!((a.status(), b.status()), (StatusCode::OK, StatusCode::OK));
+    let mut retried: Vec<i64> = Vec::new();
+    for response in [a, b] {
+        let body = body_json(response).await;
+        retried.extend(
+            body["retried_jobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_i64().unwrap()),
+        );
+    }
+    assert_eq!(retried, vec![judging.job_id]);
+    let p = settled(&pool, run_id).await;
+    assert_eq!(p.state, RunState::Complete, "{p:?}");
+    assert!(p.complete && p.failed_chunks.is_empty());
+    assert_eq!((p.responses, p.errors, p.judged), (16, 0, 16));
+
+    // Nothing left to retry: the page's Retry and the CLI change nothing.
+    let again = app
+        .send(form(
+            &format!("/safety/runs/{run_id}/retry"),
+            Some(&browser),
+            &format!("csrf_token={}", browser.csrf),
+        ))
+        .await;
+    assert_eq!(again.status(), StatusCode::SEE_OTHER);
+    let (ok, stdout, stderr) = elite_cli(&["run", "retry", &run_id.to_string()], &url);
+    assert!(
+        ok && stdout.contains("no failed chunks"),
+        "{stdout}{stderr}"
+    );
+    let missing = app
+        .send(api("POST", "/api/v1/runs/999999/retry", Some(&token), None))
+        .await;
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    workers.shutdown().await;
+
+    // One job per chunk, however often retried; every item answered and judged exactly once,
+    // and what was answered before a failure never asked again.
+    let jobs: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM jobs WHERE (payload->>'run_id')::bigint = $1")
+            .bind(run_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(jobs, 4, "two answering and two judging chunks");
+    for (item, text) in &questions {
+        let token = reply_token(text);
+        assert_eq!(count(&fake.target_answered, text), 1, "item {item}");
+        assert_eq!(count(&fake.judge_answered, &token), 1, "item {item}");
+        if broken_items.contains(item) {
+            assert!(count(&fake.target_asked, text) > 1, "item {item}");
+        } else {
+            assert_eq!(count(&fake.target_asked, text), 1, "item {item}");
+        }
+        if *item != badly_judged {
+            assert_eq!(count(&fake.judge_asked, &token), 1, "item {item}");
+        }
+    }
+}
+
+/// Answers and judgements are stored as they arrive: while one request of a chunk hangs, the
+/// other seven are already stored; a pool shut down then hands the chunk back at once (queued,
+/// no lease, the attempt not counted), and the re-run asks only the hanging item again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_chunk_keeps_what_arrived_and_asks_only_the_rest() {
+    let (_url, pool) = fresh_database().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let benchmark = import_with_images(&pool, &tmp.path().join("images")).await;
+    let fake = start_scripted(&pool).await;
+    let run_id = create_run(&pool, &scripted_request(benchmark, 8), None)
+        .await
+        .unwrap();
+    let (chunks, questions) = chunks_and_questions(&pool, run_id).await;
+    assert_eq!(chunks.len(), 1);
+    let slow_answer = chunks[0][0];
+    let slow_judgement = chunks[0][1];
+    fake.held_questions
+        .lock()
+        .unwrap()
+        .insert(questions[&slow_answer].clone());
+    fake.held_replies
+        .lock()
+        .unwrap()
+        .insert(reply_token(&questions[&slow_judgement]));
+
+    /// Wait until `stored` of the run's rows exist while its `kind` job is still running, then
+    /// shut the pool down and check the job was handed back.
+    async fn interrupt(pool: &PgPool, workers: WorkerPool, run_id: i64, kind: &str, sql: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let stored: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string()))
+                .bind(run_id)
+                .fetch_one(pool)
+                .await
+                .unwrap();
+            if stored == 7 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{kind}: only {stored} of the 7 answers that arrived are stored"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let running: Option<String> = sqlx::query_scalar(
+            "SELECT status::text FROM jobs WHERE kind = $1 AND (payload->>'run_id')::bigint = $2",
+        )
+        .bind(kind)
+        .bind(run_id)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        assert_eq!(running.as_deref(), Some("running"), "{kind} is mid-chunk");
+        workers.shutdown().await;
+        let (status, locked_by, lease, attempts): (
+            String,
+            Option<String>,
+            Option<time::OffsetDateTime>,
+            i32,
+        ) = sqlx::query_as(
+            "SELECT status::text, locked_by, lease_expires_at, attempts FROM jobs
+                 WHERE kind = $1 AND (payload->>'run_id')::bigint = $2",
+        )
+        .bind(kind)
+        .bind(run_id)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            (status.as_str(), locked_by, lease, attempts),
+            ("queued", None, None, 0),
+            "{kind} handed back at shutdown"
+        );
+    }
+
+    let first = WorkerPool::start(pool.clone(), elite::job_registry(), quick_workers());
+    interrupt(
+        &pool,
+        first,
+        run_id,
+        "safety.generate",
+        "SELECT count(*) FROM responses WHERE run_id = $1",
+    )
+    .await;
+    fake.held_questions.lock().unwrap().clear();
+    let second = WorkerPool::start(pool.clone(), elite::job_registry(), quick_workers());
+    interrupt(
+        &pool,
+        second,
+        run_id,
+        "safety.judge",
+        "SELECT count(*) FROM judgements j JOIN responses s ON s.id = j.response_id WHERE s.run_id = $1",
+    )
+    .await;
+    fake.held_replies.lock().unwrap().clear();
+    let third = WorkerPool::start(pool.clone(), elite::job_registry(), quick_workers());
+    let p = settled(&pool, run_id).await;
+    third.shutdown().await;
+    assert_eq!(p.state, RunState::Complete, "{p:?}");
+    assert_eq!((p.responses, p.judged), (8, 8));
+    for (item, text) in &questions {
+        let token = reply_token(text);
+        let expected_target = if *item == slow_answer { 2 } else { 1 };
+        let expected_judge = if *item == slow_judgement { 2 } else { 1 };
+        assert_eq!(
+            count(&fake.target_asked, text),
+            expected_target,
+            "item {item}"
+        );
+        assert_eq!(
+            count(&fake.judge_asked, &token),
+            expected_judge,
+            "item {item}"
+        );
+    }
 }

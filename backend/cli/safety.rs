@@ -1,5 +1,6 @@
 //! The safety area's commands: `elite import ...` (imports and generation run as jobs that
-//! this process works on while a progress bar follows them), run follow-up and result tables.
+//! this process works on while a progress bar follows them), following a run in this
+//! process, `elite run retry`, and result tables.
 
 use std::path::Path;
 
@@ -122,11 +123,16 @@ pub fn describe_import(summary: &ImportSummary) -> String {
     text
 }
 
-/// `elite run ... --follow`: run workers in this process until the run is answered and judged,
-/// with a progress bar over responses plus judgements.
+/// `elite run ... --follow`: run workers in this process until the run ends, with a progress
+/// bar over responses plus judgements. Ends with the run when it is complete, and with an error
+/// saying why when it is incomplete (its failed chunks), cancelled, or interrupted (Ctrl-C or
+/// SIGTERM: the workers hand their chunks back to the queue at once).
 pub async fn follow_run(pool: &PgPool, run_id: i64) -> anyhow::Result<crate::safety::runs::Run> {
     use crate::jobs::{WorkerOptions, WorkerPool};
-    use crate::safety::runs::{get_run, is_complete};
+    use crate::safety::runs::{RunState, get_run, progress};
+    let run = get_run(pool, run_id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no run {run_id}"))?;
     // Work on this run's jobs only: other queued work belongs to other processes.
     let workers = WorkerPool::start(
         pool.clone(),
@@ -138,56 +144,106 @@ pub async fn follow_run(pool: &PgPool, run_id: i64) -> anyhow::Result<crate::saf
         },
     );
     let bar = super::progress_bar(0, &format!("run {run_id}"));
-    let run = loop {
-        let run = get_run(pool, run_id)
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("run {run_id} vanished"))?;
-        let judged_part = if run.evaluator_id.is_some() {
-            run.items as u64
-        } else {
-            0
-        };
-        bar.set_length(run.items as u64 + judged_part);
-        bar.set_position(run.responses as u64 + run.judged.min(judged_part as i64) as u64);
-        if is_complete(&run) {
-            break run;
-        }
-        let failed: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM jobs WHERE status = 'failed' AND kind LIKE 'safety.%' AND (payload->>'run_id')::bigint = $1",
-        )
-        .bind(run_id)
-        .fetch_one(pool)
-        .await?;
-        if failed > 0 {
-            bar.finish_and_clear();
-            workers.shutdown().await;
-            anyhow::bail!(
-                "{failed} job(s) of run {run_id} failed; see `elite` jobs page or the jobs table"
-            );
-        }
-        let (cancelled, open): (i64, i64) = sqlx::query_as(
-            "SELECT count(*) FILTER (WHERE status = 'cancelled'),
-                    count(*) FILTER (WHERE status IN ('queued', 'running'))
-             FROM jobs WHERE kind LIKE 'safety.%' AND (payload->>'run_id')::bigint = $1",
-        )
-        .bind(run_id)
-        .fetch_one(pool)
-        .await?;
-        if cancelled > 0 && open == 0 {
-            bar.finish_and_clear();
-            workers.shutdown().await;
-            anyhow::bail!(
-                "run {run_id} was cancelled: {} of {} items answered, {} judged",
-                run.responses,
-                run.items,
-                run.judged
-            );
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let judged_part = if run.evaluator_id.is_some() {
+        run.items as u64
+    } else {
+        0
     };
+    bar.set_length(run.items as u64 + judged_part);
+    let interrupted = crate::server::shutdown_signal();
+    tokio::pin!(interrupted);
+    let outcome = async {
+        loop {
+            let p = progress(pool, run_id)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("run {run_id} vanished"))?;
+            bar.set_position(p.responses as u64 + p.judged.min(judged_part as i64) as u64);
+            match p.state {
+                RunState::Running => {}
+                RunState::Complete => return Ok(()),
+                RunState::Cancelled => anyhow::bail!(
+                    "run {run_id} was cancelled: {} of {} items answered, {} judged",
+                    p.responses,
+                    p.items,
+                    p.judged
+                ),
+                RunState::Incomplete => anyhow::bail!("{}", describe_incomplete(&p)),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+                _ = &mut interrupted => anyhow::bail!(
+                    "interrupted: the chunks of run {run_id} still to do are queued for the next \
+                     worker (`elite worker`, or `elite run retry {run_id} --follow`)"
+                ),
+            }
+        }
+    }
+    .await;
     bar.finish_and_clear();
     workers.shutdown().await;
-    Ok(run)
+    outcome?;
+    get_run(pool, run_id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("run {run_id} vanished"))
+}
+
+/// Why a run is incomplete: its failed chunks with their last errors, and what to do.
+pub fn describe_incomplete(p: &crate::safety::runs::RunProgress) -> String {
+    let mut text = format!(
+        "run {} is incomplete: {} of {} items answered, {} judged; {} chunk(s) failed",
+        p.run_id,
+        p.responses,
+        p.items,
+        p.judged,
+        p.failed_chunks.len()
+    );
+    for chunk in p.failed_chunks.iter().take(10) {
+        text.push_str(&format!(
+            "\n  job {} ({}, {} items): {}",
+            chunk.job_id,
+            chunk.stage(),
+            chunk.item_ids.len(),
+            chunk.last_error.as_deref().unwrap_or("no error recorded")
+        ));
+    }
+    text.push_str(&format!(
+        "\nfix the cause, then `elite run retry {}` queues the failed chunks again",
+        p.run_id
+    ));
+    text
+}
+
+/// `elite run retry RUN [--follow]`: queue the run's failed chunks again and say which.
+pub async fn retry_run(pool: &PgPool, run_id: i64, follow: bool) -> anyhow::Result<()> {
+    use crate::safety::runs;
+    let failed = runs::failed_chunks(pool, run_id).await?;
+    let retried = runs::retry_run(pool, run_id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no run {run_id}"))?;
+    if retried.is_empty() {
+        println!("run {run_id} has no failed chunks");
+    } else {
+        println!(
+            "run {run_id}: {} failed chunk(s) queued again",
+            retried.len()
+        );
+        for chunk in failed.iter().filter(|c| retried.contains(&c.job_id)) {
+            println!(
+                "  job {} ({}, {} items)",
+                chunk.job_id,
+                chunk.stage(),
+                chunk.item_ids.len()
+            );
+        }
+    }
+    if follow {
+        let run = follow_run(pool, run_id).await?;
+        println!(
+            "run {} finished: {} responses, {} judged",
+            run.id, run.responses, run.judged
+        );
+    }
+    Ok(())
 }
 
 /// A text table of a run's results.

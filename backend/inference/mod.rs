@@ -588,6 +588,20 @@ pub trait ChatModel: Send + Sync {
         requests: Vec<ChatRequest>,
     ) -> Vec<Result<ChatReply, InferenceError>>;
 
+    /// Answers a batch, yielding each reply with its request's index as soon as it is ready
+    /// (so a caller can store it before the rest of the batch is done). The default waits for
+    /// the whole batch (a local model answers a batch at once); remote adapters yield each
+    /// reply as it arrives.
+    fn generate_each(
+        &self,
+        requests: Vec<ChatRequest>,
+    ) -> futures::stream::BoxStream<'_, (usize, Result<ChatReply, InferenceError>)> {
+        use futures::StreamExt;
+        futures::stream::once(self.generate_batch(requests))
+            .flat_map(|replies| futures::stream::iter(replies.into_iter().enumerate()))
+            .boxed()
+    }
+
     /// Answers one request.
     async fn generate(&self, request: ChatRequest) -> Result<ChatReply, InferenceError> {
         self.generate_batch(vec![request])

@@ -480,6 +480,19 @@ impl ChatModel for RemoteModel {
     ) -> Vec<Result<ChatReply, InferenceError>> {
         futures::future::join_all(requests.into_iter().map(|r| self.one(r))).await
     }
+
+    fn generate_each(
+        &self,
+        requests: Vec<ChatRequest>,
+    ) -> futures::stream::BoxStream<'_, (usize, Result<ChatReply, InferenceError>)> {
+        use futures::StreamExt;
+        requests
+            .into_iter()
+            .enumerate()
+            .map(|(index, request)| async move { (index, self.one(request).await) })
+            .collect::<futures::stream::FuturesUnordered<_>>()
+            .boxed()
+    }
 }
 
 #[cfg(test)]

@@ -226,6 +226,41 @@ pub async fn cancel(pool: &PgPool, id: i64) -> Result<bool, sqlx::Error> {
     Ok(changed)
 }
 
+/// Queue failed jobs again with a fresh attempt budget. The row (its id and dedup key) is
+/// reused, so a unit of work keeps exactly one job however often it is retried; only rows still
+/// `failed` change, so concurrent retries of the same jobs queue each of them once. Returns the
+/// ids queued again.
+pub async fn retry_failed(pool: &PgPool, ids: &[i64]) -> Result<Vec<i64>, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut tx = pool.begin().await?;
+    let retried: Vec<(i64, String)> = sqlx::query_as(
+        "UPDATE jobs SET status = 'queued', attempts = 0, run_at = now(), finished_at = NULL,
+                locked_by = NULL, lease_expires_at = NULL, result = NULL
+         WHERE id = ANY($1) AND status = 'failed'
+         RETURNING id, kind",
+    )
+    .bind(ids)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut kinds: Vec<&str> = retried.iter().map(|(_, kind)| kind.as_str()).collect();
+    kinds.sort_unstable();
+    kinds.dedup();
+    for kind in kinds {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(ENQUEUED_CHANNEL)
+            .bind(kind)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    for (id, _) in &retried {
+        publish_event(pool, *id).await?;
+    }
+    Ok(retried.into_iter().map(|(id, _)| id).collect())
+}
+
 /// Send the job's current state on [`EVENTS_CHANNEL`].
 pub(crate) async fn publish_event(pool: &PgPool, id: i64) -> Result<(), sqlx::Error> {
     sqlx::query(

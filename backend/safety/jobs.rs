@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use tokio::sync::Mutex;
@@ -25,6 +26,9 @@ pub const GENERATE_JOB: &str = "safety.generate";
 pub const JUDGE_JOB: &str = "safety.judge";
 /// Extra judge calls for a reply that does not parse.
 const JUDGE_RETRIES: usize = 2;
+/// Most answers stored in one statement: those that arrived while the previous ones were
+/// being stored.
+const STORE_BATCH: usize = 64;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GenerateJob {
@@ -147,7 +151,7 @@ async fn run_generate(ctx: JobContext) -> Result<Option<serde_json::Value>, JobE
     .await?;
     let mut requests = Vec::new();
     let mut asked = Vec::new();
-    let mut outcomes: Vec<(i64, Result<ChatReply, String>)> = Vec::new();
+    let mut skipped: Vec<(i64, Result<ChatReply, String>)> = Vec::new();
     let prompt_template = settings["prompt_template"].as_str();
     for item in &pending {
         match &item.data {
@@ -169,26 +173,35 @@ async fn run_generate(ctx: JobContext) -> Result<Option<serde_json::Value>, JobE
             }
             None => {
                 // Visible skip: the item has no usable image.
-                outcomes.push((
+                skipped.push((
                     item.id,
                     Err(format!("skipped: image {}", item.image_status)),
                 ));
             }
         }
     }
+    store_responses(pool, job.run_id, &skipped).await?;
     let mut retry_later = None;
     if !requests.is_empty() {
         let model = model(pool, job.run_id, None, &model_name).await?;
-        let replies = model.generate_batch(requests).await;
-        for (item_id, reply) in asked.iter().zip(replies) {
-            match reply {
-                Ok(reply) => outcomes.push((*item_id, Ok(reply))),
-                Err(e) if e.is_retryable() => retry_later = Some(e.to_string()),
-                Err(e) => outcomes.push((*item_id, Err(e.to_string()))),
+        // Every answer is stored as soon as it arrives (with whatever else arrived meanwhile),
+        // so a worker that dies mid-chunk loses only the requests still in flight.
+        let mut replies = model.generate_each(requests).ready_chunks(STORE_BATCH);
+        while let Some(ready) = replies.next().await {
+            let mut outcomes = Vec::new();
+            for (index, reply) in ready {
+                let Some(&item_id) = asked.get(index) else {
+                    continue;
+                };
+                match reply {
+                    Ok(reply) => outcomes.push((item_id, Ok(reply))),
+                    Err(e) if e.is_retryable() => retry_later = Some(e.to_string()),
+                    Err(e) => outcomes.push((item_id, Err(e.to_string()))),
+                }
             }
+            store_responses(pool, job.run_id, &outcomes).await?;
         }
     }
-    store_responses(pool, job.run_id, &outcomes).await?;
     if let Some(message) = retry_later {
         // Answers that arrived are stored; the rest are asked again after a backoff, and the
         // chunk is judged once it is whole.
@@ -234,7 +247,7 @@ pub(crate) async fn enqueue_judging(
     Ok(())
 }
 
-/// Store a chunk's answers (or visible errors) in one statement, idempotent per (run, item).
+/// Store answers (or visible errors) in one statement, idempotent per (run, item).
 async fn store_responses(
     pool: &PgPool,
     run_id: i64,
@@ -474,29 +487,111 @@ async fn judge_chunk(pool: &PgPool, job: &JudgeJob) -> Result<Option<serde_json:
     let judge = model(pool, job.run_id, Some(job.evaluator_id), &judge_name).await?;
     // The fallback judge is loaded only when some reply stays unparseable, once per chunk.
     let fallback: tokio::sync::OnceCell<Arc<dyn ChatModel>> = tokio::sync::OnceCell::new();
-    // Every item of the chunk is asked at once; the adapter bounds the requests in flight.
-    let asked = futures::future::join_all(to_ask.iter().map(|(item, _)| {
-        let judge = judge.clone();
-        let (judge_name, fallback_name, template, fallback) =
-            (&judge_name, &fallback_name, &template, &fallback);
-        async move {
-            let request = judge_request(template, item);
-            let first = ask_judge(&judge, judge_name, &request).await?;
-            let Asked::Reply {
-                parsed: ParsedReply::Unscored(_),
-                attempts,
-                ..
-            } = first
-            else {
-                return Ok(first.answered_by(judge_name));
-            };
-            if fallback_name.is_empty() {
-                return Ok(first.answered_by(judge_name));
+    let asker = Asker {
+        pool,
+        run_id: job.run_id,
+        evaluator_id: job.evaluator_id,
+        judge: &judge,
+        judge_name: &judge_name,
+        fallback_name: &fallback_name,
+        fallback: &fallback,
+        template: &template,
+    };
+    // Every item of the chunk is asked at once (the adapter bounds the requests in flight), and
+    // every judgement is stored as soon as it arrives, so a worker that dies mid-chunk loses
+    // only the requests still in flight.
+    let mut asked = to_ask
+        .iter()
+        .map(|&(item, key)| {
+            let asker = &asker;
+            async move { (item, key, asker.ask(item).await) }
+        })
+        .collect::<futures::stream::FuturesUnordered<_>>()
+        .ready_chunks(STORE_BATCH);
+    let mut judged = cached.len();
+    let mut retry_later = None;
+    let mut failure = None;
+    while let Some(ready) = asked.next().await {
+        let mut answers = Vec::new();
+        for (item, key, outcome) in ready {
+            match outcome {
+                Ok((
+                    Asked::Reply {
+                        parsed,
+                        reply,
+                        attempts,
+                    },
+                    by,
+                )) => answers.push(Answer {
+                    response_id: item.response_id,
+                    cache_key: key.as_str(),
+                    parsed,
+                    reply,
+                    attempts: attempts as i32,
+                    judged_by: by,
+                }),
+                Ok((Asked::RetryLater(message), _)) => retry_later = Some(message),
+                Err(e) => failure = Some(e),
             }
-            let fallback = fallback
-                .get_or_try_init(|| model(pool, job.run_id, Some(job.evaluator_id), fallback_name))
-                .await?;
-            Ok::<_, JobError>(match ask_judge(fallback, fallback_name, &request).await? {
+        }
+        store_judgements(pool, job.evaluator_id, threshold, &answers).await?;
+        judged += answers.len();
+    }
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    if let Some(message) = retry_later {
+        // What was answered is stored; the rest is asked again after a backoff.
+        return Err(JobError::Retryable(message));
+    }
+    Ok(Some(
+        serde_json::json!({ "judged": judged, "cached": cached.len() }),
+    ))
+}
+
+/// What judging one response needs: the judge, its optional fallback (loaded on first use) and
+/// the template.
+struct Asker<'a> {
+    pool: &'a PgPool,
+    run_id: i64,
+    evaluator_id: i64,
+    judge: &'a Arc<dyn ChatModel>,
+    judge_name: &'a str,
+    fallback_name: &'a str,
+    fallback: &'a tokio::sync::OnceCell<Arc<dyn ChatModel>>,
+    template: &'a JudgeTemplate,
+}
+
+impl Asker<'_> {
+    /// Ask the judge about one response (retrying an unparseable reply), then the fallback
+    /// judge when the reply stays unparseable; returns the answer and who gave it.
+    async fn ask(&self, item: &PendingJudgement) -> Result<(Asked, String), JobError> {
+        let request = judge_request(self.template, item);
+        let first = ask_judge(self.judge, self.judge_name, &request).await?;
+        let Asked::Reply {
+            parsed: ParsedReply::Unscored(_),
+            attempts,
+            ..
+        } = first
+        else {
+            return Ok(first.answered_by(self.judge_name));
+        };
+        if self.fallback_name.is_empty() {
+            return Ok(first.answered_by(self.judge_name));
+        }
+        let fallback = self
+            .fallback
+            .get_or_try_init(|| {
+                model(
+                    self.pool,
+                    self.run_id,
+                    Some(self.evaluator_id),
+                    self.fallback_name,
+                )
+            })
+            .await?;
+        Ok(
+            match ask_judge(fallback, self.fallback_name, &request).await? {
                 Asked::Reply {
                     parsed,
                     reply,
@@ -506,43 +601,11 @@ async fn judge_chunk(pool: &PgPool, job: &JudgeJob) -> Result<Option<serde_json:
                     reply,
                     attempts: attempts + more,
                 }
-                .answered_by(fallback_name),
-                later => later.answered_by(fallback_name),
-            })
-        }
-    }))
-    .await;
-    let mut answers = Vec::new();
-    let mut retry_later = None;
-    for ((item, key), outcome) in to_ask.iter().zip(asked) {
-        match outcome? {
-            (
-                Asked::Reply {
-                    parsed,
-                    reply,
-                    attempts,
-                },
-                by,
-            ) => answers.push(Answer {
-                response_id: item.response_id,
-                cache_key: key.as_str(),
-                parsed,
-                reply,
-                attempts: attempts as i32,
-                judged_by: by,
-            }),
-            (Asked::RetryLater(message), _) => retry_later = Some(message),
-        }
+                .answered_by(self.fallback_name),
+                later => later.answered_by(self.fallback_name),
+            },
+        )
     }
-    store_judgements(pool, job.evaluator_id, threshold, &answers).await?;
-    let judged = cached.len() + answers.len();
-    if let Some(message) = retry_later {
-        // What was answered is stored; the rest is asked again after a backoff.
-        return Err(JobError::Retryable(message));
-    }
-    Ok(Some(
-        serde_json::json!({ "judged": judged, "cached": cached.len() }),
-    ))
 }
 
 /// The judge's request for one response: the rendered template and the image as the authors
@@ -581,7 +644,7 @@ struct Answer<'a> {
     judged_by: String,
 }
 
-/// Store a chunk's judgements in one statement (idempotent per response and evaluator).
+/// Store judgements in one statement (idempotent per response and evaluator).
 async fn store_judgements(
     pool: &PgPool,
     evaluator_id: i64,

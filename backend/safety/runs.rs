@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use time::OffsetDateTime;
 
-use super::jobs::{GENERATE_JOB, GenerateJob};
+use super::jobs::{GENERATE_JOB, GenerateJob, JUDGE_JOB};
 use super::metrics::{ItemOutcome, MetricOptions, SafetyReport, report};
 use super::panel::{
     Combine, CombinedJudgement, PairAgreement, PanelVerdicts, TIE_RULE, panel_name,
@@ -621,6 +621,98 @@ pub async fn get_run(pool: &PgPool, id: i64) -> Result<Option<Run>, StoreError> 
     )
 }
 
+/// Where a run stands. Every run ends in `complete`, `incomplete` or `cancelled`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RunState {
+    /// Chunks are queued or being answered or judged.
+    Running,
+    /// Every item answered, and every answer judged by every evaluation of the run.
+    Complete,
+    /// Nothing is queued or running, but work is missing: `failed_chunks` lists the chunks
+    /// that failed for good; Retry queues them again.
+    Incomplete,
+    /// A researcher cancelled the run's outstanding chunks (none failed).
+    Cancelled,
+}
+
+impl RunState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Running => "running",
+            RunState::Complete => "complete",
+            RunState::Incomplete => "incomplete",
+            RunState::Cancelled => "cancelled",
+        }
+    }
+
+    /// The state in words, for pages.
+    pub fn label(self) -> &'static str {
+        match self {
+            RunState::Running => "in progress",
+            other => other.as_str(),
+        }
+    }
+}
+
+/// A chunk of a run whose job failed for good (its attempts spent, or a permanent error).
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct FailedChunk {
+    pub job_id: i64,
+    /// `safety.generate` (answering) or `safety.judge` (judging).
+    pub kind: String,
+    /// The evaluation, for a judging chunk.
+    pub evaluator_id: Option<i64>,
+    pub item_ids: Vec<i64>,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+}
+
+impl FailedChunk {
+    /// The stage, in words, for pages and the CLI.
+    pub fn stage(&self) -> String {
+        match self.evaluator_id {
+            Some(evaluator) if self.kind == JUDGE_JOB => format!("judging (evaluator {evaluator})"),
+            _ => "answering".into(),
+        }
+    }
+}
+
+/// The run's chunks (answering and judging) whose jobs failed for good, oldest first.
+pub async fn failed_chunks(pool: &PgPool, run_id: i64) -> Result<Vec<FailedChunk>, StoreError> {
+    Ok(sqlx::query_as::<_, FailedChunk>(
+        "SELECT id AS job_id, kind, (payload->>'evaluator_id')::bigint AS evaluator_id,
+                ARRAY(SELECT x::bigint FROM jsonb_array_elements_text(payload->'item_ids') AS x) AS item_ids,
+                attempts, last_error
+         FROM jobs WHERE kind = ANY($2) AND (payload->>'run_id')::bigint = $1 AND status = 'failed'
+         ORDER BY id",
+    )
+    .bind(run_id)
+    .bind(&[GENERATE_JOB, JUDGE_JOB][..])
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Queue a run's failed chunks again, answering and judging alike. Each chunk keeps its one
+/// job, queued again with a fresh attempt budget, and the job skips the items already answered
+/// or judged, so nothing is asked twice; concurrent retries queue each chunk once. Returns the
+/// jobs queued again (none when nothing had failed), or `None` when there is no such run.
+pub async fn retry_run(pool: &PgPool, run_id: i64) -> Result<Option<Vec<i64>>, StoreError> {
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM runs WHERE id = $1)")
+        .bind(run_id)
+        .fetch_one(pool)
+        .await?;
+    if !exists {
+        return Ok(None);
+    }
+    let ids: Vec<i64> = failed_chunks(pool, run_id)
+        .await?
+        .iter()
+        .map(|chunk| chunk.job_id)
+        .collect();
+    Ok(Some(jobs::retry_failed(pool, &ids).await?))
+}
+
 /// Where a run stands: counts, rates over the last minute and an estimate of the time left.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RunProgress {
@@ -632,7 +724,12 @@ pub struct RunProgress {
     /// Judgements by the run's own evaluator.
     pub judged: i64,
     pub unscored: i64,
+    /// Every item answered and judged by the run's own judge.
     pub complete: bool,
+    /// Running, or how the run ended (see [`RunState`]).
+    pub state: RunState,
+    /// Chunks that failed for good, with their last error (what Retry queues again).
+    pub failed_chunks: Vec<FailedChunk>,
     pub jobs_queued: i64,
     pub jobs_running: i64,
     pub jobs_failed: i64,
@@ -661,6 +758,7 @@ pub async fn progress(pool: &PgPool, run_id: i64) -> Result<Option<RunProgress>,
         running: i64,
         failed: i64,
         cancelled: i64,
+        unjudged: i64,
     }
     let counts: Counts = sqlx::query_as(
         "WITH w AS (SELECT LEAST(60.0, GREATEST(1.0, EXTRACT(EPOCH FROM now() - r.created_at)::float8)) AS window
@@ -678,7 +776,10 @@ pub async fn progress(pool: &PgPool, run_id: i64) -> Result<Option<RunProgress>,
            COALESCE((SELECT n FROM j WHERE status = 'queued'), 0) AS queued,
            COALESCE((SELECT n FROM j WHERE status = 'running'), 0) AS running,
            COALESCE((SELECT n FROM j WHERE status = 'failed'), 0) AS failed,
-           COALESCE((SELECT n FROM j WHERE status = 'cancelled'), 0) AS cancelled
+           COALESCE((SELECT n FROM j WHERE status = 'cancelled'), 0) AS cancelled,
+           (SELECT count(*) FROM responses s JOIN run_evaluations re ON re.run_id = s.run_id
+              WHERE s.run_id = $1 AND s.error IS NULL AND NOT EXISTS (SELECT 1 FROM judgements x
+                WHERE x.response_id = s.id AND x.evaluator_id = re.evaluator_id)) AS unjudged
          FROM w",
     )
     .bind(run_id)
@@ -719,6 +820,18 @@ pub async fn progress(pool: &PgPool, run_id: i64) -> Result<Option<RunProgress>,
         (Some(a), Some(j)) if a + j > 0.0 => Some(a.max(j)),
         _ => None,
     };
+    let failed_chunks = failed_chunks(pool, run_id).await?;
+    let state = if counts.queued + counts.running > 0 {
+        RunState::Running
+    } else if !failed_chunks.is_empty() {
+        RunState::Incomplete
+    } else if run.responses >= run.items as i64 && counts.unjudged == 0 {
+        RunState::Complete
+    } else if counts.cancelled > 0 {
+        RunState::Cancelled
+    } else {
+        RunState::Incomplete
+    };
     Ok(Some(RunProgress {
         run_id,
         items: run.items as i64,
@@ -727,6 +840,8 @@ pub async fn progress(pool: &PgPool, run_id: i64) -> Result<Option<RunProgress>,
         judged: run.judged,
         unscored: counts.unscored,
         complete: is_complete(&run),
+        state,
+        failed_chunks,
         jobs_queued: counts.queued,
         jobs_running: counts.running,
         jobs_failed: counts.failed,

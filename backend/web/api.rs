@@ -40,7 +40,7 @@ pub(crate) fn routes(routes: Routes) -> Routes {
         super::safety::import_items_api, super::safety::import_elite_api, super::safety::filter_api, super::safety::generate_api, super::safety::align_api, super::safety::merge_api,
         super::models::list_api, super::models::get_api, super::models::register_api,
         super::models::update_api, super::models::revisions_api,
-        super::runs::list_api, super::runs::start_api, super::runs::results_api, super::runs::export_api, super::runs::cancel_api,
+        super::runs::list_api, super::runs::start_api, super::runs::results_api, super::runs::export_api, super::runs::cancel_api, super::runs::retry_api,
         super::runs::get_api, super::runs::progress_api, super::runs::list_evaluations_api, super::runs::add_evaluation_api,
         super::runs::item_api, super::runs::override_api,
         super::annotation::list_api, super::annotation::create_api, super::annotation::get_api,

@@ -26,6 +26,7 @@ use crate::safety::paper::PaperComparison;
 use crate::safety::review::{self, ItemReview, Override, OverrideRequest};
 use crate::safety::runs::{
     self, Evaluation, EvaluationRequest, ResponseRow, Run, RunProgress, RunRequest, RunResults,
+    RunState,
 };
 use crate::safety::store;
 
@@ -36,6 +37,7 @@ pub(crate) fn routes(routes: Routes) -> Routes {
         .get("/safety/runs/{id}", RESEARCHER, get(run_page))
         .get("/safety/runs/{id}/events", RESEARCHER, get(progress_events))
         .post("/safety/runs/{id}/cancel", RESEARCHER, post(cancel_page))
+        .post("/safety/runs/{id}/retry", RESEARCHER, post(retry_page))
         .post(
             "/safety/runs/{id}/evaluations",
             RESEARCHER,
@@ -54,6 +56,7 @@ pub(crate) fn routes(routes: Routes) -> Routes {
         .get("/api/v1/runs/{id}/progress", RESEARCHER, get(progress_api))
         .get("/api/v1/runs/{id}/results", RESEARCHER, get(results_api))
         .post("/api/v1/runs/{id}/cancel", RESEARCHER, post(cancel_api))
+        .post("/api/v1/runs/{id}/retry", RESEARCHER, post(retry_api))
         .get("/api/v1/runs/{id}/responses", RESEARCHER, get(export_api))
         .get(
             "/api/v1/runs/{id}/evaluations",
@@ -491,7 +494,8 @@ async fn progress_events(
             }
             let (event, next) = match runs::progress(&pool, id).await {
                 Ok(Some(progress)) => {
-                    let next = (!progress.complete).then_some(false);
+                    // The stream ends with the run: complete, incomplete or cancelled.
+                    let next = (progress.state == RunState::Running).then_some(false);
                     (
                         Event::default().event("progress").json_data(&progress),
                         next,
@@ -519,6 +523,16 @@ async fn cancel_page(
         .await?
         .ok_or(AppError::NotFound)?;
     runs::cancel_run(&state.pool, id).await?;
+    Ok(Redirect::to(&format!("/safety/runs/{id}")))
+}
+
+async fn retry_page(
+    State(state): State<AppState>,
+    AppPath(id): AppPath<i64>,
+) -> Result<Redirect, AppError> {
+    runs::retry_run(&state.pool, id)
+        .await?
+        .ok_or(AppError::NotFound)?;
     Ok(Redirect::to(&format!("/safety/runs/{id}")))
 }
 
@@ -780,6 +794,26 @@ pub(crate) async fn cancel_api(
     Ok(ApiJson(CancelledRun {
         cancelled_jobs: runs::cancel_run(&state.pool, id).await?,
     }))
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct RetriedRun {
+    /// Jobs of the run's failed chunks, queued again (empty when none had failed).
+    pub retried_jobs: Vec<i64>,
+}
+
+/// Queue the run's failed chunks (answering and judging) again. Items already answered or
+/// judged are skipped, so nothing is asked twice; retrying twice queues each chunk once.
+#[utoipa::path(post, path = "/api/v1/runs/{id}/retry", tag = "safety",
+    params(("id" = i64, Path, description = "run id")), responses((status = 200, body = RetriedRun), (status = 404)))]
+pub(crate) async fn retry_api(
+    State(state): State<AppState>,
+    AppPath(id): AppPath<i64>,
+) -> Result<ApiJson<RetriedRun>, AppError> {
+    let retried_jobs = runs::retry_run(&state.pool, id)
+        .await?
+        .ok_or(AppError::NotFound)?;
+    Ok(ApiJson(RetriedRun { retried_jobs }))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
