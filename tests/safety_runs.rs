@@ -1412,6 +1412,8 @@ fn scripted_request(benchmark: i64, limit: usize) -> RunRequest {
         model: "scripted-target".into(),
         benchmark_id: benchmark,
         judge: Some("scripted-judge".into()),
+        judges: Vec::new(),
+        combine: None,
         fallback_judge: None,
         judge_template: None,
         categories: Vec::new(),
