@@ -162,6 +162,10 @@ async fn main() {
         .await
         .unwrap()
     });
+    // The fake server is on loopback, as a lab's own vLLM would be: allow it, as an admin would.
+    elite::inference::net::set_outbound_policy_if_unset(
+        elite::inference::net::OutboundPolicy::parse("127.0.0.0/8").expect("valid policy"),
+    );
     for model in ["bench-target", "bench-judge"] {
         let mut spec = ModelSpec::remote(model, base.clone(), model);
         spec.max_in_flight = Some(64);
