@@ -324,6 +324,10 @@ fn qwen3_matches_transformers() {
         elite::inference::local::qwen3::Qwen3::load(&fx.dir.join("model"), &Device::Cpu, None)
             .unwrap();
     parity(&fx, model, "qwen3");
+    let (model, _) =
+        elite::inference::local::qwen3::Qwen3::load(&fx.dir.join("model"), &Device::Cpu, None)
+            .unwrap();
+    padded_batch(&fx, model, "qwen3");
 }
 
 #[test]

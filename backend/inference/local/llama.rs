@@ -1,4 +1,5 @@
-//! The Llama / Mistral decoder of the LLaVA family, on candle-nn, with left-padded batches.
+//! The Llama / Mistral decoder (LLaVA's language model) and the Qwen3 decoder, on candle-nn,
+//! with left-padded batches.
 //!
 //! Replaces candle-transformers' `llama::Llama` for LLaVA: that model takes no attention
 //! mask, so prompts of different lengths could not share a forward pass. Here a batch is
@@ -10,7 +11,9 @@
 //!
 //! The layer is transformers' `LlamaDecoderLayer`: RMSNorm, attention with grouped
 //! key/value heads and rotate-half RoPE, RMSNorm, SiLU-gated MLP; a final RMSNorm and the LM
-//! head. Mistral's sliding window is not applied (prompts here are far shorter than it).
+//! head. With `qk_norm` it is `Qwen3DecoderLayer`: queries and keys get a per-head RMSNorm
+//! before RoPE. Mistral's sliding window is not applied (prompts here are far shorter than
+//! it).
 
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Embedding, Linear, RmsNorm, VarBuilder};
@@ -40,6 +43,8 @@ pub struct LlamaConfig {
     pub max_position_embeddings: usize,
     /// LM head shares the embedding matrix.
     pub tie_word_embeddings: bool,
+    /// Per-head RMSNorm of queries and keys (Qwen3).
+    pub qk_norm: bool,
 }
 
 struct Layer {
@@ -52,6 +57,8 @@ struct Layer {
     down: Linear,
     ln1: RmsNorm,
     ln2: RmsNorm,
+    q_norm: Option<RmsNorm>,
+    k_norm: Option<RmsNorm>,
 }
 
 /// A loaded decoder.
@@ -130,8 +137,8 @@ fn rope_tables(
 }
 
 impl Llama {
-    /// Loads the decoder from `vb` (the `language_model` prefix of a LLaVA checkpoint:
-    /// `model.*` and `lm_head`).
+    /// Loads the decoder from `vb`, which holds `model.*` and `lm_head` (the root of a
+    /// Qwen3 checkpoint, the `language_model` prefix of a LLaVA one).
     pub fn load(cfg: &LlamaConfig, vb: VarBuilder) -> candle_core::Result<Self> {
         let h = cfg.hidden_size;
         let hd = cfg.head_dim;
@@ -152,6 +159,16 @@ impl Llama {
                 down: candle_nn::linear_no_bias(cfg.intermediate_size, h, mlp.pp("down_proj"))?,
                 ln1: candle_nn::rms_norm(h, cfg.rms_norm_eps, l.pp("input_layernorm"))?,
                 ln2: candle_nn::rms_norm(h, cfg.rms_norm_eps, l.pp("post_attention_layernorm"))?,
+                q_norm: if cfg.qk_norm {
+                    Some(candle_nn::rms_norm(hd, cfg.rms_norm_eps, a.pp("q_norm"))?)
+                } else {
+                    None
+                },
+                k_norm: if cfg.qk_norm {
+                    Some(candle_nn::rms_norm(hd, cfg.rms_norm_eps, a.pp("k_norm"))?)
+                } else {
+                    None
+                },
             });
         }
         let norm = candle_nn::rms_norm(h, cfg.rms_norm_eps, m.pp("norm"))?;
@@ -239,14 +256,18 @@ impl Llama {
             self.cfg.num_key_value_heads,
             self.cfg.head_dim,
         );
-        let shape = |t: Tensor, heads: usize| -> candle_core::Result<Tensor> {
-            t.reshape((b, len, heads, hd))?
-                .transpose(1, 2)?
-                .contiguous()
-        };
-        let q = shape(layer.q.forward(x)?, nh)?;
-        let k = shape(layer.k.forward(x)?, nkv)?;
-        let v = shape(layer.v.forward(x)?, nkv)?;
+        let shape =
+            |t: Tensor, heads: usize, norm: Option<&RmsNorm>| -> candle_core::Result<Tensor> {
+                let t = t.reshape((b, len, heads, hd))?;
+                let t = match norm {
+                    Some(n) => n.forward(&t)?,
+                    None => t,
+                };
+                t.transpose(1, 2)?.contiguous()
+            };
+        let q = shape(layer.q.forward(x)?, nh, layer.q_norm.as_ref())?;
+        let k = shape(layer.k.forward(x)?, nkv, layer.k_norm.as_ref())?;
+        let v = shape(layer.v.forward(x)?, nkv, None)?;
         let q = candle_nn::rotary_emb::rope(&q, cos, sin)?;
         let k = candle_nn::rotary_emb::rope(&k, cos, sin)?;
         let (k, v) = match kv.take() {

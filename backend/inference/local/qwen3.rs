@@ -16,10 +16,18 @@ use candle_nn::VarBuilder;
 use candle_transformers::models::{quantized_qwen3, qwen3};
 
 use super::chat_template::{ChatTemplate, ContentStyle};
+use super::llama::{KvCache, Llama, LlamaConfig};
 use super::{Common, Family, Prepared};
 use crate::inference::{ChatRequest, InferenceError, Role};
 
 enum Backend {
+    /// Our decoder (`super::llama` with q/k norms): batches prompts of different lengths.
+    Padded {
+        model: Llama,
+        cache: Option<KvCache>,
+        layers: usize,
+    },
+    /// candle-transformers' Qwen3, for configs with attention biases.
     Full(qwen3::ModelForCausalLM),
     Gguf(quantized_qwen3::ModelWeights),
 }
@@ -112,11 +120,33 @@ impl Qwen3 {
         super::special_id(&common.tokenizer, "<|im_start|>")?;
         let tensors = super::load_tensors(path, common.dtype, device)?;
         let vb = VarBuilder::from_tensors(tensors, common.dtype, device);
-        let model = qwen3::ModelForCausalLM::new(&cfg, vb)
-            .map_err(|e| InferenceError::Load(e.to_string()))?;
+        let load = |e: candle_core::Error| InferenceError::Load(e.to_string());
+        let backend = if cfg.attention_bias {
+            Backend::Full(qwen3::ModelForCausalLM::new(&cfg, vb).map_err(load)?)
+        } else {
+            let dec = LlamaConfig {
+                hidden_size: cfg.hidden_size,
+                intermediate_size: cfg.intermediate_size,
+                num_hidden_layers: cfg.num_hidden_layers,
+                num_attention_heads: cfg.num_attention_heads,
+                num_key_value_heads: cfg.num_key_value_heads,
+                head_dim: cfg.head_dim,
+                rms_norm_eps: cfg.rms_norm_eps,
+                rope_theta: cfg.rope_theta,
+                vocab_size: cfg.vocab_size,
+                max_position_embeddings: cfg.max_position_embeddings,
+                tie_word_embeddings: cfg.tie_word_embeddings,
+                qk_norm: true,
+            };
+            Backend::Padded {
+                model: Llama::load(&dec, vb).map_err(load)?,
+                cache: None,
+                layers: cfg.num_hidden_layers,
+            }
+        };
         Ok((
             Self {
-                backend: Backend::Full(model),
+                backend,
                 common: common.clone(),
                 context: cfg.max_position_embeddings,
                 template: ChatTemplate::load(path)?,
@@ -127,6 +157,13 @@ impl Qwen3 {
 
     fn forward(&mut self, ids: &Tensor, offset: usize) -> candle_core::Result<Tensor> {
         match &mut self.backend {
+            Backend::Padded { model, cache, .. } => {
+                let Some(cache) = cache.as_mut() else {
+                    candle_core::bail!("decode step before prefill")
+                };
+                let valid = Tensor::ones(ids.dims2()?, DType::F32, ids.device())?;
+                model.forward(&model.embed(ids)?, &valid, cache)
+            }
             Backend::Full(m) => m.forward(ids, offset),
             Backend::Gguf(m) => m.forward(ids, offset),
         }
@@ -186,9 +223,35 @@ impl Family for Qwen3 {
     }
 
     fn prefill(&mut self, inputs: &[&Input]) -> candle_core::Result<Tensor> {
+        if let Backend::Padded {
+            model,
+            cache,
+            layers,
+        } = &mut self.backend
+        {
+            // Left padding to the longest prompt (the padding id is never attended to).
+            let longest = inputs.iter().map(|i| i.ids.len()).max().unwrap_or(0);
+            let mut ids = Vec::with_capacity(inputs.len() * longest);
+            let mut valid = Vec::with_capacity(inputs.len() * longest);
+            for i in inputs {
+                let pad = longest - i.ids.len();
+                ids.extend(std::iter::repeat_n(0u32, pad));
+                ids.extend_from_slice(&i.ids);
+                valid.extend(std::iter::repeat_n(0f32, pad));
+                valid.extend(std::iter::repeat_n(1f32, i.ids.len()));
+            }
+            let dev = &self.common.device;
+            let ids = Tensor::from_vec(ids, (inputs.len(), longest), dev)?;
+            let valid = Tensor::from_vec(valid, (inputs.len(), longest), dev)?;
+            let mut fresh = KvCache::new(*layers);
+            let logits = model.forward(&model.embed(&ids)?, &valid, &mut fresh)?;
+            *cache = Some(fresh);
+            return Ok(logits);
+        }
         match &mut self.backend {
             Backend::Full(m) => m.clear_kv_cache(),
             Backend::Gguf(m) => m.clear_kv_cache(),
+            Backend::Padded { .. } => {}
         }
         let len = inputs.first().map(|i| i.ids.len()).unwrap_or(0);
         let ids: Vec<u32> = inputs.iter().flat_map(|i| i.ids.iter().copied()).collect();
@@ -207,6 +270,22 @@ impl Family for Qwen3 {
 
     fn accepts_images(&self) -> bool {
         false
+    }
+
+    fn pads_batches(&self) -> bool {
+        matches!(self.backend, Backend::Padded { .. })
+    }
+
+    fn retain_rows(&mut self, keep: &[usize]) -> candle_core::Result<bool> {
+        match &mut self.backend {
+            Backend::Padded { cache, .. } => {
+                if let Some(cache) = cache.as_mut() {
+                    cache.retain(keep)?;
+                }
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 
     fn max_batch(&self) -> usize {
