@@ -441,8 +441,10 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, InferenceError> {
     Ok(files)
 }
 
-/// Loads every tensor of the directory's safetensors files into memory,
-/// converting floating point tensors to `dtype`.
+/// Loads every tensor of the directory's safetensors files, converting
+/// floating point tensors to `dtype`. Files are memory-mapped and tensors
+/// converted one at a time, so the peak is the loaded weights plus one tensor
+/// (a bf16 checkpoint loaded as f32 is never held twice).
 pub fn load_tensors(
     dir: &Path,
     dtype: DType,
@@ -450,16 +452,22 @@ pub fn load_tensors(
 ) -> Result<HashMap<String, Tensor>, InferenceError> {
     let mut all = HashMap::new();
     for f in weight_files(dir)? {
-        let ts = candle_core::safetensors::load(&f, device).map_err(|e| {
+        let bad = |e: candle_core::Error| {
             InferenceError::Load(format!("cannot read weights {}: {e}", f.display()))
-        })?;
-        for (k, t) in ts {
+        };
+        // SAFETY: the file is mapped read-only and only read while `mapped` lives; a
+        // model directory is not rewritten while a model loads from it.
+        let mapped =
+            unsafe { candle_core::safetensors::MmapedSafetensors::new(&f) }.map_err(bad)?;
+        let names: Vec<String> = mapped.tensors().into_iter().map(|(n, _)| n).collect();
+        for name in names {
+            let t = mapped.load(&name, device).map_err(bad)?;
             let t = if t.dtype().is_float() && t.dtype() != dtype {
                 t.to_dtype(dtype)?
             } else {
                 t
             };
-            all.insert(k, t);
+            all.insert(name, t);
         }
     }
     Ok(all)
