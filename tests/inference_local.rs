@@ -376,3 +376,33 @@ async fn load_errors_are_typed() {
     let m = load_model(&spec, &dev).await.unwrap();
     assert!(m.generate(req(None, "hello", greedy(2))).await.is_ok());
 }
+
+/// A padded batch decodes at the longest prompt's positions: a short row whose budget would
+/// run past the context ends with `Length` at the context instead of failing the batch.
+#[tokio::test]
+async fn padded_rows_end_at_the_context() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = load("llava", dir.path(), AdapterKind::Llava).await;
+    let context = model.info().context_length.unwrap();
+    let settings = |n| GenerationSettings {
+        max_new_tokens: Some(n),
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let long = "a".repeat(context - 80);
+    let out = model
+        .generate_batch(vec![
+            req(None, &long, settings(4)),
+            req(None, "hi", settings(context)),
+        ])
+        .await;
+    let long_reply = out[0].as_ref().unwrap();
+    let short_reply = out[1].as_ref().unwrap();
+    assert_eq!(long_reply.completion_tokens, 4);
+    assert_eq!(short_reply.finish_reason, FinishReason::Length);
+    // Prefill yields one token and each decode step one more, at positions L .. context-1:
+    // 1 + (context - L) tokens, far fewer than the row's own budget.
+    let longest = long_reply.prompt_tokens;
+    assert_eq!(short_reply.completion_tokens, 1 + context - longest);
+    assert!(short_reply.prompt_tokens + short_reply.completion_tokens < context);
+}

@@ -161,6 +161,40 @@ fn python_json(v: &Value, indent: Option<usize>, depth: usize, out: &mut String)
     }
 }
 
+/// `strftime` of the fixed date 2026-01-01 (a Thursday) for the directives chat
+/// templates use; other directives are kept as written.
+fn fixed_date(format: &str) -> String {
+    let mut out = String::new();
+    let mut chars = format.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('d') => out.push_str("01"),
+            Some('-') if chars.clone().next() == Some('d') => {
+                chars.next();
+                out.push('1');
+            }
+            Some('m') => out.push_str("01"),
+            Some('b') => out.push_str("Jan"),
+            Some('B') => out.push_str("January"),
+            Some('Y') => out.push_str("2026"),
+            Some('y') => out.push_str("26"),
+            Some('a') => out.push_str("Thu"),
+            Some('A') => out.push_str("Thursday"),
+            Some('%') => out.push('%'),
+            Some(other) => {
+                out.push('%');
+                out.push(other);
+            }
+            None => out.push('%'),
+        }
+    }
+    out
+}
+
 fn tojson(value: JValue, kwargs: minijinja::value::Kwargs) -> Result<String, Error> {
     let indent: Option<usize> = kwargs.get("indent")?;
     let v: Value = serde_json::to_value(&value)
@@ -185,11 +219,9 @@ impl ChatTemplate {
         env.add_function("raise_exception", |msg: String| -> Result<String, Error> {
             Err(Error::new(ErrorKind::InvalidOperation, msg))
         });
-        env.add_function("strftime_now", |_format: String| -> String {
-            // Templates use it for a "today is" line; a fixed date keeps prompts (and the
-            // judgement cache) reproducible.
-            "01 January 2026".to_string()
-        });
+        // Templates use it for a "today is" line; a fixed date keeps prompts (and the
+        // judgement cache) reproducible.
+        env.add_function("strftime_now", |format: String| fixed_date(&format));
         env.add_template_owned("chat", strip_generation_tags(source))
             .map_err(|e| {
                 InferenceError::UnsupportedConfig(format!(
@@ -319,6 +351,18 @@ mod tests {
             ChatTemplate::new("{{ raise_exception('only user and assistant') }}", None).unwrap();
         let e = t.render(&[], ContentStyle::Text, &[]).unwrap_err();
         assert!(e.to_string().contains("only user and assistant"), "{e}");
+    }
+
+    #[test]
+    fn strftime_now_formats_a_fixed_date() {
+        // Python: datetime(2026, 1, 1).strftime("%d %b %Y") == "01 Jan 2026".
+        let t = ChatTemplate::new(
+            "{{ strftime_now('%d %b %Y') }}|{{ strftime_now('%Y-%m-%d (%A)') }}",
+            None,
+        )
+        .unwrap();
+        let out = t.render(&[], ContentStyle::Text, &[]).unwrap();
+        assert_eq!(out, "01 Jan 2026|2026-01-01 (Thursday)");
     }
 
     #[test]

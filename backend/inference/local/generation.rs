@@ -225,6 +225,13 @@ pub fn generate_group<F: Family>(
                 row.finished = Some(FinishReason::Length);
             }
         }
+        // A padded batch decodes at the longest prompt's positions: a shorter row whose
+        // budget reaches past the context ends there (Length) instead of failing the batch.
+        if offset >= family.context_length() {
+            for r in rows.iter_mut().filter(|r| r.finished.is_none()) {
+                r.finished = Some(FinishReason::Length);
+            }
+        }
         if rows.iter().all(|r| r.finished.is_some()) {
             break;
         }

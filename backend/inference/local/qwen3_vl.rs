@@ -80,7 +80,7 @@ impl Qwen3Vl {
         device: &Device,
         dtype: Option<DType>,
     ) -> Result<(Self, Common), InferenceError> {
-        let raw = super::read_json(&dir.join("config.json"))?;
+        let raw = super::read_model_config(dir)?;
         let cfg: Config = super::parse_config(patch_config(raw.clone()), "Qwen3-VL config.json")?;
         if !cfg
             .text_config
@@ -96,7 +96,7 @@ impl Qwen3Vl {
         for t in ["<|im_start|>", "<|im_end|>"] {
             super::special_id(&common.tokenizer, t)?;
         }
-        let pre = super::read_json_opt(&dir.join("preprocessor_config.json"))?;
+        let pre = super::image_processor_config(dir)?;
         let get = |k: &str| pre.as_ref().and_then(|p| p.get(k)).and_then(|v| v.as_u64());
         let size = |k: &str| {
             pre.as_ref()
