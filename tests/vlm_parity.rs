@@ -156,6 +156,11 @@ fn check_decode<F: Family>(
 trait Inspect {
     fn ids(&self) -> &[u32];
     fn pixel_values(&self) -> Vec<&Tensor>;
+    /// Families whose processor stacks every image's patches into one `pixel_values`
+    /// (Qwen-VL) return that stack here.
+    fn packed_pixels(&self) -> Option<Tensor> {
+        None
+    }
 }
 
 impl Inspect for elite::inference::local::llava::Input {
@@ -173,6 +178,18 @@ impl Inspect for elite::inference::local::qwen3::Input {
     }
     fn pixel_values(&self) -> Vec<&Tensor> {
         Vec::new()
+    }
+}
+
+impl Inspect for elite::inference::local::qwen3_vl::Input {
+    fn ids(&self) -> &[u32] {
+        self.ids()
+    }
+    fn pixel_values(&self) -> Vec<&Tensor> {
+        Vec::new()
+    }
+    fn packed_pixels(&self) -> Option<Tensor> {
+        self.pixel_values().unwrap()
     }
 }
 
@@ -250,7 +267,14 @@ where
             ids_of(fx.get(&format!("{name}.input_ids"))).as_slice(),
             "{family_name}/{name}: input ids differ"
         );
-        if fx.has(&format!("{name}.pixel_values")) {
+        if let Some(ours) = p.input.packed_pixels() {
+            let expected = fx.get(&format!("{name}.pixel_values"));
+            let d = max_diff(&ours, expected);
+            assert!(
+                d <= PIXEL_TOL,
+                "{family_name}/{name}: pixel values differ by {d}"
+            );
+        } else if fx.has(&format!("{name}.pixel_values")) {
             let expected = fx.get(&format!("{name}.pixel_values"));
             let ours = p.input.pixel_values();
             assert_eq!(ours.len(), expected.dim(0).unwrap(), "{name}: image count");
@@ -328,6 +352,16 @@ fn qwen3_matches_transformers() {
         elite::inference::local::qwen3::Qwen3::load(&fx.dir.join("model"), &Device::Cpu, None)
             .unwrap();
     padded_batch(&fx, model, "qwen3");
+}
+
+#[test]
+fn qwen3_vl_matches_transformers() {
+    use elite::inference::local::qwen3_vl::Qwen3Vl;
+    let fx = Fixture::load("qwen3_vl");
+    let (model, _) = Qwen3Vl::load(&fx.dir.join("model"), &Device::Cpu, None).unwrap();
+    parity(&fx, model, "qwen3_vl");
+    let (model, _) = Qwen3Vl::load(&fx.dir.join("model"), &Device::Cpu, None).unwrap();
+    padded_batch(&fx, model, "qwen3_vl");
 }
 
 #[test]

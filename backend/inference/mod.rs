@@ -19,13 +19,11 @@
 //!   (`config.json`, `tokenizer.json`, `*.safetensors` shards, optional
 //!   `preprocessor_config.json` / `generation_config.json`). CPU by default,
 //!   CUDA with the `cuda` feature. Families:
-//!   - **Qwen3-VL** (`qwen3_vl`, candle `models::qwen3_vl`). Candle's text
-//!     model applies plain 1-D RoPE (not Qwen's interleaved M-RoPE) and no
-//!     causal mask during prefill, so outputs of real checkpoints drift from
-//!     the reference implementation; its KV cache cannot be cleared, so the
-//!     adapter rebuilds the (cheap, weight-sharing) model for every batch.
-//!     Dynamic resolution (smart resize to multiples of patch×merge),
-//!     multiple images per request, DeepStack features are supported.
+//!   - **Qwen3-VL** (`qwen3_vl`): our own implementation on candle-nn
+//!     (`local::qwen3_vl`; candle's model uses 1-D RoPE and no causal mask in the
+//!     prefill): vision tower with resampled learned positions and 2-D RoPE,
+//!     interleaved multimodal RoPE, DeepStack, dynamic resolution, several
+//!     images per request, left-padded batches.
 //!   - **LLaVA-1.5 and LLaVA-NeXT** (`llava`, HF `llava-hf/*` layout; candle
 //!     CLIP vision tower + projector + Llama). The adapter drives candle's
 //!     public building blocks itself: candle's own `LLaVA` wrapper only handles
@@ -44,12 +42,12 @@
 //!     thinking (empty `<think>` block), as Qwen recommends for non-thinking
 //!     use.
 //!
-//!   Batching: none of candle's models accept a padding mask, so a batch is
-//!   split into groups of requests whose prefill inputs have the same shape
-//!   (same token count and image grid); each group runs as one batched
-//!   forward pass (batch dimension > 1), groups run one after another. A
-//!   batch of requests with different prompt lengths therefore degrades to
-//!   sequential generation, with identical results either way. Generation
+//!   Batching: LLaVA, Qwen3 and Qwen3-VL run on the shared decoder of
+//!   `local::llama`, which takes left-padded batches with an attention mask,
+//!   so requests of any prompt length share one forward pass and finished
+//!   rows leave the batch. PaliGemma (candle's Gemma takes no padding mask)
+//!   groups requests whose prefill inputs have the same shape; each group
+//!   runs as one batched forward pass, groups one after another. Generation
 //!   runs on a blocking thread (`spawn_blocking`), one batch at a time per
 //!   model. Local models do not constrain decoding to a JSON schema; when a
 //!   schema is requested, the adapter appends an instruction with the schema

@@ -39,7 +39,6 @@ REPO = HERE.parent.parent
 OUT = REPO / "tests" / "data" / "vlm_parity"
 PINNED = [
     "torch==2.15.0",
-    "torchvision==0.30.0",
     "transformers==5.24.0",
     "safetensors",
     "numpy",
@@ -48,6 +47,10 @@ PINNED = [
     # follows the horizontal-first order every release before it used.
     "pillow==12.3.0",
 ]
+# The processors of families with video inputs import torchvision's transforms (pure Python).
+# No torchvision built for torch 2.15 is on PyPI; 0.29's transforms work with it and are
+# installed without its dependencies (they would pull in torch 2.14).
+NO_DEPS = ["torchvision==0.29.2"]
 STEPS = 8
 # Prefill logits are kept for the last positions only, so the fixtures stay small.
 PREFILL_KEPT = 16
@@ -69,6 +72,7 @@ def ensure_environment():
         if not Path(python).exists():
             subprocess.check_call([sys.executable, "-m", "venv", str(venv)])
             subprocess.check_call([python, "-m", "pip", "install", "-q", *PINNED])
+            subprocess.check_call([python, "-m", "pip", "install", "-q", "--no-deps", *NO_DEPS])
     os.execv(python, [python, __file__, *sys.argv[1:]])
 
 
@@ -622,7 +626,65 @@ def family_qwen3_vl(directory):
               decode=greedy_generate)
 
 
+def family_qwen2_vl(directory, v25=False):
+    """Qwen2-VL, or with `v25` Qwen2.5-VL (windowed vision attention, RMSNorm and SwiGLU in
+    the vision tower). Both: Qwen2 decoder (q/k/v biases) with sectioned multimodal RoPE."""
+    import torch
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import \
+        Qwen2VLImageProcessorPil
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+
+    torch.manual_seed(0)
+    text = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                rms_norm_eps=1e-6,
+                rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0,
+                                 "mrope_section": [2, 1, 1]},
+                initializer_range=0.2, bos_token_id=special("<|endoftext|>"),
+                eos_token_id=special("<|im_end|>"), tie_word_embeddings=False)
+    common = dict(image_token_id=special("<|image_pad|>"),
+                  video_token_id=special("<|video_pad|>"),
+                  vision_start_token_id=special("<|vision_start|>"),
+                  vision_end_token_id=special("<|vision_end|>"), tie_word_embeddings=False)
+    if v25:
+        from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration,
+                                  Qwen2_5_VLProcessor)
+
+        # Windows of 16 pixels = 2×2 merged tokens; block 1 attends over the whole image.
+        vision = dict(depth=2, hidden_size=16, intermediate_size=32, num_heads=2,
+                      patch_size=4, spatial_merge_size=2, temporal_patch_size=2,
+                      out_hidden_size=32, window_size=16, fullatt_block_indexes=[1],
+                      hidden_act="silu", initializer_range=0.2)
+        config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **common)
+        model = Qwen2_5_VLForConditionalGeneration(config).eval()
+        proc_class = Qwen2_5_VLProcessor
+    else:
+        from transformers import (Qwen2VLConfig, Qwen2VLForConditionalGeneration,
+                                  Qwen2VLProcessor)
+
+        vision = dict(depth=2, embed_dim=16, hidden_size=32, mlp_ratio=2, num_heads=2,
+                      patch_size=4, spatial_merge_size=2, temporal_patch_size=2,
+                      hidden_act="quick_gelu", initializer_range=0.2)
+        config = Qwen2VLConfig(text_config=text, vision_config=vision, **common)
+        model = Qwen2VLForConditionalGeneration(config).eval()
+        proc_class = Qwen2VLProcessor
+    tok = fast_tokenizer(eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    improc = Qwen2VLImageProcessorPil(patch_size=4, temporal_patch_size=2, merge_size=2,
+                                      size={"shortest_edge": 256, "longest_edge": 1024},
+                                      image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
+    video = Qwen2VLVideoProcessor(patch_size=4, temporal_patch_size=2, merge_size=2)
+    processor = proc_class(image_processor=improc, tokenizer=tok, video_processor=video,
+                           chat_template=QWEN_VL_TEMPLATE)
+    write_model(directory, model, processor)
+    images = make_images(directory)
+    run_cases(directory, processor, model, standard_cases(images), batch_case(images),
+              lambda enc: {k: enc[k] for k in ("image_grid_thw",) if k in enc},
+              decode=greedy_generate)
+
+
 FAMILIES = {
+    "qwen2_vl": family_qwen2_vl,
+    "qwen2_5_vl": lambda d: family_qwen2_vl(d, v25=True),
     "pil_resize": pil_resize_cases,
     "qwen3_vl": family_qwen3_vl,
     "paligemma": family_paligemma,

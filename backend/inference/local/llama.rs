@@ -140,9 +140,18 @@ impl Llama {
     /// Loads the decoder from `vb`, which holds `model.*` and `lm_head` (the root of a
     /// Qwen3 checkpoint, the `language_model` prefix of a LLaVA one).
     pub fn load(cfg: &LlamaConfig, vb: VarBuilder) -> candle_core::Result<Self> {
+        Self::load_parts(cfg, vb.pp("model"), vb.pp("lm_head"))
+    }
+
+    /// Loads the decoder from `m` (which holds `embed_tokens`, `layers.*` and `norm`) and the
+    /// LM head from `head` (unused when the embeddings are tied).
+    pub fn load_parts(
+        cfg: &LlamaConfig,
+        m: VarBuilder,
+        head: VarBuilder,
+    ) -> candle_core::Result<Self> {
         let h = cfg.hidden_size;
         let hd = cfg.head_dim;
-        let m = vb.pp("model");
         let embed = candle_nn::embedding(cfg.vocab_size, h, m.pp("embed_tokens"))?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
@@ -175,9 +184,9 @@ impl Llama {
         let lm_head = if cfg.tie_word_embeddings {
             Linear::new(embed.embeddings().clone(), None)
         } else {
-            candle_nn::linear_no_bias(h, cfg.vocab_size, vb.pp("lm_head"))?
+            candle_nn::linear_no_bias(h, cfg.vocab_size, head)?
         };
-        let (cos, sin) = rope_tables(cfg, vb.dtype(), vb.device())?;
+        let (cos, sin) = rope_tables(cfg, m.dtype(), m.device())?;
         Ok(Self {
             cfg: cfg.clone(),
             embed,
@@ -203,6 +212,23 @@ impl Llama {
         valid: &Tensor,
         cache: &mut KvCache,
     ) -> candle_core::Result<Tensor> {
+        self.forward_with(x, valid, cache, None, &[])
+    }
+
+    /// [`Self::forward`] with explicit rotary angles and additions to the hidden states.
+    ///
+    /// `rope`: `(cos, sin)` of shape `(batch, len, head_dim / 2)`, per row and position
+    /// (multimodal RoPE); `None` uses positions `cache.len()..` of the model's table for every
+    /// row. `inject[i]` `(batch, len, hidden)` is added to the output of layer `i` (Qwen3-VL's
+    /// DeepStack visual features).
+    pub fn forward_with(
+        &self,
+        x: &Tensor,
+        valid: &Tensor,
+        cache: &mut KvCache,
+        rope: Option<(&Tensor, &Tensor)>,
+        inject: &[Tensor],
+    ) -> candle_core::Result<Tensor> {
         let (b, len, _) = x.dims3()?;
         let start = cache.len();
         let total = start + len;
@@ -219,8 +245,13 @@ impl Llama {
         };
         cache.valid = Some(all_valid.clone());
         let bias = attention_bias(&all_valid, start, len)?;
-        let cos = self.cos.narrow(0, start, len)?;
-        let sin = self.sin.narrow(0, start, len)?;
+        let (cos, sin) = match rope {
+            Some((c, s)) => (c.to_dtype(x.dtype())?, s.to_dtype(x.dtype())?),
+            None => (
+                self.cos.narrow(0, start, len)?,
+                self.sin.narrow(0, start, len)?,
+            ),
+        };
         let mut h = x.clone();
         for (i, layer) in self.layers.iter().enumerate() {
             let residual = h.clone();
@@ -233,6 +264,9 @@ impl Llama {
                 &(candle_nn::ops::silu(&layer.gate.forward(&m)?)? * layer.up.forward(&m)?)?,
             )?;
             h = (residual + m)?;
+            if let Some(add) = inject.get(i) {
+                h = (h + add.to_dtype(x.dtype())?)?;
+            }
         }
         let last = h.narrow(1, len - 1, 1)?.squeeze(1)?;
         let last = self.norm.forward(&last)?;
