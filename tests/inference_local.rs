@@ -148,6 +148,16 @@ async fn qwen3_vl_end_to_end() {
 }
 
 #[tokio::test]
+async fn qwen2_vl_end_to_end() {
+    exercise("qwen2_vl", AdapterKind::Qwen2Vl, true).await;
+}
+
+#[tokio::test]
+async fn qwen2_5_vl_end_to_end() {
+    exercise("qwen2_5_vl", AdapterKind::Local, true).await;
+}
+
+#[tokio::test]
 async fn llava_15_end_to_end() {
     exercise("llava", AdapterKind::Llava, true).await;
 }

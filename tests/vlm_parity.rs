@@ -181,7 +181,7 @@ impl Inspect for elite::inference::local::qwen3::Input {
     }
 }
 
-impl Inspect for elite::inference::local::qwen3_vl::Input {
+impl Inspect for elite::inference::local::qwen_vl::Input {
     fn ids(&self) -> &[u32] {
         self.ids()
     }
@@ -354,14 +354,30 @@ fn qwen3_matches_transformers() {
     padded_batch(&fx, model, "qwen3");
 }
 
+fn qwen_vl_parity(family_name: &str) {
+    use elite::inference::local::qwen_vl::QwenVl;
+    let fx = Fixture::load(family_name);
+    let (model, _) = QwenVl::load(&fx.dir.join("model"), &Device::Cpu, None).unwrap();
+    parity(&fx, model, family_name);
+    let (model, _) = QwenVl::load(&fx.dir.join("model"), &Device::Cpu, None).unwrap();
+    padded_batch(&fx, model, family_name);
+}
+
 #[test]
 fn qwen3_vl_matches_transformers() {
-    use elite::inference::local::qwen3_vl::Qwen3Vl;
-    let fx = Fixture::load("qwen3_vl");
-    let (model, _) = Qwen3Vl::load(&fx.dir.join("model"), &Device::Cpu, None).unwrap();
-    parity(&fx, model, "qwen3_vl");
-    let (model, _) = Qwen3Vl::load(&fx.dir.join("model"), &Device::Cpu, None).unwrap();
-    padded_batch(&fx, model, "qwen3_vl");
+    qwen_vl_parity("qwen3_vl");
+}
+
+#[test]
+fn qwen2_vl_matches_transformers() {
+    qwen_vl_parity("qwen2_vl");
+}
+
+/// Qwen2.5-VL's fixture has windows of 2×2 merged tokens, so the large image spans several
+/// windows (and a partial one) in the windowed block.
+#[test]
+fn qwen2_5_vl_matches_transformers() {
+    qwen_vl_parity("qwen2_5_vl");
 }
 
 #[test]

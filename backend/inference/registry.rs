@@ -24,6 +24,8 @@ pub enum AdapterKind {
     Local,
     /// Local Qwen3-VL.
     Qwen3Vl,
+    /// Local Qwen2-VL / Qwen2.5-VL.
+    Qwen2Vl,
     /// Local LLaVA-1.5 / LLaVA-NeXT.
     Llava,
     /// Local PaliGemma.
@@ -42,9 +44,10 @@ impl AdapterKind {
     }
 
     /// Every kind, for CLI help.
-    pub const ALL: [AdapterKind; 6] = [
+    pub const ALL: [AdapterKind; 7] = [
         Self::Local,
         Self::Qwen3Vl,
+        Self::Qwen2Vl,
         Self::Llava,
         Self::Paligemma,
         Self::Qwen3,
@@ -56,6 +59,7 @@ impl AdapterKind {
         match self {
             Self::Local => "local",
             Self::Qwen3Vl => "qwen3_vl",
+            Self::Qwen2Vl => "qwen2_vl",
             Self::Llava => "llava",
             Self::Paligemma => "paligemma",
             Self::Qwen3 => "qwen3",

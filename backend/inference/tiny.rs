@@ -23,11 +23,13 @@ use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 
 use super::InferenceError;
-use super::local::{llava, paligemma, qwen3, qwen3_vl};
+use super::local::{llava, paligemma, qwen_vl, qwen3};
 
 /// Architectures [`make_tiny_model`] knows.
-pub const TINY_ARCHS: [&str; 6] = [
+pub const TINY_ARCHS: [&str; 8] = [
     "qwen3_vl",
+    "qwen2_vl",
+    "qwen2_5_vl",
     "llava",
     "llava_next",
     "paligemma",
@@ -189,6 +191,63 @@ pub fn config_for(arch: &str, size: ModelSize) -> Result<(Value, ExtraFiles), In
                 "torch_dtype": "float32"
             })
         }
+        "qwen2_vl" | "qwen2_5_vl" => {
+            let (h, i, l, nh, kv) = if mid {
+                (1024, 3072, 20, 16, 8)
+            } else {
+                (64, 128, 2, 4, 2)
+            };
+            let half = h / nh / 2;
+            let section = [
+                half / 4,
+                (half - half / 4) / 2,
+                half - half / 4 - (half - half / 4) / 2,
+            ];
+            let (depth, vw, vi, vnh, patch) = if mid {
+                (12, 768, 2048, 12, 14)
+            } else {
+                (2, 32, 64, 2, 4)
+            };
+            let vision = if arch == "qwen2_vl" {
+                json!({
+                    "model_type": "qwen2_vl", "depth": depth, "embed_dim": vw, "hidden_size": h,
+                    "mlp_ratio": vi as f64 / vw as f64, "num_heads": vnh, "in_channels": 3,
+                    "patch_size": patch, "spatial_merge_size": 2, "temporal_patch_size": 2,
+                    "hidden_act": "quick_gelu"
+                })
+            } else {
+                json!({
+                    "model_type": "qwen2_5_vl", "depth": depth, "hidden_size": vw,
+                    "intermediate_size": vi, "out_hidden_size": h, "num_heads": vnh,
+                    "in_channels": 3, "patch_size": patch, "spatial_merge_size": 2,
+                    "temporal_patch_size": 2, "hidden_act": "silu",
+                    "window_size": if mid { 112 } else { 16 },
+                    "fullatt_block_indexes": if mid { vec![3, 7, 11] } else { vec![1] }
+                })
+            };
+            let (arch_name, model_type) = if arch == "qwen2_vl" {
+                ("Qwen2VLForConditionalGeneration", "qwen2_vl")
+            } else {
+                ("Qwen2_5_VLForConditionalGeneration", "qwen2_5_vl")
+            };
+            json!({
+                "architectures": [arch_name], "model_type": model_type,
+                "image_token_id": special("<|image_pad|>"), "video_token_id": special("<|video_pad|>"),
+                "vision_start_token_id": special("<|vision_start|>"),
+                "vision_end_token_id": special("<|vision_end|>"), "tie_word_embeddings": false,
+                "text_config": {
+                    "model_type": format!("{model_type}_text"), "vocab_size": v, "hidden_size": h,
+                    "intermediate_size": i, "num_hidden_layers": l, "num_attention_heads": nh,
+                    "num_key_value_heads": kv, "hidden_act": "silu",
+                    "max_position_embeddings": if mid { 4096 } else { 512 }, "rms_norm_eps": 1e-6,
+                    "rope_theta": 1_000_000.0, "tie_word_embeddings": false,
+                    "rope_scaling": {"type": "mrope", "mrope_section": section},
+                    "bos_token_id": special("<|endoftext|>"), "eos_token_id": special("<|im_end|>")
+                },
+                "vision_config": vision,
+                "torch_dtype": "float32"
+            })
+        }
         "llava" | "llava_next" => {
             let (h, i, l, nh) = if mid {
                 (1024, 2816, 24, 16)
@@ -268,7 +327,7 @@ pub fn config_for(arch: &str, size: ModelSize) -> Result<(Value, ExtraFiles), In
     };
     let mut extra = Vec::new();
     match arch {
-        "qwen3_vl" => {
+        "qwen3_vl" | "qwen2_vl" | "qwen2_5_vl" => {
             let (min, max, patch) = if mid {
                 (200_704, 200_704, 16)
             } else {
@@ -346,7 +405,7 @@ pub fn make_random_model(
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
     let built = super::local::catch_panic("weight creation", || match arch {
         "qwen3" | "qwen3_gguf" => qwen3::init_weights(&cfg, vb),
-        "qwen3_vl" => qwen3_vl::init_weights(&cfg, vb),
+        "qwen3_vl" | "qwen2_vl" | "qwen2_5_vl" => qwen_vl::init_weights(&cfg, vb),
         "llava" | "llava_next" => llava::init_weights(&cfg, vb),
         "paligemma" => paligemma::init_weights(&cfg, vb),
         _ => Ok(()),

@@ -12,7 +12,8 @@
 //! The layer is transformers' `LlamaDecoderLayer`: RMSNorm, attention with grouped
 //! key/value heads and rotate-half RoPE, RMSNorm, SiLU-gated MLP; a final RMSNorm and the LM
 //! head. With `qk_norm` it is `Qwen3DecoderLayer`: queries and keys get a per-head RMSNorm
-//! before RoPE. Mistral's sliding window is not applied (prompts here are far shorter than
+//! before RoPE. With `qkv_bias` it is `Qwen2DecoderLayer`: the query, key and value
+//! projections carry biases. Mistral's sliding window is not applied (prompts here are far shorter than
 //! it).
 
 use candle_core::{DType, Device, Module, Tensor};
@@ -45,6 +46,8 @@ pub struct LlamaConfig {
     pub tie_word_embeddings: bool,
     /// Per-head RMSNorm of queries and keys (Qwen3).
     pub qk_norm: bool,
+    /// Biases on the query, key and value projections (Qwen2).
+    pub qkv_bias: bool,
 }
 
 struct Layer {
@@ -159,9 +162,24 @@ impl Llama {
             let a = l.pp("self_attn");
             let mlp = l.pp("mlp");
             layers.push(Layer {
-                q: candle_nn::linear_no_bias(h, cfg.num_attention_heads * hd, a.pp("q_proj"))?,
-                k: candle_nn::linear_no_bias(h, cfg.num_key_value_heads * hd, a.pp("k_proj"))?,
-                v: candle_nn::linear_no_bias(h, cfg.num_key_value_heads * hd, a.pp("v_proj"))?,
+                q: candle_nn::linear_b(
+                    h,
+                    cfg.num_attention_heads * hd,
+                    cfg.qkv_bias,
+                    a.pp("q_proj"),
+                )?,
+                k: candle_nn::linear_b(
+                    h,
+                    cfg.num_key_value_heads * hd,
+                    cfg.qkv_bias,
+                    a.pp("k_proj"),
+                )?,
+                v: candle_nn::linear_b(
+                    h,
+                    cfg.num_key_value_heads * hd,
+                    cfg.qkv_bias,
+                    a.pp("v_proj"),
+                )?,
                 o: candle_nn::linear_no_bias(cfg.num_attention_heads * hd, h, a.pp("o_proj"))?,
                 gate: candle_nn::linear_no_bias(h, cfg.intermediate_size, mlp.pp("gate_proj"))?,
                 up: candle_nn::linear_no_bias(h, cfg.intermediate_size, mlp.pp("up_proj"))?,

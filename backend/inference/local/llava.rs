@@ -605,6 +605,7 @@ impl Modules {
             max_position_embeddings: t.max_position_embeddings,
             tie_word_embeddings: t.tie_word_embeddings,
             qk_norm: false,
+            qkv_bias: false,
         };
         let load = |e: candle_core::Error| InferenceError::Load(e.to_string());
         // candle draws a random class embedding when the weight is absent; a model must

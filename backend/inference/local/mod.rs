@@ -15,7 +15,7 @@ pub mod llava;
 pub mod paligemma;
 pub mod preprocess;
 pub mod qwen3;
-pub mod qwen3_vl;
+pub mod qwen_vl;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -707,8 +707,8 @@ pub fn load_local_blocking(
         adapter
     };
     Ok(match adapter {
-        AdapterKind::Qwen3Vl => {
-            let (f, c) = qwen3_vl::Qwen3Vl::load(path, device, options.dtype)?;
+        AdapterKind::Qwen3Vl | AdapterKind::Qwen2Vl => {
+            let (f, c) = qwen_vl::QwenVl::load(path, device, options.dtype)?;
             Arc::new(LocalModel::new(f, &c, adapter, options))
         }
         AdapterKind::Llava => {
@@ -740,11 +740,12 @@ pub fn detect_family(path: &Path) -> Result<AdapterKind, InferenceError> {
     let mt = cfg.get("model_type").and_then(|v| v.as_str()).unwrap_or("");
     match mt {
         "qwen3_vl" => Ok(AdapterKind::Qwen3Vl),
+        "qwen2_vl" | "qwen2_5_vl" => Ok(AdapterKind::Qwen2Vl),
         "llava" | "llava_next" => Ok(AdapterKind::Llava),
         "paligemma" => Ok(AdapterKind::Paligemma),
         "qwen3" => Ok(AdapterKind::Qwen3),
         other => Err(InferenceError::UnsupportedConfig(format!(
-            "model_type {other:?} in {} is not one of qwen3_vl, llava, llava_next, paligemma, qwen3",
+            "model_type {other:?} in {} is not one of qwen2_vl, qwen2_5_vl, qwen3_vl, llava, llava_next, paligemma, qwen3",
             path.join("config.json").display()
         ))),
     }

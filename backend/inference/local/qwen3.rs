@@ -137,6 +137,7 @@ impl Qwen3 {
                 max_position_embeddings: cfg.max_position_embeddings,
                 tie_word_embeddings: cfg.tie_word_embeddings,
                 qk_norm: true,
+                qkv_bias: false,
             };
             Backend::Padded {
                 model: Llama::load(&dec, vb).map_err(load)?,

@@ -1,73 +1,60 @@
-//! Qwen3-VL on candle-nn: the vision tower, multimodal RoPE and DeepStack written here, the
-//! language model on the shared decoder of [`super::llama`].
+//! Qwen2-VL, Qwen2.5-VL and Qwen3-VL on candle-nn: the vision towers ([`vision`]),
+//! multimodal RoPE and DeepStack written here, the language model on the shared decoder of
+//! [`super::llama`].
 //!
-//! Replaces candle-transformers' `models::qwen3_vl`, whose text model rotates every token
-//! with 1-D positions (the model was trained with interleaved multimodal RoPE), runs the
-//! prefill without a causal mask, and has a KV cache that can be neither reset nor padded.
-//! This module computes what transformers' `Qwen3VLForConditionalGeneration` computes
-//! (checked by `tests/vlm_parity.rs` against fixtures from transformers):
+//! Replaces candle-transformers' `models::qwen3_vl` (its text model rotates every token
+//! with 1-D positions where the model was trained with multimodal RoPE, runs the prefill
+//! without a causal mask, and has a KV cache that can be neither reset nor padded) and
+//! `models::qwen2_vl`-style ports. This module computes what transformers'
+//! `Qwen2VLForConditionalGeneration`, `Qwen2_5_VLForConditionalGeneration` and
+//! `Qwen3VLForConditionalGeneration` compute (checked by `tests/vlm_parity.rs` against
+//! fixtures from transformers):
 //!
 //! - **Image processing**: Qwen's `smart_resize` (both sides multiples of `patch × merge`,
 //!   area in `[min_pixels, max_pixels]`), Pillow's bicubic resampling, rescale and
 //!   normalise, the frame repeated `temporal_patch_size` times, patches ordered by
 //!   `merge × merge` blocks and flattened as `(C, T, P, P)`.
-//! - **Vision tower**: the patch embedding (a 3-D convolution whose kernel equals its stride,
-//!   i.e. one linear map per patch), a learned square grid of position embeddings resampled
-//!   bilinearly (corners aligned) to the image's grid, 2-D rotary attention (rows rotate the
-//!   first quarter of each head's frequencies, columns the second) over the patches of one
-//!   image, pre-norm blocks, and the patch merger (`merge²` neighbours concatenated, then a
-//!   GELU MLP). The DeepStack mergers turn the outputs of chosen blocks into extra features.
 //! - **Prompt**: the model's own chat template; each image placeholder becomes one
 //!   `<|image_pad|>` per merged patch. Text tokens take positions `p, p, p` (time, height,
 //!   width); an image's tokens take `(s, s + row, s + col)` from the position `s` after the
 //!   text before it, and the text after the image continues at `s + max(rows, cols)`.
-//! - **Decoder**: Qwen3 layers (per-head q/k RMSNorm) with interleaved multimodal RoPE: of
-//!   the `head_dim / 2` frequencies, index `j` uses the height position when `j % 3 == 1`
-//!   and `j < 3 · section[1]`, the width position when `j % 3 == 2` and `j < 3 · section[2]`,
-//!   and the time position otherwise. DeepStack features are added to the image positions
-//!   of the hidden states after the first layers. Decode steps continue each row at its own
-//!   next position (the largest prompt position plus one).
+//! - **Decoder**: Qwen2 layers (biased q/k/v projections) for Qwen2/2.5-VL, Qwen3 layers
+//!   (per-head q/k RMSNorm) for Qwen3-VL. Of the `head_dim / 2` rotary frequencies, Qwen2-VL
+//!   and Qwen2.5-VL give the first `section[0]` to time, the next `section[1]` to height and
+//!   the rest to width; Qwen3-VL interleaves them (index `j` follows height when
+//!   `j % 3 == 1` and `j < 3 · section[1]`, width when `j % 3 == 2` and `j < 3 · section[2]`,
+//!   time otherwise). Qwen3-VL's DeepStack features are added to the image positions of the
+//!   hidden states after the first layers. Decode steps continue each row at its own next
+//!   position (the largest prompt position plus one).
 //!
 //! Batches are left-padded with an attention mask (positions restart at 0 on each row's
-//! first real token), and finished rows leave the running batch.
+//! first real token), and finished rows leave the running batch. Weights load from the
+//! transformers-5 layout (`model.language_model.*`, `model.visual.*`) or the classic one of
+//! the published checkpoints (`model.*`, `visual.*`).
 
+pub mod vision;
+
+use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{LayerNorm, Linear, VarBuilder};
-use serde::Deserialize;
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use serde_json::Value;
 
+use self::vision::{Generation, Vision, VisionConfig};
 use super::chat_template::{ChatTemplate, ContentStyle};
 use super::llama::{KvCache, Llama, LlamaConfig};
 use super::preprocess::{self, HALF};
 use super::{Common, Family, Prepared};
 use crate::inference::{ChatRequest, ContentPart, InferenceError, Role};
 
-/// Longest context the adapter accepts (Qwen3-VL configs allow 256k positions; a local
+/// Longest context the adapter accepts (Qwen-VL configs allow up to 256k positions; a local
 /// safety run never needs that many, and the RoPE table stays small).
 pub const CONTEXT_CAP: usize = 32_768;
 
-fn d_eps() -> f64 {
-    1e-6
-}
-fn d_theta() -> f64 {
-    5_000_000.0
-}
-fn d_silu() -> String {
-    "silu".into()
-}
-fn d_vision_act() -> String {
-    "gelu_pytorch_tanh".into()
-}
-fn d_channels() -> usize {
-    3
-}
-fn d_two() -> usize {
-    2
-}
-
-/// `text_config` of `config.json`.
-#[derive(Debug, Clone, Deserialize)]
+/// The language model's sizes, from `text_config` (or the top level of Qwen2-VL's classic
+/// configs).
+#[derive(Debug, Clone)]
 struct TextConfig {
     vocab_size: usize,
     hidden_size: usize,
@@ -75,415 +62,221 @@ struct TextConfig {
     num_hidden_layers: usize,
     num_attention_heads: usize,
     num_key_value_heads: usize,
-    #[serde(default)]
-    head_dim: Option<usize>,
-    #[serde(default = "d_eps")]
+    head_dim: usize,
     rms_norm_eps: f64,
-    #[serde(default = "d_theta")]
     rope_theta: f64,
     max_position_embeddings: usize,
-    #[serde(default)]
-    rope_scaling: Option<serde_json::Value>,
-    #[serde(default)]
-    tie_word_embeddings: Option<bool>,
-    #[serde(default = "d_silu")]
-    hidden_act: String,
-    #[serde(default)]
-    attention_bias: bool,
+    mrope_section: [usize; 3],
+    tie_word_embeddings: bool,
 }
 
-/// `vision_config` of `config.json`.
-#[derive(Debug, Clone, Deserialize)]
-struct VisionConfig {
-    depth: usize,
-    hidden_size: usize,
-    intermediate_size: usize,
-    num_heads: usize,
-    #[serde(default = "d_channels")]
-    in_channels: usize,
-    patch_size: usize,
-    #[serde(default = "d_two")]
-    spatial_merge_size: usize,
-    #[serde(default = "d_two")]
-    temporal_patch_size: usize,
-    out_hidden_size: usize,
-    num_position_embeddings: usize,
-    #[serde(default)]
-    deepstack_visual_indexes: Vec<usize>,
-    #[serde(default = "d_vision_act")]
-    hidden_act: String,
-    #[serde(default)]
-    rope_parameters: Option<serde_json::Value>,
-}
-
-/// `config.json`.
-#[derive(Debug, Clone, Deserialize)]
+/// What the adapter reads of `config.json`.
+#[derive(Debug, Clone)]
 struct Config {
-    text_config: TextConfig,
-    vision_config: VisionConfig,
+    text: TextConfig,
+    vision: VisionConfig,
     image_token_id: u32,
-    #[serde(default)]
-    tie_word_embeddings: Option<bool>,
+}
+
+fn bad(m: impl std::fmt::Display) -> InferenceError {
+    InferenceError::UnsupportedConfig(format!("Qwen-VL config.json: {m}"))
+}
+
+fn num(v: &Value, key: &str) -> Option<f64> {
+    v.get(key).and_then(Value::as_f64)
+}
+
+fn int(v: &Value, key: &str) -> Option<usize> {
+    v.get(key).and_then(Value::as_u64).map(|x| x as usize)
+}
+
+fn need(v: &Value, key: &str) -> Result<usize, InferenceError> {
+    int(v, key).ok_or_else(|| bad(format!("{key} is missing")))
+}
+
+fn list(v: &Value, key: &str) -> Vec<usize> {
+    v.get(key)
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_u64)
+                .map(|x| x as usize)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 impl Config {
-    fn parse(raw: &serde_json::Value) -> Result<Self, InferenceError> {
-        let cfg: Config = super::parse_config(raw.clone(), "Qwen3-VL config.json")?;
-        let t = &cfg.text_config;
-        let v = &cfg.vision_config;
-        let bad = |m: &str| Err(InferenceError::UnsupportedConfig(format!("Qwen3-VL: {m}")));
-        if t.num_attention_heads == 0
-            || t.num_key_value_heads == 0
-            || !t.num_attention_heads.is_multiple_of(t.num_key_value_heads)
+    fn parse(raw: &Value) -> Result<Self, InferenceError> {
+        let model_type = raw.get("model_type").and_then(Value::as_str).unwrap_or("");
+        let generation = match model_type {
+            "qwen2_vl" => Generation::V2,
+            "qwen2_5_vl" => Generation::V25,
+            "qwen3_vl" => Generation::V3,
+            other => return Err(bad(format!("model_type {other:?} is not a Qwen-VL model"))),
+        };
+        // Classic Qwen2/2.5-VL configs keep the text sizes at the top level.
+        let t = raw.get("text_config").unwrap_or(raw);
+        let v = raw
+            .get("vision_config")
+            .ok_or_else(|| bad("vision_config is missing"))?;
+        let heads = need(t, "num_attention_heads")?;
+        let kv = int(t, "num_key_value_heads").unwrap_or(heads);
+        let hidden = need(t, "hidden_size")?;
+        if heads == 0 || kv == 0 || !heads.is_multiple_of(kv) {
+            return Err(bad(
+                "num_attention_heads must be a positive multiple of num_key_value_heads",
+            ));
+        }
+        if t.get("hidden_act")
+            .and_then(Value::as_str)
+            .unwrap_or("silu")
+            != "silu"
         {
-            return bad("num_attention_heads must be a positive multiple of num_key_value_heads");
+            return Err(bad("the text model's hidden_act must be silu"));
         }
-        if t.attention_bias {
-            return bad("attention biases are not supported");
+        if generation == Generation::V3 && t.get("attention_bias") == Some(&Value::Bool(true)) {
+            return Err(bad("attention biases are not supported for Qwen3-VL"));
         }
-        if t.hidden_act != "silu" {
-            return bad("the text model's hidden_act must be silu");
-        }
-        if !cfg.head_dim().is_multiple_of(2) || cfg.head_dim() == 0 {
-            return bad("head_dim must be even");
-        }
-        if v.patch_size == 0 || v.spatial_merge_size == 0 || v.temporal_patch_size == 0 {
-            return bad("patch_size, spatial_merge_size and temporal_patch_size must be positive");
-        }
-        if v.num_heads == 0
-            || !v.hidden_size.is_multiple_of(v.num_heads)
-            || !(v.hidden_size / v.num_heads).is_multiple_of(4)
+        let head_dim = int(t, "head_dim").unwrap_or(hidden / heads);
+        let section = t
+            .get("rope_scaling")
+            .filter(|r| !r.is_null())
+            .map(|r| list(r, "mrope_section"))
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| match generation {
+                Generation::V3 => vec![24, 20, 20],
+                _ => vec![16, 24, 24],
+            });
+        let mrope_section = match section.as_slice() {
+            [a, b, c] => [*a, *b, *c],
+            _ => return Err(bad("mrope_section must have three entries")),
+        };
+        if head_dim == 0
+            || !head_dim.is_multiple_of(2)
+            || mrope_section.iter().sum::<usize>() != head_dim / 2
         {
-            return bad("the vision head width must be a multiple of 4");
+            return Err(bad("mrope_section must sum to head_dim / 2"));
         }
-        let side = (v.num_position_embeddings as f64).sqrt().round() as usize;
-        if side == 0 || side * side != v.num_position_embeddings {
-            return bad("num_position_embeddings must be a square");
-        }
-        if v.deepstack_visual_indexes.iter().any(|&i| i >= v.depth)
-            || v.deepstack_visual_indexes.len() > t.num_hidden_layers
-        {
-            return bad("deepstack_visual_indexes must name vision blocks");
-        }
-        let s = cfg.mrope_section();
-        if s.iter().sum::<usize>() != cfg.head_dim() / 2 {
-            return bad("mrope_section must sum to head_dim / 2");
-        }
-        activation(&v.hidden_act).map_err(InferenceError::UnsupportedConfig)?;
-        Ok(cfg)
-    }
-
-    fn head_dim(&self) -> usize {
-        let t = &self.text_config;
-        t.head_dim
-            .unwrap_or(t.hidden_size / t.num_attention_heads.max(1))
-    }
-
-    /// How many of the `head_dim / 2` frequencies follow time, height and width.
-    fn mrope_section(&self) -> [usize; 3] {
-        let s = self
-            .text_config
-            .rope_scaling
-            .as_ref()
-            .and_then(|r| r.get("mrope_section"))
-            .and_then(|s| s.as_array())
-            .map(|a| a.iter().filter_map(|x| x.as_u64()).collect::<Vec<_>>())
-            .unwrap_or_else(|| vec![24, 20, 20]);
-        match s.as_slice() {
-            [t, h, w] => [*t as usize, *h as usize, *w as usize],
-            _ => [0, 0, 0],
-        }
-    }
-
-    fn tied(&self) -> bool {
-        self.text_config
-            .tie_word_embeddings
-            .or(self.tie_word_embeddings)
-            .unwrap_or(false)
-    }
-
-    fn vision_rope_theta(&self) -> f32 {
-        self.vision_config
-            .rope_parameters
-            .as_ref()
-            .and_then(|r| r.get("rope_theta"))
-            .and_then(|t| t.as_f64())
-            .unwrap_or(10_000.0) as f32
+        let tie = t
+            .get("tie_word_embeddings")
+            .or_else(|| raw.get("tie_word_embeddings"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let text = TextConfig {
+            vocab_size: need(t, "vocab_size")?,
+            hidden_size: hidden,
+            intermediate_size: need(t, "intermediate_size")?,
+            num_hidden_layers: need(t, "num_hidden_layers")?,
+            num_attention_heads: heads,
+            num_key_value_heads: kv,
+            head_dim,
+            rms_norm_eps: num(t, "rms_norm_eps").unwrap_or(1e-6),
+            rope_theta: num(t, "rope_theta").unwrap_or(match generation {
+                Generation::V3 => 5_000_000.0,
+                _ => 1_000_000.0,
+            }),
+            max_position_embeddings: need(t, "max_position_embeddings")?,
+            mrope_section,
+            tie_word_embeddings: tie,
+        };
+        let vision = vision_config(generation, v, hidden)?;
+        let image_token_id = raw
+            .get("image_token_id")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| bad("image_token_id is missing"))? as u32;
+        Ok(Self {
+            text,
+            vision,
+            image_token_id,
+        })
     }
 
     fn context(&self) -> usize {
-        self.text_config.max_position_embeddings.min(CONTEXT_CAP)
+        self.text.max_position_embeddings.min(CONTEXT_CAP)
     }
 }
 
-/// transformers' activation by name.
-fn activation(name: &str) -> Result<fn(&Tensor) -> candle_core::Result<Tensor>, String> {
-    Ok(match name {
-        "gelu" => |x: &Tensor| x.gelu_erf(),
-        "gelu_pytorch_tanh" | "gelu_new" => |x: &Tensor| x.gelu(),
-        "quick_gelu" => |x: &Tensor| x * candle_nn::ops::sigmoid(&(x * 1.702)?)?,
-        "silu" => |x: &Tensor| candle_nn::ops::silu(x),
-        other => {
-            return Err(format!(
-                "Qwen3-VL: vision hidden_act {other:?} is not supported"
-            ));
-        }
-    })
-}
-
-// ---------------------------------------------------------------------------
-// Vision tower
-
-struct Block {
-    norm1: LayerNorm,
-    norm2: LayerNorm,
-    qkv: Linear,
-    proj: Linear,
-    fc1: Linear,
-    fc2: Linear,
-}
-
-/// The patch merger: `merge²` neighbouring patches concatenated, LayerNorm (before the
-/// concatenation for the main merger, after it for the DeepStack ones), Linear, GELU, Linear.
-struct Merger {
-    norm: LayerNorm,
-    norm_after: bool,
-    fc1: Linear,
-    fc2: Linear,
-    width: usize,
-}
-
-impl Merger {
-    fn new(v: &VisionConfig, norm_after: bool, vb: VarBuilder) -> candle_core::Result<Self> {
-        let width = v.hidden_size * v.spatial_merge_size * v.spatial_merge_size;
-        let norm_width = if norm_after { width } else { v.hidden_size };
-        Ok(Self {
-            norm: candle_nn::layer_norm(norm_width, 1e-6, vb.pp("norm"))?,
-            norm_after,
-            fc1: candle_nn::linear(width, width, vb.pp("linear_fc1"))?,
-            fc2: candle_nn::linear(width, v.out_hidden_size, vb.pp("linear_fc2"))?,
-            width,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let x = if self.norm_after {
-            self.norm.forward(&x.reshape(((), self.width))?)?
-        } else {
-            self.norm.forward(x)?.reshape(((), self.width))?
-        };
-        self.fc2.forward(&self.fc1.forward(&x)?.gelu_erf()?)
-    }
-}
-
-struct Vision {
-    cfg: VisionConfig,
-    /// The 3-D convolution as a linear map over a flattened `(C, T, P, P)` patch.
-    patch: Linear,
-    pos_embed: Tensor,
-    side: usize,
-    blocks: Vec<Block>,
-    merger: Merger,
-    /// `(block index, merger)` for every DeepStack output.
-    deepstack: Vec<(usize, Merger)>,
-    /// Frequencies of the 2-D rotary embedding (`head_dim / 4` of them).
-    inv_freq: Vec<f32>,
-    act: fn(&Tensor) -> candle_core::Result<Tensor>,
-}
-
-/// What the vision tower makes of one image.
-struct ImageFeatures {
-    /// `(tokens, hidden)` of the language model.
-    main: Tensor,
-    /// One `(tokens, hidden)` per DeepStack layer.
-    deep: Vec<Tensor>,
-}
-
-impl Vision {
-    fn new(v: &VisionConfig, theta: f32, vb: VarBuilder) -> candle_core::Result<Self> {
-        let h = v.hidden_size;
-        let k = v.in_channels * v.temporal_patch_size * v.patch_size * v.patch_size;
-        let pe = vb.pp("patch_embed.proj");
-        let w = pe.get(
+/// `vision_config`, whose field names differ between generations.
+fn vision_config(
+    g: Generation,
+    v: &Value,
+    text_hidden: usize,
+) -> Result<VisionConfig, InferenceError> {
+    let (width, intermediate, out, act) = match g {
+        // Qwen2-VL: `embed_dim` is the tower's width, `hidden_size` the merger's output.
+        Generation::V2 => {
+            let w = int(v, "embed_dim").unwrap_or(1280);
+            let ratio = num(v, "mlp_ratio").unwrap_or(4.0);
             (
-                h,
-                v.in_channels,
-                v.temporal_patch_size,
-                v.patch_size,
-                v.patch_size,
-            ),
-            "weight",
-        )?;
-        let patch = Linear::new(w.reshape((h, k))?, Some(pe.get(h, "bias")?));
-        let pos_embed = vb.get((v.num_position_embeddings, h), "pos_embed.weight")?;
-        let mut blocks = Vec::with_capacity(v.depth);
-        for i in 0..v.depth {
-            let b = vb.pp(format!("blocks.{i}"));
-            blocks.push(Block {
-                norm1: candle_nn::layer_norm(h, 1e-6, b.pp("norm1"))?,
-                norm2: candle_nn::layer_norm(h, 1e-6, b.pp("norm2"))?,
-                qkv: candle_nn::linear(h, 3 * h, b.pp("attn.qkv"))?,
-                proj: candle_nn::linear(h, h, b.pp("attn.proj"))?,
-                fc1: candle_nn::linear(h, v.intermediate_size, b.pp("mlp.linear_fc1"))?,
-                fc2: candle_nn::linear(v.intermediate_size, h, b.pp("mlp.linear_fc2"))?,
-            });
+                w,
+                (w as f64 * ratio) as usize,
+                int(v, "hidden_size").unwrap_or(text_hidden),
+                "quick_gelu",
+            )
         }
-        let merger = Merger::new(v, false, vb.pp("merger"))?;
-        let deepstack = v
-            .deepstack_visual_indexes
-            .iter()
-            .enumerate()
-            .map(|(i, &layer)| {
-                Merger::new(v, true, vb.pp(format!("deepstack_merger_list.{i}")))
-                    .map(|m| (layer, m))
-            })
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        // Half of each head rotates by the row, half by the column: head_dim / 4 frequencies,
-        // computed in f32 as transformers does.
-        let spatial = (h / v.num_heads) / 2;
-        let inv_freq = (0..spatial)
-            .step_by(2)
-            .map(|i| 1.0 / theta.powf(i as f32 / spatial as f32))
-            .collect();
-        Ok(Self {
-            cfg: v.clone(),
-            patch,
-            pos_embed,
-            side: (v.num_position_embeddings as f64).sqrt().round() as usize,
-            blocks,
-            merger,
-            deepstack,
-            inv_freq,
-            act: activation(&v.hidden_act).map_err(candle_core::Error::msg)?,
-        })
+        Generation::V25 => (
+            need(v, "hidden_size")?,
+            need(v, "intermediate_size")?,
+            int(v, "out_hidden_size").unwrap_or(text_hidden),
+            "silu",
+        ),
+        Generation::V3 => (
+            need(v, "hidden_size")?,
+            need(v, "intermediate_size")?,
+            int(v, "out_hidden_size").unwrap_or(text_hidden),
+            "gelu_pytorch_tanh",
+        ),
+    };
+    let c = VisionConfig {
+        generation: g,
+        depth: need(v, "depth")?,
+        width,
+        intermediate,
+        heads: int(v, "num_heads").unwrap_or(16),
+        channels: int(v, "in_channels")
+            .or_else(|| int(v, "in_chans"))
+            .unwrap_or(3),
+        patch: int(v, "patch_size").unwrap_or(14),
+        merge: int(v, "spatial_merge_size").unwrap_or(2),
+        temporal: int(v, "temporal_patch_size").unwrap_or(2),
+        out,
+        act: v
+            .get("hidden_act")
+            .and_then(Value::as_str)
+            .unwrap_or(act)
+            .to_string(),
+        rope_theta: v
+            .get("rope_parameters")
+            .and_then(|r| num(r, "rope_theta"))
+            .unwrap_or(10_000.0) as f32,
+        position_embeddings: int(v, "num_position_embeddings").unwrap_or(0),
+        deepstack: list(v, "deepstack_visual_indexes"),
+        window_size: int(v, "window_size").unwrap_or(112),
+        full_attention: list(v, "fullatt_block_indexes"),
+    };
+    if c.patch == 0 || c.merge == 0 || c.temporal == 0 {
+        return Err(bad(
+            "patch_size, spatial_merge_size and temporal_patch_size must be positive",
+        ));
     }
-
-    /// `(row, col)` of every patch of a `gh × gw` grid in merge-block order.
-    fn patch_coords(&self, gh: usize, gw: usize) -> Vec<(usize, usize)> {
-        let m = self.cfg.spatial_merge_size;
-        let mut out = Vec::with_capacity(gh * gw);
-        for br in 0..gh / m {
-            for bc in 0..gw / m {
-                for ir in 0..m {
-                    for ic in 0..m {
-                        out.push((br * m + ir, bc * m + ic));
-                    }
-                }
-            }
+    if c.channels != 3 {
+        return Err(bad("in_channels must be 3 (RGB)"));
+    }
+    if c.heads == 0 || !c.width.is_multiple_of(c.heads) || !(c.width / c.heads).is_multiple_of(4) {
+        return Err(bad("the vision head width must be a multiple of 4"));
+    }
+    if g == Generation::V3 {
+        let side = (c.position_embeddings as f64).sqrt().round() as usize;
+        if side == 0 || side * side != c.position_embeddings {
+            return Err(bad("num_position_embeddings must be a square"));
         }
-        out
     }
-
-    /// The learned `side × side` position grid resampled bilinearly (corners aligned) to the
-    /// patch coordinates.
-    fn position_embeddings(
-        &self,
-        coords: &[(usize, usize)],
-        gh: usize,
-        gw: usize,
-    ) -> candle_core::Result<Tensor> {
-        let side = self.side;
-        let taps = |index: usize, size: usize| -> ([usize; 2], [f32; 2]) {
-            let src = index as f32 * (side - 1) as f32 / (size.max(2) - 1) as f32;
-            let floor = src.floor();
-            let f = floor as usize;
-            let frac = src - floor;
-            ([f.min(side - 1), (f + 1).min(side - 1)], [1.0 - frac, frac])
-        };
-        let mut idx = Vec::with_capacity(coords.len() * 4);
-        let mut wts = Vec::with_capacity(coords.len() * 4);
-        for &(r, c) in coords {
-            let (ht, hw) = taps(r, gh);
-            let (wt, ww) = taps(c, gw);
-            for a in 0..2 {
-                for b in 0..2 {
-                    idx.push((ht[a] * side + wt[b]) as u32);
-                    wts.push(hw[a] * ww[b]);
-                }
-            }
-        }
-        let n = coords.len();
-        let dev = self.pos_embed.device();
-        let idx = Tensor::from_vec(idx, n * 4, dev)?;
-        let wts = Tensor::from_vec(wts, (n, 4, 1), dev)?.to_dtype(self.pos_embed.dtype())?;
-        self.pos_embed
-            .index_select(&idx, 0)?
-            .reshape((n, 4, self.cfg.hidden_size))?
-            .broadcast_mul(&wts)?
-            .sum(1)
+    if c.deepstack.iter().any(|&i| i >= c.depth) {
+        return Err(bad("deepstack_visual_indexes must name vision blocks"));
     }
-
-    /// `(cos, sin)` `(patches, head_dim / 2)` of the 2-D rotary embedding.
-    fn rotary(&self, coords: &[(usize, usize)]) -> candle_core::Result<(Tensor, Tensor)> {
-        let q = self.inv_freq.len();
-        let mut cos = Vec::with_capacity(coords.len() * 2 * q);
-        let mut sin = Vec::with_capacity(coords.len() * 2 * q);
-        for &(r, c) in coords {
-            for pos in [r, c] {
-                for &f in &self.inv_freq {
-                    let a = pos as f32 * f;
-                    cos.push(a.cos());
-                    sin.push(a.sin());
-                }
-            }
-        }
-        let dev = self.pos_embed.device();
-        Ok((
-            Tensor::from_vec(cos, (coords.len(), 2 * q), dev)?,
-            Tensor::from_vec(sin, (coords.len(), 2 * q), dev)?,
-        ))
-    }
-
-    /// Runs one image: `pixels` `(patches, C*T*P*P)`, its grid in patches.
-    fn forward(&self, pixels: &Tensor, gh: usize, gw: usize) -> candle_core::Result<ImageFeatures> {
-        let dtype = self.pos_embed.dtype();
-        let coords = self.patch_coords(gh, gw);
-        let n = coords.len();
-        let mut x = self.patch.forward(&pixels.to_dtype(dtype)?)?;
-        x = (x + self.position_embeddings(&coords, gh, gw)?)?;
-        let (cos, sin) = self.rotary(&coords)?;
-        let heads = self.cfg.num_heads;
-        let hd = self.cfg.hidden_size / heads;
-        let mut deep = Vec::new();
-        for (i, b) in self.blocks.iter().enumerate() {
-            let a = b.norm1.forward(&x)?;
-            // (patches, 3, heads, hd) → three (1, heads, patches, hd), rotated in f32.
-            let qkv = b.qkv.forward(&a)?.reshape((n, 3, heads, hd))?;
-            let part = |k: usize| -> candle_core::Result<Tensor> {
-                qkv.narrow(1, k, 1)?
-                    .squeeze(1)?
-                    .transpose(0, 1)?
-                    .unsqueeze(0)?
-                    .to_dtype(DType::F32)?
-                    .contiguous()
-            };
-            let q = candle_nn::rotary_emb::rope(&part(0)?, &cos, &sin)?;
-            let k = candle_nn::rotary_emb::rope(&part(1)?, &cos, &sin)?;
-            let v = part(2)?;
-            let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?;
-            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-            let o = probs
-                .matmul(&v)?
-                .squeeze(0)?
-                .transpose(0, 1)?
-                .reshape((n, self.cfg.hidden_size))?
-                .to_dtype(dtype)?;
-            x = (x + b.proj.forward(&o)?)?;
-            let m = b
-                .fc2
-                .forward(&(self.act)(&b.fc1.forward(&b.norm2.forward(&x)?)?)?)?;
-            x = (x + m)?;
-            for (layer, merger) in &self.deepstack {
-                if *layer == i {
-                    deep.push(merger.forward(&x)?);
-                }
-            }
-        }
-        Ok(ImageFeatures {
-            main: self.merger.forward(&x)?,
-            deep,
-        })
-    }
+    vision::activation(&c.act).map_err(bad)?;
+    Ok(c)
 }
 
 // ---------------------------------------------------------------------------
@@ -528,8 +321,8 @@ impl Input {
     }
 }
 
-/// A loaded Qwen3-VL model.
-pub struct Qwen3Vl {
+/// A loaded Qwen2-VL, Qwen2.5-VL or Qwen3-VL model.
+pub struct QwenVl {
     cfg: Config,
     common: Common,
     template: Option<ChatTemplate>,
@@ -548,27 +341,25 @@ pub struct Qwen3Vl {
     next: Vec<u32>,
 }
 
-/// The candle modules of a Qwen3-VL checkpoint.
+/// The candle modules of a Qwen-VL checkpoint (transformers-5 weight names).
 fn modules(cfg: &Config, vb: VarBuilder) -> candle_core::Result<(Vision, Llama)> {
-    let t = &cfg.text_config;
-    let vision = Vision::new(
-        &cfg.vision_config,
-        cfg.vision_rope_theta(),
-        vb.pp("model.visual"),
-    )?;
+    let t = &cfg.text;
+    let vision = Vision::new(&cfg.vision, vb.pp("model.visual"))?;
+    let qwen3 = cfg.vision.generation == Generation::V3;
     let llama_cfg = LlamaConfig {
         hidden_size: t.hidden_size,
         intermediate_size: t.intermediate_size,
         num_hidden_layers: t.num_hidden_layers,
         num_attention_heads: t.num_attention_heads,
         num_key_value_heads: t.num_key_value_heads,
-        head_dim: cfg.head_dim(),
+        head_dim: t.head_dim,
         rms_norm_eps: t.rms_norm_eps,
         rope_theta: t.rope_theta,
         vocab_size: t.vocab_size,
         max_position_embeddings: cfg.context(),
-        tie_word_embeddings: cfg.tied(),
-        qk_norm: true,
+        tie_word_embeddings: t.tie_word_embeddings,
+        qk_norm: qwen3,
+        qkv_bias: !qwen3,
     };
     let text = Llama::load_parts(&llama_cfg, vb.pp("model.language_model"), vb.pp("lm_head"))?;
     Ok((vision, text))
@@ -580,6 +371,42 @@ pub fn init_weights(raw: &serde_json::Value, vb: VarBuilder) -> Result<(), Infer
     modules(&cfg, vb)
         .map(|_| ())
         .map_err(|e| InferenceError::Load(e.to_string()))
+}
+
+/// Renames the classic layout of published Qwen2/2.5-VL checkpoints (`model.layers.*`,
+/// `visual.*`) to the transformers-5 one (`model.language_model.layers.*`, `model.visual.*`).
+fn to_v5_layout(map: HashMap<String, Tensor>) -> HashMap<String, Tensor> {
+    if map.keys().any(|k| k.starts_with("model.language_model.")) {
+        return map;
+    }
+    map.into_iter()
+        .map(|(k, t)| {
+            let k = if let Some(r) = k.strip_prefix("visual.") {
+                format!("model.visual.{r}")
+            } else if let Some(r) = k.strip_prefix("model.") {
+                format!("model.language_model.{r}")
+            } else {
+                k
+            };
+            (k, t)
+        })
+        .collect()
+}
+
+/// For each of the `half` rotary frequencies, the axis it follows in Qwen2/2.5-VL's layout:
+/// the first `section[0]` follow time, the next `section[1]` height, the rest width.
+fn sectioned_axes(half: usize, section: [usize; 3]) -> Vec<usize> {
+    (0..half)
+        .map(|j| {
+            if j < section[0] {
+                0
+            } else if j < section[0] + section[1] {
+                1
+            } else {
+                2
+            }
+        })
+        .collect()
 }
 
 /// For each of the `half` rotary frequencies, the axis it follows in Qwen3-VL's interleaved
@@ -598,7 +425,7 @@ fn interleaved_axes(half: usize, section: [usize; 3]) -> Vec<usize> {
         .collect()
 }
 
-impl Qwen3Vl {
+impl QwenVl {
     /// Loads a model directory.
     pub fn load(
         dir: &Path,
@@ -632,16 +459,19 @@ impl Qwen3Vl {
             .or_else(|| size("longest_edge"))
             .unwrap_or(16_777_216);
         let (mean, std) = preprocess::mean_std(pre.as_ref(), HALF, HALF);
-        let tensors = super::load_tensors(dir, common.dtype, device)?;
+        let tensors = to_v5_layout(super::load_tensors(dir, common.dtype, device)?);
         let vb = VarBuilder::from_tensors(tensors, common.dtype, device);
         let (vision, text) = modules(&cfg, vb).map_err(|e| InferenceError::Load(e.to_string()))?;
-        let hd = cfg.head_dim();
-        let theta = cfg.text_config.rope_theta as f32;
+        let hd = cfg.text.head_dim;
+        let theta = cfg.text.rope_theta as f32;
         let inv_freq = (0..hd)
             .step_by(2)
             .map(|i| 1.0 / theta.powf(i as f32 / hd as f32))
             .collect();
-        let axis = interleaved_axes(hd / 2, cfg.mrope_section());
+        let axis = match cfg.vision.generation {
+            Generation::V3 => interleaved_axes(hd / 2, cfg.text.mrope_section),
+            _ => sectioned_axes(hd / 2, cfg.text.mrope_section),
+        };
         let me = Self {
             template: ChatTemplate::load(dir)?,
             common: common.clone(),
@@ -661,13 +491,13 @@ impl Qwen3Vl {
     }
 
     fn merge(&self) -> usize {
-        self.cfg.vision_config.spatial_merge_size
+        self.cfg.vision.merge
     }
 
     fn preprocess(&self, img: &image::DynamicImage) -> Result<Image, InferenceError> {
-        let v = &self.cfg.vision_config;
+        let v = &self.cfg.vision;
         let img = preprocess::to_rgb(img);
-        let factor = (v.patch_size * v.spatial_merge_size) as u32;
+        let factor = (v.patch * v.merge) as u32;
         let (h, w) = preprocess::smart_resize(
             img.height(),
             img.width(),
@@ -676,14 +506,8 @@ impl Qwen3Vl {
             self.max_pixels,
         )?;
         let img = preprocess::resize_exact(&img, w, h);
-        let (vals, n, grid) = preprocess::qwen_patches(
-            &img,
-            v.patch_size,
-            v.temporal_patch_size,
-            v.spatial_merge_size,
-            self.mean,
-            self.std,
-        );
+        let (vals, n, grid) =
+            preprocess::qwen_patches(&img, v.patch, v.temporal, v.merge, self.mean, self.std);
         let width = vals.len() / n.max(1);
         let pixels = Tensor::from_vec(vals, (n, width), &self.common.device)
             .map_err(|e| InferenceError::Internal(e.to_string()))?;
@@ -762,7 +586,7 @@ impl Qwen3Vl {
         let layers = if features.is_empty() {
             0
         } else {
-            self.vision.deepstack.len()
+            self.vision.deepstack_layers()
         };
         let main: Vec<&Tensor> = features.iter().map(|f| &f.main).collect();
         let main = if main.is_empty() {
@@ -776,7 +600,7 @@ impl Qwen3Vl {
                 Tensor::cat(&parts, 0)
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
-        let hidden = self.cfg.text_config.hidden_size;
+        let hidden = self.cfg.text.hidden_size;
         let dtype = self.common.dtype;
         let mut pieces = Vec::new();
         let mut deep_pieces: Vec<Vec<Tensor>> = vec![Vec::new(); layers];
@@ -855,7 +679,7 @@ fn rope_positions(ids: &[u32], image_id: u32, grids: &[(usize, usize)]) -> (Vec<
     (out, next)
 }
 
-impl Family for Qwen3Vl {
+impl Family for QwenVl {
     type Input = Input;
 
     fn prepare(&self, request: &ChatRequest) -> Result<Prepared<Input>, InferenceError> {
@@ -914,8 +738,8 @@ impl Family for Qwen3Vl {
             .map(|i| self.embed(i))
             .collect::<candle_core::Result<Vec<_>>>()?;
         let longest = inputs.iter().map(|i| i.ids.len()).max().unwrap_or(0);
-        let hidden = self.cfg.text_config.hidden_size;
-        let layers = self.vision.deepstack.len();
+        let hidden = self.cfg.text.hidden_size;
+        let layers = self.vision.deepstack_layers();
         let dev = self.common.device.clone();
         let dtype = self.common.dtype;
         let mut rows = Vec::with_capacity(inputs.len());
@@ -956,7 +780,7 @@ impl Family for Qwen3Vl {
             .collect::<candle_core::Result<Vec<_>>>()?;
         let valid = Tensor::from_vec(valid, (inputs.len(), longest), &dev)?;
         let (cos, sin) = self.rope(&positions)?;
-        let mut cache = KvCache::new(self.cfg.text_config.num_hidden_layers);
+        let mut cache = KvCache::new(self.cfg.text.num_hidden_layers);
         let logits = self
             .text
             .forward_with(&x, &valid, &mut cache, Some((&cos, &sin)), &inject)?;
@@ -1017,7 +841,7 @@ impl Family for Qwen3Vl {
 
 #[cfg(test)]
 mod tests {
-    use super::{interleaved_axes, rope_positions};
+    use super::{interleaved_axes, rope_positions, sectioned_axes};
 
     #[test]
     fn interleaved_sections_follow_transformers() {
@@ -1027,6 +851,13 @@ mod tests {
         let a = interleaved_axes(64, [24, 20, 20]);
         assert_eq!(&a[..6], &[0, 1, 2, 0, 1, 2]);
         assert_eq!(&a[57..], &[0, 1, 2, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn sectioned_axes_follow_transformers() {
+        // Qwen2-VL's [16, 24, 24] over 64 frequencies: T for 0..16, H for 16..40, W after.
+        let a = sectioned_axes(64, [16, 24, 24]);
+        assert_eq!((a[15], a[16], a[39], a[40], a[63]), (0, 1, 1, 2, 2));
     }
 
     #[test]
