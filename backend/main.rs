@@ -326,7 +326,8 @@ enum ModelCommand {
     /// Register a model (or update the one with this name).
     Add {
         name: String,
-        /// local (family from config.json), qwen3_vl, llava, paligemma, qwen3, or openai.
+        /// local (family from config.json), qwen3_vl, llava, pixtral, paligemma, qwen3, or
+        /// openai.
         #[arg(long)]
         adapter: String,
         /// Local model directory (or .gguf file, or hf:org/name).
@@ -379,8 +380,8 @@ enum ModelCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Write a tiny random-weight model (qwen3_vl, llava, llava_next, paligemma, qwen3,
-    /// qwen3_gguf) to a directory, to try the pipeline offline.
+    /// Write a tiny random-weight model (qwen3_vl, llava, llava_next, pixtral, paligemma,
+    /// qwen3, qwen3_gguf) to a directory, to try the pipeline offline.
     MakeTiny {
         arch: String,
         dir: PathBuf,

@@ -26,6 +26,8 @@ pub enum AdapterKind {
     Qwen3Vl,
     /// Local LLaVA-1.5 / LLaVA-NeXT.
     Llava,
+    /// Local Pixtral (HF `llava` layout with a Pixtral vision tower).
+    Pixtral,
     /// Local PaliGemma.
     Paligemma,
     /// Local Qwen3 text model (safetensors directory or `.gguf` file).
@@ -42,10 +44,11 @@ impl AdapterKind {
     }
 
     /// Every kind, for CLI help.
-    pub const ALL: [AdapterKind; 6] = [
+    pub const ALL: [AdapterKind; 7] = [
         Self::Local,
         Self::Qwen3Vl,
         Self::Llava,
+        Self::Pixtral,
         Self::Paligemma,
         Self::Qwen3,
         Self::OpenAi,
@@ -57,6 +60,7 @@ impl AdapterKind {
             Self::Local => "local",
             Self::Qwen3Vl => "qwen3_vl",
             Self::Llava => "llava",
+            Self::Pixtral => "pixtral",
             Self::Paligemma => "paligemma",
             Self::Qwen3 => "qwen3",
             Self::OpenAi => "openai",
