@@ -279,12 +279,12 @@ pub fn config_for(arch: &str, size: ModelSize) -> Result<(Value, ExtraFiles), In
         }
         "pixtral" => {
             let (h, i, l, nh, kv, hd) = if mid {
-                (1024, 3072, 20, 16, 8, 128)
+                (1024, 3072, 16, 16, 8, 128)
             } else {
                 (64, 128, 2, 4, 2, 32)
             };
             let (vh, vi, vl, vnh, img, patch) = if mid {
-                (1024, 4096, 12, 16, 512, 16)
+                (1024, 4096, 8, 16, 512, 16)
             } else {
                 (32, 64, 2, 2, 32, 4)
             };

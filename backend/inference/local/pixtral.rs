@@ -157,24 +157,23 @@ pub struct PixtralConfig {
     multimodal_projector_bias: bool,
 }
 
-/// Reads a Pixtral `config.json` value: Mistral's defaults (not Llama's) fill what the
-/// text config leaves out.
+/// Reads a Pixtral `config.json` value: for a Mistral text model, Mistral's defaults (not
+/// Llama's) fill what the text config leaves out (without a `model_type`, transformers
+/// builds a Llama, and so does this).
 fn parse(raw: &serde_json::Value) -> Result<PixtralConfig, InferenceError> {
     let mut raw = raw.clone();
-    if let Some(t) = raw.get_mut("text_config").and_then(|t| t.as_object_mut()) {
-        t.entry("model_type").or_insert("mistral".into());
-        if t.get("model_type").and_then(|m| m.as_str()) == Some("mistral") {
-            for (k, v) in [
-                ("hidden_size", serde_json::json!(4096)),
-                ("intermediate_size", serde_json::json!(14336)),
-                ("num_key_value_heads", serde_json::json!(8)),
-                ("rms_norm_eps", serde_json::json!(1e-6)),
-                ("max_position_embeddings", serde_json::json!(4096 * 32)),
-            ] {
-                if t.get(k).is_none_or(|x| x.is_null()) {
-                    t.insert(k.into(), v);
-                }
-            }
+    if let Some(t) = raw.get_mut("text_config").and_then(|t| t.as_object_mut())
+        && t.get("model_type").and_then(|m| m.as_str()) == Some("mistral")
+    {
+        for (k, v) in [
+            ("hidden_size", serde_json::json!(4096)),
+            ("intermediate_size", serde_json::json!(14336)),
+            ("num_key_value_heads", serde_json::json!(8)),
+            ("rms_norm_eps", serde_json::json!(1e-6)),
+            ("max_position_embeddings", serde_json::json!(4096 * 32)),
+        ] {
+            // Absent only: an explicit null key/value head count means "as many as heads".
+            t.entry(k).or_insert(v);
         }
     }
     super::parse_config(raw, "Pixtral config.json")
