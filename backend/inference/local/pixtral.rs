@@ -2,12 +2,13 @@
 //! `mistral-community/pixtral-12b`).
 //!
 //! The vision tower is written here on candle-nn instead of using candle-transformers'
-//! `models::pixtral::vision_model::Model`, which differs from transformers'
-//! `PixtralVisionModel` in ways that matter for parity: it fixes RMSNorm's epsilon and the
-//! activation's serde mapping on its own, returns only the last layer (so a
-//! `vision_feature_layer` other than -1 cannot be honoured), and takes one image at a time
-//! without the processor's size handling. What transformers computes, and this module
-//! repeats:
+//! `models::pixtral::vision_model::Model` (0.11), whose computation for the last layer is
+//! the same but which differs from transformers' `PixtralVisionModel` around it: it returns
+//! only the last layer (a `vision_feature_layer` other than -1 cannot be honoured), its
+//! config requires a top-level `rope_theta` (transformers 5 writes `rope_parameters`, so
+//! those configs do not parse), defaults `hidden_act` to SiLU where transformers defaults to
+//! GELU, and takes `head_dim` from the config where transformers always uses
+//! `hidden / heads`. What transformers computes, and this module repeats:
 //!
 //! - Preprocessing (`PixtralImageProcessor`): an image larger than `size.longest_edge`
 //!   shrinks by `max(h / longest, w / longest)` with both sides floored; then each side is
