@@ -24,10 +24,11 @@ use elite::inference::{
     AdapterKind, ChatMessage, ChatRequest, GenerationSettings, ImageInput, ModelSpec, load_model,
 };
 
-const ARCHS: [(&str, AdapterKind, bool); 5] = [
+const ARCHS: [(&str, AdapterKind, bool); 6] = [
     ("qwen3_vl", AdapterKind::Qwen3Vl, true),
     ("llava", AdapterKind::Llava, true),
     ("llava_next", AdapterKind::Llava, true),
+    ("pixtral", AdapterKind::Pixtral, true),
     ("paligemma", AdapterKind::Paligemma, true),
     ("qwen3", AdapterKind::Qwen3, false),
 ];

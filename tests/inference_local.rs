@@ -168,6 +168,11 @@ async fn llava_next_end_to_end() {
 }
 
 #[tokio::test]
+async fn pixtral_end_to_end() {
+    exercise("pixtral", AdapterKind::Local, true).await;
+}
+
+#[tokio::test]
 async fn paligemma_end_to_end() {
     exercise("paligemma", AdapterKind::Paligemma, true).await;
 }

@@ -172,6 +172,15 @@ impl Inspect for elite::inference::local::llava::Input {
     }
 }
 
+impl Inspect for elite::inference::local::pixtral::Input {
+    fn ids(&self) -> &[u32] {
+        self.ids()
+    }
+    fn pixel_values(&self) -> Vec<&Tensor> {
+        self.pixel_values()
+    }
+}
+
 impl Inspect for elite::inference::local::qwen3::Input {
     fn ids(&self) -> &[u32] {
         self.ids()
@@ -285,6 +294,20 @@ where
                     e.narrow(0, 0, px.dim(0).unwrap()).unwrap()
                 } else if px.rank() == 4 {
                     e.unsqueeze(0).unwrap()
+                } else if e.dims() != px.dims() {
+                    // Pixtral pads the images of a call to the largest (zeros right and
+                    // below); each image keeps its own size here.
+                    let (h, w) = (px.dim(1).unwrap(), px.dim(2).unwrap());
+                    let zero = |t: Tensor| {
+                        t.elem_count() == 0 || max_diff(&t, &t.zeros_like().unwrap()) == 0.0
+                    };
+                    let (eh, ew) = (e.dim(1).unwrap(), e.dim(2).unwrap());
+                    assert!(
+                        zero(e.narrow(1, h, eh - h).unwrap())
+                            && zero(e.narrow(2, w, ew - w).unwrap()),
+                        "{family_name}/{name}: image {i} is not padded with zeros"
+                    );
+                    e.narrow(1, 0, h).unwrap().narrow(2, 0, w).unwrap()
                 } else {
                     e
                 };
@@ -393,6 +416,16 @@ fn paligemma_matches_transformers() {
 }
 
 #[test]
+fn pixtral_matches_transformers() {
+    use elite::inference::local::pixtral::Pixtral;
+    let fx = Fixture::load("pixtral");
+    let (model, _) = Pixtral::load(&fx.dir.join("model"), &Device::Cpu, None).unwrap();
+    parity(&fx, model, "pixtral");
+    let (model, _) = Pixtral::load(&fx.dir.join("model"), &Device::Cpu, None).unwrap();
+    padded_batch(&fx, model, "pixtral");
+}
+
+#[test]
 fn llava_15_matches_transformers() {
     llava_parity("llava");
 }
@@ -428,6 +461,36 @@ fn image_resize_is_pillows() {
         checked += 1;
     }
     assert_eq!(checked, 14);
+}
+
+/// `make-tiny pixtral` writes a complete model (tokenizer with Mistral's image tokens, chat
+/// template, processor config) that `local` detection picks up and that loads the same
+/// twice.
+#[test]
+fn tiny_pixtral_is_complete_and_deterministic() {
+    use elite::inference::local::pixtral::Pixtral;
+    let dir = tempfile::tempdir().unwrap();
+    elite::inference::make_tiny_model("pixtral", dir.path(), 3).unwrap();
+    assert_eq!(
+        elite::inference::local::detect_family(dir.path()).unwrap(),
+        elite::inference::AdapterKind::Pixtral
+    );
+    let fx = Fixture::load("pixtral");
+    let request = fx.request(&fx.cases["cases"][3]["messages"]);
+    let logits: Vec<Vec<f32>> = (0..2)
+        .map(|_| {
+            let (mut m, _) = Pixtral::load(dir.path(), &Device::Cpu, None).unwrap();
+            let p = m.prepare(&request).unwrap();
+            assert_eq!(p.input.pixel_values().len(), 2);
+            m.prefill(&[&p.input])
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(logits[0], logits[1], "two loads differ");
 }
 
 /// `make-tiny` writes complete models: two loads of the same LLaVA directory compute the

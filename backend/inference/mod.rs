@@ -32,6 +32,15 @@
 //!     and newline tokens is implemented; multiple images per request work.
 //!     The text model must be Llama-compatible (Vicuna, Mistral without
 //!     sliding window).
+//!   - **Pixtral** (`pixtral`, HF `llava` layout with a `pixtral` vision
+//!     tower and a Mistral text model, e.g. `mistral-community/pixtral-12b`;
+//!     `local` detects it from `vision_config.model_type`). Our own vision
+//!     tower on candle-nn (2-D RoPE ViT over each image's own patch grid;
+//!     candle's `models::pixtral` differs from transformers in ways that
+//!     matter, see the module) + projector + the shared Llama/Mistral decoder
+//!     with padded batches. Images keep their aspect ratio (longest edge
+//!     capped, sides rounded up to whole patches) and become `[IMG]` rows
+//!     ended by `[IMG_BREAK]` / `[IMG_END]`; multiple images per request work.
 //!   - **PaliGemma (1)** (`paligemma`, candle SigLIP + Gemma). The adapter
 //!     scales image features like HF (`/ sqrt(hidden)`) rather than candle's
 //!     L2 normalisation. One image per request (or none). PaliGemma 2

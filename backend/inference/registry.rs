@@ -28,6 +28,8 @@ pub enum AdapterKind {
     Qwen2Vl,
     /// Local LLaVA-1.5 / LLaVA-NeXT.
     Llava,
+    /// Local Pixtral (HF `llava` layout with a Pixtral vision tower).
+    Pixtral,
     /// Local PaliGemma.
     Paligemma,
     /// Local Qwen3 text model (safetensors directory or `.gguf` file).
@@ -44,11 +46,12 @@ impl AdapterKind {
     }
 
     /// Every kind, for CLI help.
-    pub const ALL: [AdapterKind; 7] = [
+    pub const ALL: [AdapterKind; 8] = [
         Self::Local,
         Self::Qwen3Vl,
         Self::Qwen2Vl,
         Self::Llava,
+        Self::Pixtral,
         Self::Paligemma,
         Self::Qwen3,
         Self::OpenAi,
@@ -61,6 +64,7 @@ impl AdapterKind {
             Self::Qwen3Vl => "qwen3_vl",
             Self::Qwen2Vl => "qwen2_vl",
             Self::Llava => "llava",
+            Self::Pixtral => "pixtral",
             Self::Paligemma => "paligemma",
             Self::Qwen3 => "qwen3",
             Self::OpenAi => "openai",

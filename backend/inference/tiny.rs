@@ -23,15 +23,16 @@ use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 
 use super::InferenceError;
-use super::local::{llava, paligemma, qwen_vl, qwen3};
+use super::local::{llava, paligemma, pixtral, qwen_vl, qwen3};
 
 /// Architectures [`make_tiny_model`] knows.
-pub const TINY_ARCHS: [&str; 8] = [
+pub const TINY_ARCHS: [&str; 9] = [
     "qwen3_vl",
     "qwen2_vl",
     "qwen2_5_vl",
     "llava",
     "llava_next",
+    "pixtral",
     "paligemma",
     "qwen3",
     "qwen3_gguf",
@@ -59,6 +60,50 @@ pub const SPECIAL_TOKENS: [(&str, bool); 16] = [
 
 /// Vocabulary size of the generated tokenizer.
 pub const TINY_VOCAB: usize = 256 + SPECIAL_TOKENS.len();
+
+/// Mistral's control and image tokens, appended after [`SPECIAL_TOKENS`] in Pixtral's
+/// tokenizer only (the other families keep their vocabulary).
+pub const PIXTRAL_TOKENS: [(&str, bool); 5] = [
+    ("[INST]", true),
+    ("[/INST]", true),
+    ("[IMG]", true),
+    ("[IMG_BREAK]", true),
+    ("[IMG_END]", true),
+];
+
+/// A Mistral-style chat template for tiny Pixtral models (BOS, `[INST]…[/INST]` user
+/// turns with `[IMG]` per image, the system text before the first user turn's parts,
+/// assistant turns closed by EOS); the same as the parity fixture's.
+pub const PIXTRAL_TEMPLATE: &str = concat!(
+    "{{- bos_token }}",
+    "{%- set ns = namespace(system='') %}",
+    "{%- for message in messages %}",
+    "{%- if message['role'] == 'system' %}",
+    "{%- for part in message['content'] %}{%- if part['type'] == 'text' %}",
+    "{%- set ns.system = ns.system + part['text'] + '\n\n' %}{%- endif %}{%- endfor %}",
+    "{%- elif message['role'] == 'user' %}",
+    "{{- '[INST]' + ns.system }}{%- set ns.system = '' %}",
+    "{%- for part in message['content'] %}",
+    "{%- if part['type'] == 'image' %}{{- '[IMG]' }}",
+    "{%- elif part['type'] == 'text' %}{{- part['text'] }}{%- endif %}",
+    "{%- endfor %}",
+    "{{- '[/INST]' }}",
+    "{%- else %}",
+    "{%- for part in message['content'] %}{%- if part['type'] == 'text' %}",
+    "{{- part['text'] }}{%- endif %}{%- endfor %}{{- eos_token }}",
+    "{%- endif %}",
+    "{%- endfor %}",
+);
+
+/// Id of a special token of Pixtral's tiny tokenizer.
+pub fn pixtral_special(token: &str) -> u32 {
+    SPECIAL_TOKENS
+        .iter()
+        .chain(PIXTRAL_TOKENS.iter())
+        .position(|(t, _)| *t == token)
+        .map(|i| 256 + i as u32)
+        .unwrap_or(0)
+}
 
 /// Id of a special token of the generated tokenizer.
 pub fn special(token: &str) -> u32 {
@@ -102,6 +147,11 @@ pub fn bytes_to_unicode() -> Vec<char> {
 
 /// The generated `tokenizer.json`.
 pub fn tiny_tokenizer_json() -> Value {
+    tokenizer_json_with(&[])
+}
+
+/// The generated `tokenizer.json` with `extra` special tokens after [`SPECIAL_TOKENS`].
+fn tokenizer_json_with(extra: &[(&str, bool)]) -> Value {
     let table = bytes_to_unicode();
     let vocab: serde_json::Map<String, Value> = table
         .iter()
@@ -110,6 +160,7 @@ pub fn tiny_tokenizer_json() -> Value {
         .collect();
     let added: Vec<Value> = SPECIAL_TOKENS
         .iter()
+        .chain(extra)
         .enumerate()
         .map(|(i, (t, special))| {
             json!({"id": 256 + i, "content": t, "single_word": false, "lstrip": false,
@@ -285,6 +336,41 @@ pub fn config_for(arch: &str, size: ModelSize) -> Result<(Value, ExtraFiles), In
             }
             c
         }
+        "pixtral" => {
+            let (h, i, l, nh, kv, hd) = if mid {
+                (1024, 3072, 16, 16, 8, 128)
+            } else {
+                (64, 128, 2, 4, 2, 32)
+            };
+            let (vh, vi, vl, vnh, img, patch) = if mid {
+                (1024, 4096, 8, 16, 512, 16)
+            } else {
+                (32, 64, 2, 2, 32, 4)
+            };
+            let p = pixtral_special;
+            json!({
+                "architectures": ["LlavaForConditionalGeneration"], "model_type": "llava",
+                "image_token_index": p("[IMG]"), "projector_hidden_act": "gelu",
+                "vision_feature_layer": -1, "vision_feature_select_strategy": "full",
+                "multimodal_projector_bias": true,
+                "text_config": {
+                    "model_type": "mistral", "vocab_size": v + PIXTRAL_TOKENS.len(),
+                    "hidden_size": h, "intermediate_size": i, "num_hidden_layers": l,
+                    "num_attention_heads": nh, "num_key_value_heads": kv, "head_dim": hd,
+                    "rms_norm_eps": 1e-5, "rope_theta": 1_000_000_000.0, "sliding_window": null,
+                    "max_position_embeddings": if mid { 4096 } else { 512 },
+                    "tie_word_embeddings": false
+                },
+                "vision_config": {
+                    "model_type": "pixtral", "hidden_size": vh, "intermediate_size": vi,
+                    "num_hidden_layers": vl, "num_attention_heads": vnh, "image_size": img,
+                    "patch_size": patch, "hidden_act": "silu", "rope_theta": 10000.0,
+                    "head_dim": vh / vnh
+                },
+                "bos_token_id": p("<s>"), "eos_token_id": p("</s>"),
+                "pad_token_id": p("<pad>"), "torch_dtype": "float32"
+            })
+        }
         "paligemma" => {
             let (h, i, l, nh, kv, hd) = if mid {
                 (1024, 4096, 18, 8, 1, 128)
@@ -343,6 +429,31 @@ pub fn config_for(arch: &str, size: ModelSize) -> Result<(Value, ExtraFiles), In
                 }),
             ));
         }
+        "pixtral" => {
+            let (img, patch) = if mid { (512, 16) } else { (32, 4) };
+            extra.push((
+                "processor_config.json",
+                json!({
+                    "processor_class": "PixtralProcessor", "patch_size": patch,
+                    "spatial_merge_size": 1, "image_token": "[IMG]",
+                    "image_break_token": "[IMG_BREAK]", "image_end_token": "[IMG_END]",
+                    "image_processor": {
+                        "image_processor_type": "PixtralImageProcessor",
+                        "size": {"longest_edge": img},
+                        "patch_size": {"height": patch, "width": patch}, "resample": 3,
+                        "image_mean": super::local::preprocess::CLIP_MEAN,
+                        "image_std": super::local::preprocess::CLIP_STD
+                    }
+                }),
+            ));
+            extra.push((
+                "tokenizer_config.json",
+                json!({
+                    "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+                    "pad_token": "<pad>", "chat_template": PIXTRAL_TEMPLATE
+                }),
+            ));
+        }
         "llava" | "llava_next" => {
             extra.push((
                 "preprocessor_config.json",
@@ -388,7 +499,12 @@ pub fn make_random_model(
     let (cfg, extra) = config_for(arch, size)?;
     std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
     write_json(&dir.join("config.json"), &cfg)?;
-    write_json(&dir.join("tokenizer.json"), &tiny_tokenizer_json())?;
+    let tokenizer = if arch == "pixtral" {
+        tokenizer_json_with(&PIXTRAL_TOKENS)
+    } else {
+        tiny_tokenizer_json()
+    };
+    write_json(&dir.join("tokenizer.json"), &tokenizer)?;
     for (name, v) in &extra {
         write_json(&dir.join(name), v)?;
     }
@@ -407,6 +523,7 @@ pub fn make_random_model(
         "qwen3" | "qwen3_gguf" => qwen3::init_weights(&cfg, vb),
         "qwen3_vl" | "qwen2_vl" | "qwen2_5_vl" => qwen_vl::init_weights(&cfg, vb),
         "llava" | "llava_next" => llava::init_weights(&cfg, vb),
+        "pixtral" => pixtral::init_weights(&cfg, vb),
         "paligemma" => paligemma::init_weights(&cfg, vb),
         _ => Ok(()),
     });

@@ -101,8 +101,8 @@ SPECIAL_TOKENS = [
 VOCAB = 256 + len(SPECIAL_TOKENS)
 
 
-def special(token):
-    return 256 + [t for t, _ in SPECIAL_TOKENS].index(token)
+def special(token, tokens=None):
+    return 256 + [t for t, _ in (tokens or SPECIAL_TOKENS)].index(token)
 
 
 def bytes_to_unicode():
@@ -120,8 +120,10 @@ def bytes_to_unicode():
     return table
 
 
-def tokenizer_json(bos=None):
-    """The tokenizer; with `bos`, encoding with special tokens prepends it (as Llama's does)."""
+def tokenizer_json(bos=None, tokens=None):
+    """The tokenizer; with `bos`, encoding with special tokens prepends it (as Llama's does).
+    `tokens` replaces SPECIAL_TOKENS (a family with a vocabulary of its own)."""
+    tokens = tokens or SPECIAL_TOKENS
     table = bytes_to_unicode()
     post = None
     if bos is not None:
@@ -131,7 +133,8 @@ def tokenizer_json(bos=None):
                 "pair": [{"SpecialToken": {"id": bos, "type_id": 0}},
                          {"Sequence": {"id": "A", "type_id": 0}},
                          {"Sequence": {"id": "B", "type_id": 1}}],
-                "special_tokens": {bos: {"id": bos, "ids": [special(bos)], "tokens": [bos]}}}
+                "special_tokens": {bos: {"id": bos, "ids": [special(bos, tokens)],
+                                         "tokens": [bos]}}}
     return {
         "version": "1.0",
         "truncation": None,
@@ -139,7 +142,7 @@ def tokenizer_json(bos=None):
         "added_tokens": [
             {"id": 256 + i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
              "normalized": False, "special": s}
-            for i, (t, s) in enumerate(SPECIAL_TOKENS)
+            for i, (t, s) in enumerate(tokens)
         ],
         "normalizer": None,
         "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
@@ -154,11 +157,11 @@ def tokenizer_json(bos=None):
     }
 
 
-def fast_tokenizer(bos=None, **special_tokens):
+def fast_tokenizer(bos=None, tokens=None, **special_tokens):
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer.from_str(json.dumps(tokenizer_json(bos)))
+    tok = Tokenizer.from_str(json.dumps(tokenizer_json(bos, tokens)))
     return PreTrainedTokenizerFast(tokenizer_object=tok, **special_tokens)
 
 
@@ -682,6 +685,95 @@ def family_qwen2_vl(directory, v25=False):
               decode=greedy_generate)
 
 
+# Pixtral's vocabulary: the shared special tokens, then the Mistral control and image tokens
+# its processor and template use (own list, so the other families' vocabulary is unchanged;
+# elite's `model make-tiny pixtral` appends the same ones).
+PIXTRAL_TOKENS = SPECIAL_TOKENS + [
+    ("[INST]", True),
+    ("[/INST]", True),
+    ("[IMG]", True),
+    ("[IMG_BREAK]", True),
+    ("[IMG_END]", True),
+]
+
+# A Mistral-style template in the shape of the Pixtral ones (BOS, each user turn in
+# [INST]...[/INST] with its parts in order and [IMG] for an image, the system text before
+# the first user turn's parts, assistant turns closed by EOS, no generation prompt);
+# written for these fixtures.
+PIXTRAL_TEMPLATE = (
+    "{{- bos_token }}"
+    "{%- set ns = namespace(system='') %}"
+    "{%- for message in messages %}"
+    "{%- if message['role'] == 'system' %}"
+    "{%- for part in message['content'] %}{%- if part['type'] == 'text' %}"
+    "{%- set ns.system = ns.system + part['text'] + '\n\n' %}{%- endif %}{%- endfor %}"
+    "{%- elif message['role'] == 'user' %}"
+    "{{- '[INST]' + ns.system }}{%- set ns.system = '' %}"
+    "{%- for part in message['content'] %}"
+    "{%- if part['type'] == 'image' %}{{- '[IMG]' }}"
+    "{%- elif part['type'] == 'text' %}{{- part['text'] }}{%- endif %}"
+    "{%- endfor %}"
+    "{{- '[/INST]' }}"
+    "{%- else %}"
+    "{%- for part in message['content'] %}{%- if part['type'] == 'text' %}"
+    "{{- part['text'] }}{%- endif %}{%- endfor %}{{- eos_token }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+)
+
+
+def family_pixtral(directory):
+    """Pixtral: LLaVA with transformers' PixtralVisionModel (2-D RoPE ViT at the image's own
+    patch grid) and a Mistral text model. The text model's head_dim is not hidden/heads, as
+    in Pixtral-12B."""
+    import importlib.util
+
+    import torch
+    from transformers import (LlavaConfig, LlavaForConditionalGeneration, MistralConfig,
+                              PixtralVisionConfig)
+    from transformers.models.pixtral import image_processing_pil_pixtral
+    from transformers.models.pixtral.image_processing_pil_pixtral import \
+        PixtralImageProcessorPil
+
+    if importlib.util.find_spec("torchvision") is None:
+        # PixtralProcessor imports one helper (the token count for a size, unused here)
+        # from the torchvision image processor module; without torchvision, the PIL module
+        # provides the same function. The processor's own code is unchanged.
+        sys.modules.setdefault("transformers.models.pixtral.image_processing_pixtral",
+                               image_processing_pil_pixtral)
+    from transformers.models.pixtral.processing_pixtral import PixtralProcessor
+
+    torch.manual_seed(0)
+    sp = lambda t: special(t, PIXTRAL_TOKENS)  # noqa: E731
+    text = MistralConfig(vocab_size=256 + len(PIXTRAL_TOKENS), hidden_size=32,
+                         intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, head_dim=16, rms_norm_eps=1e-5,
+                         rope_parameters={"rope_type": "default",
+                                          "rope_theta": 1_000_000_000.0},
+                         max_position_embeddings=512, sliding_window=None,
+                         bos_token_id=sp("<s>"), eos_token_id=sp("</s>"),
+                         pad_token_id=sp("<pad>"), tie_word_embeddings=False,
+                         initializer_range=0.2)
+    vision = PixtralVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                 num_attention_heads=2, image_size=32, patch_size=4,
+                                 hidden_act="silu",
+                                 rope_parameters={"rope_type": "axial", "rope_theta": 10000.0},
+                                 initializer_range=0.2)
+    config = LlavaConfig(text_config=text, vision_config=vision,
+                         image_token_index=sp("[IMG]"), projector_hidden_act="gelu",
+                         vision_feature_layer=-1, vision_feature_select_strategy="full")
+    model = LlavaForConditionalGeneration(config).eval()
+    tok = fast_tokenizer(bos="<s>", tokens=PIXTRAL_TOKENS, bos_token="<s>", eos_token="</s>",
+                         unk_token="<unk>", pad_token="<pad>")
+    improc = PixtralImageProcessorPil(size={"longest_edge": 32},
+                                      patch_size={"height": 4, "width": 4})
+    processor = PixtralProcessor(image_processor=improc, tokenizer=tok, patch_size=4,
+                                 chat_template=PIXTRAL_TEMPLATE)
+    write_model(directory, model, processor)
+    images = make_images(directory)
+    run_cases(directory, processor, model, standard_cases(images), batch_case(images))
+
+
 FAMILIES = {
     "qwen2_vl": family_qwen2_vl,
     "qwen2_5_vl": lambda d: family_qwen2_vl(d, v25=True),
@@ -691,6 +783,7 @@ FAMILIES = {
     "qwen3": family_qwen3,
     "llava": lambda d: family_llava(d, next_=False),
     "llava_next": lambda d: family_llava(d, next_=True),
+    "pixtral": family_pixtral,
 }
 
 

@@ -348,6 +348,35 @@ impl Llama {
     }
 }
 
+/// Left-pads per-row embeddings `(len_i, hidden)` to the longest row: returns the batch
+/// `(rows, longest, hidden)` (zeros in the padding) and its `valid` mask `(rows, longest)`
+/// for [`Llama::forward`].
+pub fn left_pad(rows: &[Tensor]) -> candle_core::Result<(Tensor, Tensor)> {
+    let Some(first) = rows.first() else {
+        candle_core::bail!("no rows to pad")
+    };
+    let (dev, dtype, hidden) = (first.device(), first.dtype(), first.dim(1)?);
+    let lens = rows
+        .iter()
+        .map(|r| r.dim(0))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let longest = lens.iter().copied().max().unwrap_or(0);
+    let mut padded = Vec::with_capacity(rows.len());
+    let mut valid = Vec::with_capacity(rows.len() * longest);
+    for (r, &len) in rows.iter().zip(&lens) {
+        let pad = longest - len;
+        valid.extend(std::iter::repeat_n(0f32, pad));
+        valid.extend(std::iter::repeat_n(1f32, len));
+        padded.push(if pad > 0 {
+            Tensor::cat(&[&Tensor::zeros((pad, hidden), dtype, dev)?, r], 0)?
+        } else {
+            r.clone()
+        });
+    }
+    let valid = Tensor::from_vec(valid, (rows.len(), longest), dev)?;
+    Ok((Tensor::stack(&padded, 0)?, valid))
+}
+
 /// `(batch, 1, len, total)` in f32: 0 where a query may look, a large negative number where the
 /// key is in its future or is padding. The number is finite so that the rows of padding
 /// queries (which see only padding) stay finite; their outputs are never used.

@@ -103,33 +103,33 @@ fn d_true() -> bool {
 #[derive(Debug, Clone, Deserialize)]
 pub struct TextConfig {
     #[serde(default = "d_model_type")]
-    model_type: String,
+    pub(super) model_type: String,
     #[serde(default = "d_hidden")]
-    hidden_size: usize,
+    pub(super) hidden_size: usize,
     #[serde(default = "d_inter")]
-    intermediate_size: usize,
+    pub(super) intermediate_size: usize,
     #[serde(default = "d_layers")]
-    num_hidden_layers: usize,
+    pub(super) num_hidden_layers: usize,
     #[serde(default = "d_heads")]
-    num_attention_heads: usize,
+    pub(super) num_attention_heads: usize,
     #[serde(default)]
-    num_key_value_heads: Option<usize>,
+    pub(super) num_key_value_heads: Option<usize>,
     #[serde(default = "d_eps")]
-    rms_norm_eps: f64,
+    pub(super) rms_norm_eps: f64,
     #[serde(default = "d_theta")]
-    rope_theta: f32,
+    pub(super) rope_theta: f32,
     #[serde(default = "d_maxpos")]
-    max_position_embeddings: usize,
+    pub(super) max_position_embeddings: usize,
     #[serde(default = "d_vocab")]
-    vocab_size: usize,
+    pub(super) vocab_size: usize,
     #[serde(default)]
-    tie_word_embeddings: bool,
+    pub(super) tie_word_embeddings: bool,
     #[serde(default)]
-    head_dim: Option<usize>,
+    pub(super) head_dim: Option<usize>,
     #[serde(default)]
-    sliding_window: Option<usize>,
+    pub(super) sliding_window: Option<usize>,
     #[serde(default)]
-    rope_scaling: Option<serde_json::Value>,
+    pub(super) rope_scaling: Option<serde_json::Value>,
 }
 
 /// `vision_config` (CLIP ViT-L/14-336 defaults).
@@ -219,7 +219,7 @@ pub struct Llava {
     template: Option<ChatTemplate>,
 }
 
-fn projector_act(name: &str) -> Result<Activation, InferenceError> {
+pub(super) fn projector_act(name: &str) -> Result<Activation, InferenceError> {
     Ok(match name {
         "gelu" => Activation::Gelu,
         "gelu_pytorch_tanh" | "gelu_new" | "gelu_fast" => Activation::GeluPytorchTanh,

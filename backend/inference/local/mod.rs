@@ -13,6 +13,7 @@ pub mod generation;
 pub mod llama;
 pub mod llava;
 pub mod paligemma;
+pub mod pixtral;
 pub mod preprocess;
 pub mod qwen3;
 pub mod qwen_vl;
@@ -715,6 +716,10 @@ pub fn load_local_blocking(
             let (f, c) = llava::Llava::load(path, device, options.dtype)?;
             Arc::new(LocalModel::new(f, &c, adapter, options))
         }
+        AdapterKind::Pixtral => {
+            let (f, c) = pixtral::Pixtral::load(path, device, options.dtype)?;
+            Arc::new(LocalModel::new(f, &c, adapter, options))
+        }
         AdapterKind::Paligemma => {
             let (f, c) = paligemma::PaliGemma::load(path, device, options.dtype)?;
             Arc::new(LocalModel::new(f, &c, adapter, options))
@@ -741,11 +746,13 @@ pub fn detect_family(path: &Path) -> Result<AdapterKind, InferenceError> {
     match mt {
         "qwen3_vl" => Ok(AdapterKind::Qwen3Vl),
         "qwen2_vl" | "qwen2_5_vl" => Ok(AdapterKind::Qwen2Vl),
+        "llava" if pixtral::is_pixtral(&cfg) => Ok(AdapterKind::Pixtral),
         "llava" | "llava_next" => Ok(AdapterKind::Llava),
         "paligemma" => Ok(AdapterKind::Paligemma),
         "qwen3" => Ok(AdapterKind::Qwen3),
         other => Err(InferenceError::UnsupportedConfig(format!(
-            "model_type {other:?} in {} is not one of qwen2_vl, qwen2_5_vl, qwen3_vl, llava, llava_next, paligemma, qwen3",
+            "model_type {other:?} in {} is not one of qwen2_vl, qwen2_5_vl, qwen3_vl, llava, \
+             llava_next, paligemma, qwen3 (or llava with a pixtral vision tower)",
             path.join("config.json").display()
         ))),
     }
