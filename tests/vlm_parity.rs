@@ -413,6 +413,13 @@ fn paligemma_matches_transformers() {
     )
     .unwrap();
     parity(&fx, model, "paligemma");
+    let (model, _) = elite::inference::local::paligemma::PaliGemma::load(
+        &fx.dir.join("model"),
+        &Device::Cpu,
+        None,
+    )
+    .unwrap();
+    padded_batch(&fx, model, "paligemma");
 }
 
 #[test]

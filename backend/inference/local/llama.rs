@@ -13,7 +13,9 @@
 //! key/value heads and rotate-half RoPE, RMSNorm, SiLU-gated MLP; a final RMSNorm and the LM
 //! head. With `qk_norm` it is `Qwen3DecoderLayer`: queries and keys get a per-head RMSNorm
 //! before RoPE. With `qkv_bias` it is `Qwen2DecoderLayer`: the query, key and value
-//! projections carry biases. Mistral's sliding window is not applied (prompts here are far shorter than
+//! projections carry biases. With `gemma` it is `GemmaDecoderLayer` (scaled embeddings,
+//! `1 + weight` RMSNorm, tanh-GELU MLP), and `bidirectional_prompt` gives PaliGemma's
+//! prefix-LM attention (the prompt sees itself whole). Mistral's sliding window is not applied (prompts here are far shorter than
 //! it).
 
 use candle_core::{DType, Device, Module, Tensor};
@@ -48,6 +50,12 @@ pub struct LlamaConfig {
     pub qk_norm: bool,
     /// Biases on the query, key and value projections (Qwen2).
     pub qkv_bias: bool,
+    /// Gemma layers: embeddings scaled by `sqrt(hidden)`, RMSNorm weights applied as
+    /// `1 + weight`, a tanh-GELU gated MLP (PaliGemma's language model).
+    pub gemma: bool,
+    /// The prompt attends to itself in both directions (PaliGemma's prefix-LM attention);
+    /// generated tokens attend causally.
+    pub bidirectional_prompt: bool,
 }
 
 struct Layer {
@@ -122,6 +130,16 @@ impl KvCache {
     }
 }
 
+/// RMSNorm of width `n`; Gemma stores `weight - 1`.
+fn norm(cfg: &LlamaConfig, n: usize, vb: VarBuilder) -> candle_core::Result<RmsNorm> {
+    if cfg.gemma {
+        let w = vb.get(n, "weight")?;
+        Ok(RmsNorm::new((w + 1.0)?, cfg.rms_norm_eps))
+    } else {
+        candle_nn::rms_norm(n, cfg.rms_norm_eps, vb)
+    }
+}
+
 fn rope_tables(
     cfg: &LlamaConfig,
     dtype: DType,
@@ -184,8 +202,8 @@ impl Llama {
                 gate: candle_nn::linear_no_bias(h, cfg.intermediate_size, mlp.pp("gate_proj"))?,
                 up: candle_nn::linear_no_bias(h, cfg.intermediate_size, mlp.pp("up_proj"))?,
                 down: candle_nn::linear_no_bias(cfg.intermediate_size, h, mlp.pp("down_proj"))?,
-                ln1: candle_nn::rms_norm(h, cfg.rms_norm_eps, l.pp("input_layernorm"))?,
-                ln2: candle_nn::rms_norm(h, cfg.rms_norm_eps, l.pp("post_attention_layernorm"))?,
+                ln1: norm(cfg, h, l.pp("input_layernorm"))?,
+                ln2: norm(cfg, h, l.pp("post_attention_layernorm"))?,
                 q_norm: if cfg.qk_norm {
                     Some(candle_nn::rms_norm(hd, cfg.rms_norm_eps, a.pp("q_norm"))?)
                 } else {
@@ -198,7 +216,7 @@ impl Llama {
                 },
             });
         }
-        let norm = candle_nn::rms_norm(h, cfg.rms_norm_eps, m.pp("norm"))?;
+        let norm = norm(cfg, h, m.pp("norm"))?;
         let lm_head = if cfg.tie_word_embeddings {
             Linear::new(embed.embeddings().clone(), None)
         } else {
@@ -214,6 +232,14 @@ impl Llama {
             cos,
             sin,
         })
+    }
+
+    fn act(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if self.cfg.gemma {
+            x.gelu()
+        } else {
+            candle_nn::ops::silu(x)
+        }
     }
 
     /// Token embeddings `(.., hidden)`.
@@ -262,7 +288,8 @@ impl Llama {
             None => valid,
         };
         cache.valid = Some(all_valid.clone());
-        let bias = attention_bias(&all_valid, start, len)?;
+        let bidirectional = self.cfg.bidirectional_prompt && start == 0;
+        let bias = attention_bias(&all_valid, start, len, bidirectional)?;
         let (cos, sin) = match rope {
             Some((c, s)) => (c.to_dtype(x.dtype())?, s.to_dtype(x.dtype())?),
             None => (
@@ -270,7 +297,12 @@ impl Llama {
                 self.sin.narrow(0, start, len)?,
             ),
         };
-        let mut h = x.clone();
+        let mut h = if self.cfg.gemma {
+            let scale = Tensor::new((self.cfg.hidden_size as f32).sqrt(), x.device())?;
+            x.broadcast_mul(&scale.to_dtype(x.dtype())?)?
+        } else {
+            x.clone()
+        };
         for (i, layer) in self.layers.iter().enumerate() {
             let residual = h.clone();
             let a = layer.ln1.forward(&h)?;
@@ -278,9 +310,9 @@ impl Llama {
             h = (residual + a)?;
             let residual = h.clone();
             let m = layer.ln2.forward(&h)?;
-            let m = layer.down.forward(
-                &(candle_nn::ops::silu(&layer.gate.forward(&m)?)? * layer.up.forward(&m)?)?,
-            )?;
+            let m = layer
+                .down
+                .forward(&(self.act(&layer.gate.forward(&m)?)? * layer.up.forward(&m)?)?)?;
             h = (residual + m)?;
             if let Some(add) = inject.get(i) {
                 h = (h + add.to_dtype(x.dtype())?)?;
@@ -380,11 +412,24 @@ pub fn left_pad(rows: &[Tensor]) -> candle_core::Result<(Tensor, Tensor)> {
 /// `(batch, 1, len, total)` in f32: 0 where a query may look, a large negative number where the
 /// key is in its future or is padding. The number is finite so that the rows of padding
 /// queries (which see only padding) stay finite; their outputs are never used.
-fn attention_bias(valid: &Tensor, start: usize, len: usize) -> candle_core::Result<Tensor> {
+fn attention_bias(
+    valid: &Tensor,
+    start: usize,
+    len: usize,
+    bidirectional: bool,
+) -> candle_core::Result<Tensor> {
     let (b, total) = valid.dims2()?;
     let dev = valid.device();
     let causal: Vec<f32> = (0..len)
-        .flat_map(|i| (0..total).map(move |j| if j <= start + i { 1.0 } else { 0.0 }))
+        .flat_map(|i| {
+            (0..total).map(move |j| {
+                if bidirectional || j <= start + i {
+                    1.0
+                } else {
+                    0.0
+                }
+            })
+        })
         .collect();
     let causal = Tensor::from_vec(causal, (1, 1, len, total), dev)?;
     let keys = valid.reshape((b, 1, 1, total))?;

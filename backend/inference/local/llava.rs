@@ -606,6 +606,8 @@ impl Modules {
             tie_word_embeddings: t.tie_word_embeddings,
             qk_norm: false,
             qkv_bias: false,
+            gemma: false,
+            bidirectional_prompt: false,
         };
         let load = |e: candle_core::Error| InferenceError::Load(e.to_string());
         // candle draws a random class embedding when the weight is absent; a model must

@@ -1,22 +1,26 @@
-//! PaliGemma (1) from candle's SigLIP vision model, a linear projector and
-//! candle's Gemma.
+//! PaliGemma (1) from candle's SigLIP vision model, a linear projector and the Gemma
+//! decoder of [`super::llama`].
 //!
 //! Preprocessing: resize to the SigLIP input size (no crop), rescale,
 //! normalise with mean/std 0.5. The prompt is the PaliGemma format
 //! `<image>×N <bos> text \n`: image features (scaled by `1/sqrt(hidden)` as
 //! in HF, before Gemma's embedding normaliser) followed by the text
 //! embeddings. PaliGemma is not a chat model: the text of all messages is
-//! joined with newlines. The prefix is attended bidirectionally (candle's
-//! Gemma applies no mask when given embeddings), which is PaliGemma's
-//! prefix-LM attention.
+//! joined with newlines. The whole prompt is the prefix and attends to itself in
+//! both directions (PaliGemma's prefix-LM attention); generated tokens attend causally.
+//!
+//! candle-transformers' Gemma is replaced by the shared decoder because it takes no
+//! padding mask: here prompts of different lengths (with and without an image) share one
+//! left-padded forward pass, and finished rows leave the batch.
 
 use std::path::Path;
 
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Activation, Linear, VarBuilder};
-use candle_transformers::models::{gemma, siglip};
+use candle_transformers::models::siglip;
 use serde::Deserialize;
 
+use super::llama::{KvCache, Llama, LlamaConfig};
 use super::preprocess::{self, HALF};
 use super::{Common, Family, Prepared};
 use crate::inference::{ChatRequest, ContentPart, InferenceError};
@@ -168,7 +172,8 @@ pub struct PaliGemma {
     cfg: PaliGemmaConfig,
     vision: siglip::VisionModel,
     projector: Linear,
-    lm: gemma::Model,
+    lm: Llama,
+    cache: Option<KvCache>,
     common: Common,
     bos: u32,
     image_tokens: usize,
@@ -220,6 +225,7 @@ impl PaliGemma {
                 vision,
                 projector,
                 lm,
+                cache: None,
                 common: common.clone(),
                 bos,
                 mean,
@@ -233,7 +239,7 @@ impl PaliGemma {
 fn modules(
     cfg: &PaliGemmaConfig,
     vb: VarBuilder,
-) -> Result<(siglip::VisionModel, Linear, gemma::Model), InferenceError> {
+) -> Result<(siglip::VisionModel, Linear, Llama), InferenceError> {
     let t = &cfg.text_config;
     let v = &cfg.vision_config;
     let vision_cfg = siglip::VisionConfig {
@@ -247,23 +253,28 @@ fn modules(
         hidden_act: v.hidden_act.unwrap_or(Activation::GeluPytorchTanh),
         layer_norm_eps: v.layer_norm_eps,
     };
-    let text_cfg = gemma::Config {
-        attention_bias: false,
-        head_dim: t.head_dim,
-        hidden_act: t
-            .hidden_act
-            .or(t.hidden_activation)
-            .or(Some(Activation::GeluPytorchTanh)),
-        hidden_activation: None,
+    let act = t.hidden_act.or(t.hidden_activation);
+    if act.is_some_and(|a| a != Activation::GeluPytorchTanh) {
+        return Err(InferenceError::UnsupportedConfig(
+            "PaliGemma's text model must use gelu_pytorch_tanh".into(),
+        ));
+    }
+    let text_cfg = LlamaConfig {
         hidden_size: t.hidden_size,
         intermediate_size: t.intermediate_size,
-        num_attention_heads: t.num_attention_heads,
         num_hidden_layers: t.num_hidden_layers,
+        num_attention_heads: t.num_attention_heads,
         num_key_value_heads: t.num_key_value_heads,
+        head_dim: t.head_dim,
         rms_norm_eps: t.rms_norm_eps,
         rope_theta: t.rope_theta,
         vocab_size: t.vocab_size,
         max_position_embeddings: t.max_position_embeddings,
+        tie_word_embeddings: true,
+        qk_norm: false,
+        qkv_bias: false,
+        gemma: true,
+        bidirectional_prompt: true,
     };
     let load = |e: candle_core::Error| InferenceError::Load(e.to_string());
     let vision = siglip::VisionModel::new(&vision_cfg, false, vb.pp("vision_tower.vision_model"))
@@ -281,7 +292,7 @@ fn modules(
         vb.pp("multi_modal_projector.linear"),
     )
     .map_err(load)?;
-    let lm = gemma::Model::new(false, &text_cfg, vb.pp("language_model")).map_err(load)?;
+    let lm = Llama::load(&text_cfg, vb.pp("language_model")).map_err(load)?;
     Ok((vision, projector, lm))
 }
 
@@ -357,31 +368,74 @@ impl Family for PaliGemma {
     }
 
     fn prefill(&mut self, inputs: &[&Input]) -> candle_core::Result<Tensor> {
-        self.lm.clear_kv_cache();
-        let dev = &self.common.device;
-        let b = inputs.len();
-        let len = inputs.first().map(|i| i.text_ids.len()).unwrap_or(0);
-        let ids: Vec<u32> = inputs
-            .iter()
-            .flat_map(|i| i.text_ids.iter().copied())
-            .collect();
-        let ids = Tensor::from_vec(ids, (b, len), dev)?;
-        let text = self.lm.embed_tokens().forward(&ids)?;
-        let embeds = if inputs.iter().all(|i| i.pixels.is_some()) {
-            let px: Vec<Tensor> = inputs.iter().filter_map(|i| i.pixels.clone()).collect();
-            let px = Tensor::stack(&px, 0)?.to_dtype(self.common.dtype)?;
-            let feats = self.vision.forward(&px)?.apply(&self.projector)?;
-            let feats = (feats / (self.cfg.text_config.hidden_size as f64).sqrt())?;
-            Tensor::cat(&[&feats.to_dtype(text.dtype())?, &text], 1)?
+        let dev = self.common.device.clone();
+        let hidden = self.cfg.text_config.hidden_size;
+        // Image features of the rows that have an image, in one vision pass.
+        let px: Vec<Tensor> = inputs.iter().filter_map(|i| i.pixels.clone()).collect();
+        let feats = if px.is_empty() {
+            None
         } else {
-            text
+            let px = Tensor::stack(&px, 0)?.to_dtype(self.common.dtype)?;
+            let f = self.vision.forward(&px)?.apply(&self.projector)?;
+            Some((f / (hidden as f64).sqrt())?)
         };
-        self.lm.forward_embeds(&embeds, None, 0)
+        let mut next_image = 0;
+        let mut rows = Vec::with_capacity(inputs.len());
+        for input in inputs {
+            let ids = Tensor::new(input.text_ids.as_slice(), &dev)?;
+            let text = self.lm.embed(&ids)?;
+            rows.push(match (&input.pixels, &feats) {
+                (Some(_), Some(f)) => {
+                    let img = f.get(next_image)?.to_dtype(text.dtype())?;
+                    next_image += 1;
+                    Tensor::cat(&[&img, &text], 0)?
+                }
+                _ => text,
+            });
+        }
+        // Left padding to the longest prompt; the mask keeps padding out of attention.
+        let longest = inputs.iter().map(|i| i.expanded.len()).max().unwrap_or(0);
+        let mut valid = Vec::with_capacity(inputs.len() * longest);
+        let mut padded = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let n = r.dim(0)?;
+            let pad = longest - n;
+            valid.extend(std::iter::repeat_n(0f32, pad));
+            valid.extend(std::iter::repeat_n(1f32, n));
+            padded.push(if pad > 0 {
+                Tensor::cat(&[&Tensor::zeros((pad, hidden), r.dtype(), &dev)?, r], 0)?
+            } else {
+                r.clone()
+            });
+        }
+        let x = Tensor::stack(&padded, 0)?;
+        let valid = Tensor::from_vec(valid, (inputs.len(), longest), &dev)?;
+        let mut cache = KvCache::new(self.cfg.text_config.num_hidden_layers);
+        let logits = self.lm.forward(&x, &valid, &mut cache)?;
+        self.cache = Some(cache);
+        Ok(logits)
     }
 
-    fn step(&mut self, tokens: &[u32], offset: usize) -> candle_core::Result<Tensor> {
-        let ids = Tensor::from_vec(tokens.to_vec(), (tokens.len(), 1), &self.common.device)?;
-        self.lm.forward(&ids, offset)
+    fn step(&mut self, tokens: &[u32], _offset: usize) -> candle_core::Result<Tensor> {
+        let Some(cache) = self.cache.as_mut() else {
+            candle_core::bail!("decode step before prefill")
+        };
+        let dev = &self.common.device;
+        let ids = Tensor::from_vec(tokens.to_vec(), (tokens.len(), 1), dev)?;
+        let x = self.lm.embed(&ids)?;
+        let valid = Tensor::ones((tokens.len(), 1), DType::F32, dev)?;
+        self.lm.forward(&x, &valid, cache)
+    }
+
+    fn pads_batches(&self) -> bool {
+        true
+    }
+
+    fn retain_rows(&mut self, keep: &[usize]) -> candle_core::Result<bool> {
+        if let Some(cache) = self.cache.as_mut() {
+            cache.retain(keep)?;
+        }
+        Ok(true)
     }
 
     fn context_length(&self) -> usize {

@@ -521,6 +521,8 @@ fn decoder_config(t: &TextConfig) -> LlamaConfig {
         tie_word_embeddings: t.tie_word_embeddings,
         qk_norm: false,
         qkv_bias: false,
+        gemma: false,
+        bidirectional_prompt: false,
     }
 }
 

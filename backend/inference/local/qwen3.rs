@@ -138,6 +138,8 @@ impl Qwen3 {
                 tie_word_embeddings: cfg.tie_word_embeddings,
                 qk_norm: true,
                 qkv_bias: false,
+                gemma: false,
+                bidirectional_prompt: false,
             };
             Backend::Padded {
                 model: Llama::load(&dec, vb).map_err(load)?,

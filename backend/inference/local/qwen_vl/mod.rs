@@ -360,6 +360,8 @@ fn modules(cfg: &Config, vb: VarBuilder) -> candle_core::Result<(Vision, Llama)>
         tie_word_embeddings: t.tie_word_embeddings,
         qk_norm: qwen3,
         qkv_bias: !qwen3,
+        gemma: false,
+        bidirectional_prompt: false,
     };
     let text = Llama::load_parts(&llama_cfg, vb.pp("model.language_model"), vb.pp("lm_head"))?;
     Ok((vision, text))
