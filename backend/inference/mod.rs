@@ -41,7 +41,8 @@
 //!     with padded batches. Images keep their aspect ratio (longest edge
 //!     capped, sides rounded up to whole patches) and become `[IMG]` rows
 //!     ended by `[IMG_BREAK]` / `[IMG_END]`; multiple images per request work.
-//!   - **PaliGemma (1)** (`paligemma`, candle SigLIP + Gemma). The adapter
+//!   - **PaliGemma (1)** (`paligemma`, candle SigLIP + the shared decoder in
+//!     its Gemma form, with PaliGemma's prefix-LM attention). The adapter
 //!     scales image features like HF (`/ sqrt(hidden)`) rather than candle's
 //!     L2 normalisation. One image per request (or none). PaliGemma 2
 //!     (Gemma-2 text model) is reported as an unsupported config.
@@ -51,12 +52,13 @@
 //!     thinking (empty `<think>` block), as Qwen recommends for non-thinking
 //!     use.
 //!
-//!   Batching: LLaVA, Qwen3 and Qwen3-VL run on the shared decoder of
+//!   Batching: every family's language model is the shared decoder of
 //!   `local::llama`, which takes left-padded batches with an attention mask,
-//!   so requests of any prompt length share one forward pass and finished
-//!   rows leave the batch. PaliGemma (candle's Gemma takes no padding mask)
-//!   groups requests whose prefill inputs have the same shape; each group
-//!   runs as one batched forward pass, groups one after another. Generation
+//!   so requests of any prompt length share one forward pass (up to
+//!   `MAX_BATCH` rows) and finished rows leave the batch. The exceptions are
+//!   Qwen3 from a GGUF file and Qwen3 configs with attention biases, which
+//!   run on candle-transformers' models: requests of equal prompt length
+//!   share a pass, the others run one after another. Generation
 //!   runs on a blocking thread (`spawn_blocking`), one batch at a time per
 //!   model. Local models do not constrain decoding to a JSON schema; when a
 //!   schema is requested, the adapter appends an instruction with the schema
