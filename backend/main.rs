@@ -327,7 +327,7 @@ enum ModelCommand {
     Add {
         name: String,
         /// local (family from config.json), qwen3_vl, qwen2_vl (Qwen2-VL and Qwen2.5-VL), llava,
-        /// pixtral, paligemma, qwen3, or openai.
+        /// pixtral, internvl, paligemma, qwen3, or openai.
         #[arg(long)]
         adapter: String,
         /// Local model directory (or .gguf file, or hf:org/name).
@@ -381,7 +381,8 @@ enum ModelCommand {
         json: bool,
     },
     /// Write a tiny random-weight model (qwen3_vl, qwen2_vl, qwen2_5_vl, llava, llava_next,
-    /// pixtral, paligemma, qwen3, qwen3_gguf) to a directory, to try the pipeline offline.
+    /// pixtral, internvl, paligemma, qwen3, qwen3_gguf) to a directory, to try the pipeline
+    /// offline.
     MakeTiny {
         arch: String,
         dir: PathBuf,

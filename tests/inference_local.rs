@@ -173,6 +173,11 @@ async fn pixtral_end_to_end() {
 }
 
 #[tokio::test]
+async fn internvl_end_to_end() {
+    exercise("internvl", AdapterKind::Local, true).await;
+}
+
+#[tokio::test]
 async fn paligemma_end_to_end() {
     exercise("paligemma", AdapterKind::Paligemma, true).await;
 }

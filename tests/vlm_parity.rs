@@ -202,6 +202,18 @@ impl Inspect for elite::inference::local::qwen_vl::Input {
     }
 }
 
+impl Inspect for elite::inference::local::internvl::Input {
+    fn ids(&self) -> &[u32] {
+        self.ids()
+    }
+    fn pixel_values(&self) -> Vec<&Tensor> {
+        Vec::new()
+    }
+    fn packed_pixels(&self) -> Option<Tensor> {
+        self.pixel_values().unwrap()
+    }
+}
+
 impl Inspect for elite::inference::local::paligemma::Input {
     fn ids(&self) -> &[u32] {
         self.ids()
@@ -430,6 +442,29 @@ fn pixtral_matches_transformers() {
     parity(&fx, model, "pixtral");
     let (model, _) = Pixtral::load(&fx.dir.join("model"), &Device::Cpu, None).unwrap();
     padded_batch(&fx, model, "pixtral");
+}
+
+fn internvl_parity(family_name: &str) {
+    use elite::inference::local::internvl::InternVl;
+    let fx = Fixture::load(family_name);
+    let (model, _) = InternVl::load(&fx.dir.join("model"), &Device::Cpu, None).unwrap();
+    parity(&fx, model, family_name);
+    let (model, _) = InternVl::load(&fx.dir.join("model"), &Device::Cpu, None).unwrap();
+    padded_batch(&fx, model, family_name);
+}
+
+/// InternVL 3 shape: LayerNorm InternViT with q/k/v biases, Qwen2 decoder. The images cut
+/// into 2×1, 2×2 (a ratio tie the larger grid wins) and 1×2 tiles plus thumbnails.
+#[test]
+fn internvl_matches_transformers() {
+    internvl_parity("internvl");
+}
+
+/// The InternViT-6B options (RMSNorm layers, query/key RMSNorm, a final vision norm) with a
+/// Qwen3 decoder whose head is tied to the embeddings (no `lm_head` in the checkpoint).
+#[test]
+fn internvl_rms_qk_norm_qwen3_matches_transformers() {
+    internvl_parity("internvl_big");
 }
 
 #[test]

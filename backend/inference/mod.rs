@@ -41,6 +41,11 @@
 //!     with padded batches. Images keep their aspect ratio (longest edge
 //!     capped, sides rounded up to whole patches) and become `[IMG]` rows
 //!     ended by `[IMG_BREAK]` / `[IMG_END]`; multiple images per request work.
+//!   - **InternVL 2.5 / 3 / 3.5** (`internvl`, the transformers layout of the
+//!     OpenGVLab `*-hf` checkpoints). Our own InternViT on candle-nn (LayerNorm or
+//!     RMSNorm layers, optional query/key norm, per-channel layer scales), dynamic
+//!     tiling with a thumbnail, pixel-shuffle downsampling and the MLP projector,
+//!     on the shared decoder in its Qwen2, Qwen3 or Llama form.
 //!   - **PaliGemma (1)** (`paligemma`, candle SigLIP + the shared decoder in
 //!     its Gemma form, with PaliGemma's prefix-LM attention). The adapter
 //!     scales image features like HF (`/ sqrt(hidden)`) rather than candle's

@@ -30,6 +30,8 @@ pub enum AdapterKind {
     Llava,
     /// Local Pixtral (HF `llava` layout with a Pixtral vision tower).
     Pixtral,
+    /// Local InternVL 2.5 / 3 / 3.5 (HF `internvl` layout).
+    Internvl,
     /// Local PaliGemma.
     Paligemma,
     /// Local Qwen3 text model (safetensors directory or `.gguf` file).
@@ -46,12 +48,13 @@ impl AdapterKind {
     }
 
     /// Every kind, for CLI help.
-    pub const ALL: [AdapterKind; 8] = [
+    pub const ALL: [AdapterKind; 9] = [
         Self::Local,
         Self::Qwen3Vl,
         Self::Qwen2Vl,
         Self::Llava,
         Self::Pixtral,
+        Self::Internvl,
         Self::Paligemma,
         Self::Qwen3,
         Self::OpenAi,
@@ -65,6 +68,7 @@ impl AdapterKind {
             Self::Qwen2Vl => "qwen2_vl",
             Self::Llava => "llava",
             Self::Pixtral => "pixtral",
+            Self::Internvl => "internvl",
             Self::Paligemma => "paligemma",
             Self::Qwen3 => "qwen3",
             Self::OpenAi => "openai",

@@ -23,16 +23,17 @@ use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 
 use super::InferenceError;
-use super::local::{llava, paligemma, pixtral, qwen_vl, qwen3};
+use super::local::{internvl, llava, paligemma, pixtral, qwen_vl, qwen3};
 
 /// Architectures [`make_tiny_model`] knows.
-pub const TINY_ARCHS: [&str; 9] = [
+pub const TINY_ARCHS: [&str; 10] = [
     "qwen3_vl",
     "qwen2_vl",
     "qwen2_5_vl",
     "llava",
     "llava_next",
     "pixtral",
+    "internvl",
     "paligemma",
     "qwen3",
     "qwen3_gguf",
@@ -94,6 +95,40 @@ pub const PIXTRAL_TEMPLATE: &str = concat!(
     "{%- endif %}",
     "{%- endfor %}",
 );
+
+/// InternVL's image wrapper, image context and video tokens, appended after
+/// [`SPECIAL_TOKENS`] in InternVL's tokenizer only.
+pub const INTERNVL_TOKENS: [(&str, bool); 4] = [
+    ("<img>", true),
+    ("</img>", true),
+    ("<IMG_CONTEXT>", true),
+    ("<video>", true),
+];
+
+/// A ChatML template for tiny InternVL models (each image as an `<IMG_CONTEXT>` line
+/// before the text); the same as the parity fixture's.
+pub const INTERNVL_TEMPLATE: &str = concat!(
+    "{%- for message in messages %}",
+    "{{- '<|im_start|>' + message['role'] + '\\n' }}",
+    "{%- if message['content'] is string %}{{- message['content'] }}",
+    "{%- else %}{%- for part in message['content'] %}",
+    "{%- if part['type'] == 'image' %}{{- '<IMG_CONTEXT>\\n' }}",
+    "{%- elif part['type'] == 'text' %}{{- part['text'] }}{%- endif %}",
+    "{%- endfor %}{%- endif %}",
+    "{{- '<|im_end|>\\n' }}",
+    "{%- endfor %}",
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}",
+);
+
+/// Id of a special token of InternVL's tiny tokenizer.
+pub fn internvl_special(token: &str) -> u32 {
+    SPECIAL_TOKENS
+        .iter()
+        .chain(INTERNVL_TOKENS.iter())
+        .position(|(t, _)| *t == token)
+        .map(|i| 256 + i as u32)
+        .unwrap_or(0)
+}
 
 /// Id of a special token of Pixtral's tiny tokenizer.
 pub fn pixtral_special(token: &str) -> u32 {
@@ -371,6 +406,42 @@ pub fn config_for(arch: &str, size: ModelSize) -> Result<(Value, ExtraFiles), In
                 "pad_token_id": p("<pad>"), "torch_dtype": "float32"
             })
         }
+        "internvl" => {
+            let (h, i, l, nh, kv) = if mid {
+                (896, 4864, 24, 14, 2)
+            } else {
+                (64, 128, 2, 4, 2)
+            };
+            let (vh, vi, vl, vnh, img, patch) = if mid {
+                (1024, 4096, 12, 16, 448, 14)
+            } else {
+                (32, 64, 2, 2, 16, 4)
+            };
+            let p = internvl_special;
+            json!({
+                "architectures": ["InternVLForConditionalGeneration"], "model_type": "internvl",
+                "image_token_id": p("<IMG_CONTEXT>"), "image_seq_length": (img / patch / 2usize).pow(2),
+                "downsample_ratio": 0.5, "projector_hidden_act": "gelu",
+                "vision_feature_layer": -1, "vision_feature_select_strategy": "default",
+                "tie_word_embeddings": false,
+                "text_config": {
+                    "model_type": "qwen2", "vocab_size": v + INTERNVL_TOKENS.len(),
+                    "hidden_size": h, "intermediate_size": i, "num_hidden_layers": l,
+                    "num_attention_heads": nh, "num_key_value_heads": kv,
+                    "max_position_embeddings": if mid { 4096 } else { 512 }, "rms_norm_eps": 1e-6,
+                    "rope_theta": 1_000_000.0, "tie_word_embeddings": false,
+                    "bos_token_id": p("<|endoftext|>"), "eos_token_id": p("<|im_end|>")
+                },
+                "vision_config": {
+                    "model_type": "internvl_vision", "hidden_size": vh, "intermediate_size": vi,
+                    "num_hidden_layers": vl, "num_attention_heads": vnh, "image_size": [img, img],
+                    "patch_size": [patch, patch], "attention_bias": true, "use_qk_norm": false,
+                    "norm_type": "layer_norm", "layer_norm_eps": 1e-6, "hidden_act": "gelu",
+                    "use_mean_pooling": true, "layer_scale_init_value": 0.1
+                },
+                "eos_token_id": p("<|im_end|>"), "torch_dtype": "float32"
+            })
+        }
         "paligemma" => {
             let (h, i, l, nh, kv, hd) = if mid {
                 (1024, 4096, 18, 8, 1, 128)
@@ -454,6 +525,31 @@ pub fn config_for(arch: &str, size: ModelSize) -> Result<(Value, ExtraFiles), In
                 }),
             ));
         }
+        "internvl" => {
+            let (img, patch, max) = if mid { (448, 14, 4) } else { (16, 4, 4) };
+            extra.push((
+                "processor_config.json",
+                json!({
+                    "processor_class": "InternVLProcessor",
+                    "image_seq_length": (img / patch / 2usize).pow(2),
+                    "image_processor": {
+                        "image_processor_type": "GotOcr2ImageProcessor", "crop_to_patches": false,
+                        "min_patches": 1, "max_patches": max, "resample": 3,
+                        "size": {"height": img, "width": img},
+                        "image_mean": internvl::IMAGENET_MEAN, "image_std": internvl::IMAGENET_STD
+                    }
+                }),
+            ));
+            extra.push((
+                "tokenizer_config.json",
+                json!({
+                    "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
+                    "start_image_token": "<img>", "end_image_token": "</img>",
+                    "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>",
+                    "chat_template": INTERNVL_TEMPLATE
+                }),
+            ));
+        }
         "llava" | "llava_next" => {
             extra.push((
                 "preprocessor_config.json",
@@ -499,10 +595,10 @@ pub fn make_random_model(
     let (cfg, extra) = config_for(arch, size)?;
     std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
     write_json(&dir.join("config.json"), &cfg)?;
-    let tokenizer = if arch == "pixtral" {
-        tokenizer_json_with(&PIXTRAL_TOKENS)
-    } else {
-        tiny_tokenizer_json()
+    let tokenizer = match arch {
+        "pixtral" => tokenizer_json_with(&PIXTRAL_TOKENS),
+        "internvl" => tokenizer_json_with(&INTERNVL_TOKENS),
+        _ => tiny_tokenizer_json(),
     };
     write_json(&dir.join("tokenizer.json"), &tokenizer)?;
     for (name, v) in &extra {
@@ -524,6 +620,7 @@ pub fn make_random_model(
         "qwen3_vl" | "qwen2_vl" | "qwen2_5_vl" => qwen_vl::init_weights(&cfg, vb),
         "llava" | "llava_next" => llava::init_weights(&cfg, vb),
         "pixtral" => pixtral::init_weights(&cfg, vb),
+        "internvl" => internvl::init_weights(&cfg, vb),
         "paligemma" => paligemma::init_weights(&cfg, vb),
         _ => Ok(()),
     });

@@ -612,11 +612,14 @@ pub async fn list_runs(pool: &PgPool) -> Result<Vec<Run>, StoreError> {
     .await?)
 }
 
-pub async fn get_run(pool: &PgPool, id: i64) -> Result<Option<Run>, StoreError> {
+pub async fn get_run<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    id: i64,
+) -> Result<Option<Run>, StoreError> {
     Ok(
         sqlx::query_as::<_, Run>(sqlx::AssertSqlSafe(format!("{RUN_SELECT} WHERE r.id = $1")))
             .bind(id)
-            .fetch_optional(pool)
+            .fetch_optional(db)
             .await?,
     )
 }
@@ -679,7 +682,10 @@ impl FailedChunk {
 }
 
 /// The run's chunks (answering and judging) whose jobs failed for good, oldest first.
-pub async fn failed_chunks(pool: &PgPool, run_id: i64) -> Result<Vec<FailedChunk>, StoreError> {
+pub async fn failed_chunks<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    run_id: i64,
+) -> Result<Vec<FailedChunk>, StoreError> {
     Ok(sqlx::query_as::<_, FailedChunk>(
         "SELECT id AS job_id, kind, (payload->>'evaluator_id')::bigint AS evaluator_id,
                 ARRAY(SELECT x::bigint FROM jsonb_array_elements_text(payload->'item_ids') AS x) AS item_ids,
@@ -689,7 +695,7 @@ pub async fn failed_chunks(pool: &PgPool, run_id: i64) -> Result<Vec<FailedChunk
     )
     .bind(run_id)
     .bind(&[GENERATE_JOB, JUDGE_JOB][..])
-    .fetch_all(pool)
+    .fetch_all(db)
     .await?)
 }
 
@@ -745,7 +751,13 @@ pub struct RunProgress {
 }
 
 pub async fn progress(pool: &PgPool, run_id: i64) -> Result<Option<RunProgress>, StoreError> {
-    let Some(run) = get_run(pool, run_id).await? else {
+    // Every count below must come from one snapshot: read one by one, a judgement stored and
+    // its job finished between two reads would show a run `complete` with an answer unjudged.
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    let Some(run) = get_run(&mut *tx, run_id).await? else {
         return Ok(None);
     };
     #[derive(sqlx::FromRow)]
@@ -784,7 +796,7 @@ pub async fn progress(pool: &PgPool, run_id: i64) -> Result<Option<RunProgress>,
     )
     .bind(run_id)
     .bind(run.evaluator_id)
-    .fetch_one(pool)
+    .fetch_one(&mut *tx)
     .await?;
     let recent_errors: Vec<String> = sqlx::query_scalar(
         "(SELECT 'item ' || item_id || ': ' || error AS message, created_at AS at FROM responses
@@ -797,7 +809,7 @@ pub async fn progress(pool: &PgPool, run_id: i64) -> Result<Option<RunProgress>,
          ORDER BY 2 DESC LIMIT 5",
     )
     .bind(run_id)
-    .fetch_all(pool)
+    .fetch_all(&mut *tx)
     .await?;
     let answers_per_second = counts.answers_recent as f64 / counts.window;
     let judgements_per_second = counts.judged_recent as f64 / counts.window;
@@ -820,7 +832,8 @@ pub async fn progress(pool: &PgPool, run_id: i64) -> Result<Option<RunProgress>,
         (Some(a), Some(j)) if a + j > 0.0 => Some(a.max(j)),
         _ => None,
     };
-    let failed_chunks = failed_chunks(pool, run_id).await?;
+    let failed_chunks = failed_chunks(&mut *tx, run_id).await?;
+    tx.commit().await?;
     let state = if counts.queued + counts.running > 0 {
         RunState::Running
     } else if !failed_chunks.is_empty() {

@@ -774,6 +774,101 @@ def family_pixtral(directory):
     run_cases(directory, processor, model, standard_cases(images), batch_case(images))
 
 
+# InternVL's vocabulary: the shared special tokens, then the image wrapper, image context and
+# video tokens its processor uses (own list, as Pixtral's; `model make-tiny internvl`
+# appends the same ones).
+INTERNVL_TOKENS = SPECIAL_TOKENS + [
+    ("<img>", True),
+    ("</img>", True),
+    ("<IMG_CONTEXT>", True),
+    ("<video>", True),
+]
+
+# A ChatML template in the shape of the InternVL "-hf" ones (each image as an <IMG_CONTEXT>
+# line before the text, no default system prompt); written for these fixtures.
+INTERNVL_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' }}"
+    "{%- if message['content'] is string %}{{- message['content'] }}"
+    "{%- else %}{%- for part in message['content'] %}"
+    "{%- if part['type'] == 'image' %}{{- '<IMG_CONTEXT>\\n' }}"
+    "{%- elif part['type'] == 'text' %}{{- part['text'] }}{%- endif %}"
+    "{%- endfor %}{%- endif %}"
+    "{{- '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+
+def randomize_constants(model, seed):
+    """Gives the parameters transformers initialises to constants (class token, position
+    table, layer scales, norms) seeded random values, so that the parity test sees every
+    one of them used in the right place."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "language_model" in name:
+                continue
+            if any(k in name for k in ("cls_token", "position_embeddings", "lambda_", "norm")):
+                base = 1.0 if name.endswith("norm.weight") or "lambda_" in name else 0.0
+                p.copy_(base + 0.5 * torch.randn(p.shape, generator=g))
+
+
+def family_internvl(directory, big=False):
+    """InternVL (2.5 / 3 "-hf" layout): InternViT tiles with pixel-shuffle downsampling and
+    an MLP projector before a Qwen2 decoder. With `big`, the InternViT-6B options (RMSNorm
+    layers, per-projection query/key RMSNorm, a final vision norm) and a Qwen3 decoder."""
+    import torch
+    from transformers import (InternVLConfig, InternVLForConditionalGeneration,
+                              InternVLProcessor)
+    from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import \
+        GotOcr2ImageProcessorPil
+
+    torch.manual_seed(0)
+    sp = lambda t: special(t, INTERNVL_TOKENS)  # noqa: E731
+    text = dict(model_type="qwen3" if big else "qwen2", vocab_size=256 + len(INTERNVL_TOKENS),
+                hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                rms_norm_eps=1e-6, rope_parameters={"rope_type": "default",
+                                                    "rope_theta": 1_000_000.0},
+                initializer_range=0.2, bos_token_id=sp("<|endoftext|>"),
+                eos_token_id=sp("<|im_end|>"), tie_word_embeddings=big)
+    if big:
+        text["head_dim"] = 16
+    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                  num_attention_heads=2, image_size=[16, 16], patch_size=[4, 4],
+                  attention_bias=not big, use_qk_norm=big,
+                  norm_type="rms_norm" if big else "layer_norm", use_mean_pooling=not big,
+                  hidden_act="gelu", layer_norm_eps=1e-6, initializer_range=0.2)
+    config = InternVLConfig(text_config=text, vision_config=vision,
+                            image_token_id=sp("<IMG_CONTEXT>"), image_seq_length=4,
+                            downsample_ratio=0.5, projector_hidden_act="gelu",
+                            vision_feature_layer=-1, vision_feature_select_strategy="default",
+                            tie_word_embeddings=big)
+    model = InternVLForConditionalGeneration(config).eval()
+    randomize_constants(model, 1)
+    tok = fast_tokenizer(tokens=INTERNVL_TOKENS, eos_token="<|im_end|>",
+                         pad_token="<|endoftext|>",
+                         extra_special_tokens={"start_image_token": "<img>",
+                                               "end_image_token": "</img>",
+                                               "context_image_token": "<IMG_CONTEXT>",
+                                               "video_token": "<video>"})
+    improc = GotOcr2ImageProcessorPil(size={"height": 16, "width": 16}, crop_to_patches=False,
+                                      min_patches=1, max_patches=4,
+                                      image_mean=[0.485, 0.456, 0.406],
+                                      image_std=[0.229, 0.224, 0.225])
+    from transformers.models.internvl.video_processing_internvl import InternVLVideoProcessor
+
+    video = InternVLVideoProcessor(size={"height": 16, "width": 16})
+    processor = InternVLProcessor(image_processor=improc, tokenizer=tok, video_processor=video,
+                                  image_seq_length=4, chat_template=INTERNVL_TEMPLATE)
+    write_model(directory, model, processor)
+    images = make_images(directory)
+    run_cases(directory, processor, model, standard_cases(images), batch_case(images))
+
+
 FAMILIES = {
     "qwen2_vl": family_qwen2_vl,
     "qwen2_5_vl": lambda d: family_qwen2_vl(d, v25=True),
@@ -784,6 +879,8 @@ FAMILIES = {
     "llava": lambda d: family_llava(d, next_=False),
     "llava_next": lambda d: family_llava(d, next_=True),
     "pixtral": family_pixtral,
+    "internvl": family_internvl,
+    "internvl_big": lambda d: family_internvl(d, big=True),
 }
 
 

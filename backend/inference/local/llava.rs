@@ -130,6 +130,9 @@ pub struct TextConfig {
     pub(super) sliding_window: Option<usize>,
     #[serde(default)]
     pub(super) rope_scaling: Option<serde_json::Value>,
+    /// Biases on the query, key and value projections (Llama's `attention_bias`).
+    #[serde(default)]
+    pub(super) attention_bias: bool,
 }
 
 /// `vision_config` (CLIP ViT-L/14-336 defaults).
@@ -198,6 +201,11 @@ impl Input {
     /// Pixel values per image, `(crops, 3, S, S)`.
     pub fn pixel_values(&self) -> Vec<&Tensor> {
         self.images.iter().map(|i| &i.pixels).collect()
+    }
+
+    /// Original `(height, width)` of every image (transformers' `image_sizes`).
+    pub fn image_sizes(&self) -> Vec<(u32, u32)> {
+        self.images.iter().map(|i| (i.size.1, i.size.0)).collect()
     }
 }
 
@@ -605,7 +613,7 @@ impl Modules {
             max_position_embeddings: t.max_position_embeddings,
             tie_word_embeddings: t.tie_word_embeddings,
             qk_norm: false,
-            qkv_bias: false,
+            qkv_bias: t.attention_bias,
             gemma: false,
             bidirectional_prompt: false,
         };

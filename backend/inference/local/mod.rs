@@ -10,6 +10,7 @@
 
 pub mod chat_template;
 pub mod generation;
+pub mod internvl;
 pub mod llama;
 pub mod llava;
 pub mod paligemma;
@@ -720,6 +721,10 @@ pub fn load_local_blocking(
             let (f, c) = pixtral::Pixtral::load(path, device, options.dtype)?;
             Arc::new(LocalModel::new(f, &c, adapter, options))
         }
+        AdapterKind::Internvl => {
+            let (f, c) = internvl::InternVl::load(path, device, options.dtype)?;
+            Arc::new(LocalModel::new(f, &c, adapter, options))
+        }
         AdapterKind::Paligemma => {
             let (f, c) = paligemma::PaliGemma::load(path, device, options.dtype)?;
             Arc::new(LocalModel::new(f, &c, adapter, options))
@@ -748,11 +753,12 @@ pub fn detect_family(path: &Path) -> Result<AdapterKind, InferenceError> {
         "qwen2_vl" | "qwen2_5_vl" => Ok(AdapterKind::Qwen2Vl),
         "llava" if pixtral::is_pixtral(&cfg) => Ok(AdapterKind::Pixtral),
         "llava" | "llava_next" => Ok(AdapterKind::Llava),
+        "internvl" => Ok(AdapterKind::Internvl),
         "paligemma" => Ok(AdapterKind::Paligemma),
         "qwen3" => Ok(AdapterKind::Qwen3),
         other => Err(InferenceError::UnsupportedConfig(format!(
             "model_type {other:?} in {} is not one of qwen2_vl, qwen2_5_vl, qwen3_vl, llava, \
-             llava_next, paligemma, qwen3 (or llava with a pixtral vision tower)",
+             llava_next, internvl, paligemma, qwen3 (or llava with a pixtral vision tower)",
             path.join("config.json").display()
         ))),
     }

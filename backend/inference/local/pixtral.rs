@@ -520,7 +520,7 @@ fn decoder_config(t: &TextConfig) -> LlamaConfig {
         max_position_embeddings: t.max_position_embeddings.min(MAX_CONTEXT),
         tie_word_embeddings: t.tie_word_embeddings,
         qk_norm: false,
-        qkv_bias: false,
+        qkv_bias: t.attention_bias,
         gemma: false,
         bidirectional_prompt: false,
     }

@@ -315,6 +315,14 @@ impl Input {
         Tensor::cat(&all, 0).map(Some)
     }
 
+    /// `(t, h, w)` patch grid of every image (transformers' `image_grid_thw`).
+    pub fn grids(&self) -> Vec<[u32; 3]> {
+        self.images
+            .iter()
+            .map(|i| [1, i.grid.0 as u32, i.grid.1 as u32])
+            .collect()
+    }
+
     /// The multimodal RoPE positions `(time, height, width)` of every prompt token.
     pub fn positions(&self) -> &[[u32; 3]] {
         &self.positions
