@@ -26,7 +26,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
-use elite::inference::local::Family;
+use elite::inference::local::{Family, MAX_BATCH};
 use elite::inference::local::{internvl, llava, paligemma, pixtral, qwen_vl, qwen3};
 use elite::inference::tiny::{ModelSize, make_random_model};
 use elite::inference::{
@@ -216,15 +216,23 @@ fn child(arch: &str, dir: &Path, batch: usize, new_tokens: usize) {
         for r in model.generate_batch(warm).await {
             r.expect("warm-up");
         }
+        let t0 = Instant::now();
         let replies: Vec<_> = model
             .generate_batch(vec![request(vision, new_tokens); batch])
             .await
             .into_iter()
             .map(|r| r.expect("generate"))
             .collect();
+        let wall = t0.elapsed().as_secs_f64();
         let r = &replies[0];
-        let prefill = r.prefill_latency.unwrap().as_secs_f64();
-        let decode = (r.latency.as_secs_f64() - prefill).max(1e-9);
+        // A call of more than MAX_BATCH requests runs as consecutive forward-pass groups of
+        // MAX_BATCH rows; every reply carries its group's prefill time.
+        let prefill: f64 = replies
+            .iter()
+            .step_by(MAX_BATCH)
+            .map(|r| r.prefill_latency.unwrap().as_secs_f64())
+            .sum();
+        let decode = (wall - prefill).max(1e-9);
         let tokens: usize = replies.iter().map(|r| r.completion_tokens).sum();
         println!(
             "RESULT\t{load_s:.3}\t{load_peak:.0}\t{}\t{:.1}\t{:.1}\t{:.0}",
@@ -382,6 +390,7 @@ fn main() {
                     );
                     continue;
                 };
+                let mut their_error = None;
                 let theirs = if torch && dumped {
                     Command::new(&py)
                         .args([
@@ -392,7 +401,17 @@ fn main() {
                         ])
                         .output()
                         .ok()
-                        .and_then(|o| parse(&String::from_utf8_lossy(&o.stdout), 0))
+                        .and_then(|o| {
+                            let parsed = parse(&String::from_utf8_lossy(&o.stdout), 0);
+                            if parsed.is_none() {
+                                their_error = String::from_utf8_lossy(&o.stderr)
+                                    .lines()
+                                    .rev()
+                                    .find(|l| !l.trim().is_empty())
+                                    .map(str::to_string);
+                            }
+                            parsed
+                        })
                 } else {
                     None
                 };
@@ -427,6 +446,9 @@ fn main() {
                     ratio(ours.2, theirs.map(|t| t.2)),
                     ratio(ours.3, theirs.map(|t| t.3)),
                 );
+                if let Some(e) = their_error {
+                    println!("{:<44} | transformers failed: {e}", "");
+                }
             }
         }
     }

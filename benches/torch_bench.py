@@ -4,7 +4,9 @@ Usage: python torch_bench.py DIR BATCH NEW_TOKENS
 
 Loads the model directory with transformers (f32, CPU), reads the inputs elite prepared
 (`DIR/inputs.safetensors`: input ids and the image tensors under transformers' names), runs
-BATCH copies of them with greedy decoding and end-of-sequence ignored, and prints
+BATCH copies of them with greedy decoding and end-of-sequence ignored (times taken from a
+logits processor: the prefill ends at the first token's scores, the decode is the steps after
+it), and prints
 `RESULT <prompt tokens> <prefill tokens/s> <decode tokens/s> <peak MB>`, the peak being the
 process's maximum resident set (ru_maxrss), as elite's VmHWM."""
 import json
@@ -34,20 +36,32 @@ if "pixel_values" in x:
 prompt = inputs["input_ids"].shape[1]
 
 
+class Stamps(transformers.LogitsProcessor):
+    """Records when each token's scores are ready: the first right after the prefill, then
+    one per decode step."""
+
+    def __init__(self):
+        self.times = []
+
+    def __call__(self, input_ids, scores):
+        self.times.append(time.perf_counter())
+        return scores
+
+
 def run(n):
-    return model.generate(**inputs, do_sample=False, max_new_tokens=n, min_new_tokens=n,
-                          pad_token_id=0)
+    stamps = Stamps()
+    t0 = time.perf_counter()
+    out = model.generate(**inputs, do_sample=False, max_new_tokens=n, min_new_tokens=n,
+                         pad_token_id=0, logits_processor=[stamps])
+    return t0, stamps.times, out
 
 
 with torch.inference_mode():
     run(2)  # warm-up
-    t0 = time.perf_counter()
-    run(1)
-    prefill = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    out = run(new)
-    total = time.perf_counter() - t0
+    t0, times, out = run(new)
 assert out.shape[1] == prompt + new, out.shape
-decode = max(total - prefill, 1e-9)
+assert len(times) == new, len(times)
+prefill = times[0] - t0
+decode = max(times[-1] - times[0], 1e-9)  # new - 1 decode steps
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(f"RESULT\t{prompt}\t{batch * prompt / prefill:.1f}\t{batch * (new - 1) / decode:.1f}\t{peak:.0f}")

@@ -105,20 +105,9 @@ pub const INTERNVL_TOKENS: [(&str, bool); 4] = [
     ("<video>", true),
 ];
 
-/// A ChatML template for tiny InternVL models (each image as an `<IMG_CONTEXT>` line
-/// before the text); the same as the parity fixture's.
-pub const INTERNVL_TEMPLATE: &str = concat!(
-    "{%- for message in messages %}",
-    "{{- '<|im_start|>' + message['role'] + '\\n' }}",
-    "{%- if message['content'] is string %}{{- message['content'] }}",
-    "{%- else %}{%- for part in message['content'] %}",
-    "{%- if part['type'] == 'image' %}{{- '<IMG_CONTEXT>\\n' }}",
-    "{%- elif part['type'] == 'text' %}{{- part['text'] }}{%- endif %}",
-    "{%- endfor %}{%- endif %}",
-    "{{- '<|im_end|>\\n' }}",
-    "{%- endfor %}",
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}",
-);
+/// The chat template of tiny InternVL models: InternVL's fallback ChatML (each image as an
+/// `<IMG_CONTEXT>` line before the text), the same as the parity fixture's.
+pub const INTERNVL_TEMPLATE: &str = internvl::FALLBACK_TEMPLATE;
 
 /// Id of a special token of InternVL's tiny tokenizer.
 pub fn internvl_special(token: &str) -> u32 {
@@ -290,14 +279,14 @@ pub fn config_for(arch: &str, size: ModelSize) -> Result<(Value, ExtraFiles), In
                 half - half / 4 - (half - half / 4) / 2,
             ];
             let (depth, vw, vi, vnh, patch) = if mid {
-                (12, 768, 2048, 12, 14)
+                (12, 768, 3072, 12, 14)
             } else {
                 (2, 32, 64, 2, 4)
             };
             let vision = if arch == "qwen2_vl" {
                 json!({
                     "model_type": "qwen2_vl", "depth": depth, "embed_dim": vw, "hidden_size": h,
-                    "mlp_ratio": vi as f64 / vw as f64, "num_heads": vnh, "in_channels": 3,
+                    "mlp_ratio": vi / vw, "num_heads": vnh, "in_channels": 3,
                     "patch_size": patch, "spatial_merge_size": 2, "temporal_patch_size": 2,
                     "hidden_act": "quick_gelu"
                 })

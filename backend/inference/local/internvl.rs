@@ -23,7 +23,7 @@
 //! Known limits: the tile size must equal the vision tower's `image_size` (transformers
 //! would interpolate the position table otherwise; no released checkpoint does), only
 //! `vision_feature_layer: -1` and the `default` feature strategy are accepted, and videos
-//! are not taken.
+//! are not taken. Contexts are capped at [`MAX_CONTEXT`] positions (the rotary table's size).
 
 use std::path::Path;
 
@@ -45,7 +45,7 @@ pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
 /// The prompt format for model directories without a chat template: ChatML with each
 /// image as an `<IMG_CONTEXT>` line before the text (the layout of the `-hf` templates).
-const FALLBACK_TEMPLATE: &str = concat!(
+pub const FALLBACK_TEMPLATE: &str = concat!(
     "{%- for message in messages %}",
     "{{- '<|im_start|>' + message['role'] + '\\n' }}",
     "{%- if message['content'] is string %}{{- message['content'] }}",
@@ -57,6 +57,10 @@ const FALLBACK_TEMPLATE: &str = concat!(
     "{%- endfor %}",
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}",
 );
+
+/// Longest context served: the rotary table is built for at most this many positions (a
+/// config declaring more reports this as its context length).
+pub const MAX_CONTEXT: usize = 131_072;
 
 /// Most tiles one image may be cut into (`max_patches` above this is refused: every tile
 /// costs a vision pass and `tokens per tile` prompt positions).
@@ -597,7 +601,7 @@ impl Modules {
             rms_norm_eps: t.rms_norm_eps,
             rope_theta: f64::from(t.rope_theta),
             vocab_size: t.vocab_size,
-            max_position_embeddings: t.max_position_embeddings,
+            max_position_embeddings: t.max_position_embeddings.min(MAX_CONTEXT),
             tie_word_embeddings: tie,
             qk_norm: t.model_type == "qwen3",
             qkv_bias: qwen2 || t.attention_bias,
@@ -906,7 +910,10 @@ impl Family for InternVl {
     }
 
     fn context_length(&self) -> usize {
-        self.cfg.text_config.max_position_embeddings
+        self.cfg
+            .text_config
+            .max_position_embeddings
+            .min(MAX_CONTEXT)
     }
 
     fn accepts_images(&self) -> bool {
