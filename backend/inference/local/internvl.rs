@@ -880,22 +880,13 @@ impl Family for InternVl {
             .iter()
             .map(|i| self.embed(i))
             .collect::<candle_core::Result<Vec<_>>>()?;
-        let (x, valid) = super::llama::left_pad(&rows)?;
-        let mut cache = KvCache::new(self.cfg.text_config.num_hidden_layers);
-        let logits = self.lm.forward(&x, &valid, &mut cache)?;
+        let (logits, cache) = self.lm.prefill_rows(&rows)?;
         self.cache = Some(cache);
         Ok(logits)
     }
 
     fn step(&mut self, tokens: &[u32], _offset: usize) -> candle_core::Result<Tensor> {
-        let Some(cache) = self.cache.as_mut() else {
-            candle_core::bail!("decode step before prefill")
-        };
-        let dev = &self.common.device;
-        let ids = Tensor::from_vec(tokens.to_vec(), (tokens.len(), 1), dev)?;
-        let x = self.lm.embed(&ids)?;
-        let valid = Tensor::ones((tokens.len(), 1), DType::F32, dev)?;
-        self.lm.forward(&x, &valid, cache)
+        self.lm.decode_step(tokens, self.cache.as_mut())
     }
 
     fn pads_batches(&self) -> bool {

@@ -247,6 +247,33 @@ impl Llama {
         self.embed.forward(ids)
     }
 
+    /// The prefill of a batch: per-row prompt embeddings `(len_i, hidden)`, left-padded to
+    /// the longest, run through a fresh cache. Returns the last position's logits
+    /// `(rows, vocab)` and the cache the decode steps continue from.
+    pub fn prefill_rows(&self, rows: &[Tensor]) -> candle_core::Result<(Tensor, KvCache)> {
+        let (x, valid) = left_pad(rows)?;
+        let mut cache = KvCache::new(self.layers.len());
+        let logits = self.forward(&x, &valid, &mut cache)?;
+        Ok((logits, cache))
+    }
+
+    /// One decode step with 1-D positions: `tokens[r]` is row `r`'s next token. Returns
+    /// `(rows, vocab)`; fails before a prefill (`cache` is `None`).
+    pub fn decode_step(
+        &self,
+        tokens: &[u32],
+        cache: Option<&mut KvCache>,
+    ) -> candle_core::Result<Tensor> {
+        let Some(cache) = cache else {
+            candle_core::bail!("decode step before prefill")
+        };
+        let dev = self.embed.embeddings().device();
+        let ids = Tensor::from_vec(tokens.to_vec(), (tokens.len(), 1), dev)?;
+        let x = self.embed(&ids)?;
+        let valid = Tensor::ones((tokens.len(), 1), DType::F32, dev)?;
+        self.forward(&x, &valid, cache)
+    }
+
     /// Runs `x` `(batch, len, hidden)` after what `cache` holds. `valid` `(batch, len)`
     /// marks real tokens (1) and left padding (0). Returns the logits of the last position,
     /// `(batch, vocab)`.

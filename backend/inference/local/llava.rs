@@ -219,7 +219,6 @@ pub struct Llava {
     newline: Option<Tensor>,
     llama: Llama,
     cache: Option<KvCache>,
-    layers: usize,
     common: Common,
     next: bool,
     mean: [f32; 3],
@@ -331,7 +330,6 @@ impl Llava {
             }
         }
         let m = Modules::new(&cfg, next, vb)?;
-        let layers = cfg.text_config.num_hidden_layers;
         let pre = super::image_processor_config(dir)?;
         let (mean, std) = preprocess::mean_std(pre.as_ref(), CLIP_MEAN, CLIP_STD);
         let template = super::chat_template::ChatTemplate::load(dir)?;
@@ -347,7 +345,6 @@ impl Llava {
                 newline: m.newline,
                 llama: m.llama,
                 cache: None,
-                layers,
                 common: common.clone(),
                 next,
                 mean,
@@ -746,43 +743,13 @@ impl Family for Llava {
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
         // Left padding to the longest prompt; the mask keeps padding out of attention.
-        let longest = embeds
-            .iter()
-            .map(|e| e.dim(0))
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        let longest = longest.into_iter().max().unwrap_or(0);
-        let hidden = self.cfg.text_config.hidden_size;
-        let dev = &self.common.device;
-        let mut rows = Vec::with_capacity(embeds.len());
-        let mut valid = Vec::with_capacity(embeds.len() * longest);
-        for e in &embeds {
-            let pad = longest - e.dim(0)?;
-            valid.extend(std::iter::repeat_n(0f32, pad));
-            valid.extend(std::iter::repeat_n(1f32, e.dim(0)?));
-            rows.push(if pad > 0 {
-                let zeros = Tensor::zeros((pad, hidden), e.dtype(), dev)?;
-                Tensor::cat(&[&zeros, e], 0)?
-            } else {
-                e.clone()
-            });
-        }
-        let x = Tensor::stack(&rows, 0)?;
-        let valid = Tensor::from_vec(valid, (embeds.len(), longest), dev)?;
-        let mut cache = KvCache::new(self.layers);
-        let logits = self.llama.forward(&x, &valid, &mut cache)?;
+        let (logits, cache) = self.llama.prefill_rows(&embeds)?;
         self.cache = Some(cache);
         Ok(logits)
     }
 
     fn step(&mut self, tokens: &[u32], _offset: usize) -> candle_core::Result<Tensor> {
-        let Some(cache) = self.cache.as_mut() else {
-            candle_core::bail!("decode step before prefill")
-        };
-        let dev = &self.common.device;
-        let ids = Tensor::from_vec(tokens.to_vec(), (tokens.len(), 1), dev)?;
-        let x = self.llama.embed(&ids)?;
-        let valid = Tensor::ones((tokens.len(), 1), candle_core::DType::F32, dev)?;
-        self.llama.forward(&x, &valid, cache)
+        self.llama.decode_step(tokens, self.cache.as_mut())
     }
 
     fn pads_batches(&self) -> bool {

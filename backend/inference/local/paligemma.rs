@@ -394,37 +394,13 @@ impl Family for PaliGemma {
             });
         }
         // Left padding to the longest prompt; the mask keeps padding out of attention.
-        let longest = inputs.iter().map(|i| i.expanded.len()).max().unwrap_or(0);
-        let mut valid = Vec::with_capacity(inputs.len() * longest);
-        let mut padded = Vec::with_capacity(rows.len());
-        for r in &rows {
-            let n = r.dim(0)?;
-            let pad = longest - n;
-            valid.extend(std::iter::repeat_n(0f32, pad));
-            valid.extend(std::iter::repeat_n(1f32, n));
-            padded.push(if pad > 0 {
-                Tensor::cat(&[&Tensor::zeros((pad, hidden), r.dtype(), &dev)?, r], 0)?
-            } else {
-                r.clone()
-            });
-        }
-        let x = Tensor::stack(&padded, 0)?;
-        let valid = Tensor::from_vec(valid, (inputs.len(), longest), &dev)?;
-        let mut cache = KvCache::new(self.cfg.text_config.num_hidden_layers);
-        let logits = self.lm.forward(&x, &valid, &mut cache)?;
+        let (logits, cache) = self.lm.prefill_rows(&rows)?;
         self.cache = Some(cache);
         Ok(logits)
     }
 
     fn step(&mut self, tokens: &[u32], _offset: usize) -> candle_core::Result<Tensor> {
-        let Some(cache) = self.cache.as_mut() else {
-            candle_core::bail!("decode step before prefill")
-        };
-        let dev = &self.common.device;
-        let ids = Tensor::from_vec(tokens.to_vec(), (tokens.len(), 1), dev)?;
-        let x = self.lm.embed(&ids)?;
-        let valid = Tensor::ones((tokens.len(), 1), DType::F32, dev)?;
-        self.lm.forward(&x, &valid, cache)
+        self.lm.decode_step(tokens, self.cache.as_mut())
     }
 
     fn pads_batches(&self) -> bool {
