@@ -7,8 +7,9 @@
 #   ./scripts/build_cuda.sh                 # compute capability 9.0 (H100/H200)
 #   CUDA_COMPUTE_CAP=80 ./scripts/build_cuda.sh   # A100
 #
-# The binary lands in target/cuda/release/elite. It loads libcuda (the driver) when a CUDA
-# device is used; machines with an NVIDIA driver have it. Not part of CI or of the test command.
+# The binary lands in target/cuda/release/elite. It needs the NVIDIA driver's libcuda.so.1 and
+# the CUDA 13 runtime libraries (cudart, cublas, curand, nvrtc: target/cuda-toolkit/cuda/lib,
+# or a CUDA 13 installation) on the machine that runs it. Not part of CI or of the test command.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,9 +38,21 @@ if [ ! -f "$TOOLKIT/.complete" ]; then
 fi
 ROOT=$TOOLKIT/cuda
 
+# libcuda (the driver API) comes with the NVIDIA driver, not with the toolkit wheels, and a
+# machine without a GPU has none to link against. As NVIDIA's own toolkit does, link against
+# a stub: a library named libcuda.so.1 that defines every driver function of the headers
+# (doing nothing). The binary then loads the real driver's libcuda.so.1 when it runs.
+STUBS=$TOOLKIT/stubs
+if [ ! -f "$STUBS/libcuda.so" ]; then
+  mkdir -p "$STUBS"
+  grep -ohE '\bcu[A-Z][A-Za-z0-9_]*\b' "$ROOT"/include/cuda*.h | sort -u |
+    sed 's/.*/void &(void) {}/' > "$STUBS/libcuda_stub.c"
+  cc -shared -fPIC -o "$STUBS/libcuda.so" -Wl,-soname,libcuda.so.1 "$STUBS/libcuda_stub.c"
+fi
+
 export CUDA_PATH=$ROOT CUDA_ROOT=$ROOT CUDA_HOME=$ROOT
 export PATH=$ROOT/bin:$PATH
-export LIBRARY_PATH=$ROOT/lib64${LIBRARY_PATH:+:$LIBRARY_PATH}
+export LIBRARY_PATH=$ROOT/lib64:$STUBS${LIBRARY_PATH:+:$LIBRARY_PATH}
 nvcc --version | tail -n 2
 echo "Building for compute capability $CUDA_COMPUTE_CAP"
 CARGO_TARGET_DIR=target/cuda cargo build --locked --release --features cuda
