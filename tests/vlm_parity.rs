@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{D, Device, IndexOp, Tensor};
+use candle_core::{D, DType, Device, IndexOp, Tensor};
 use elite::inference::local::Family;
 use elite::inference::local::llava::Llava;
 use elite::inference::{ChatMessage, ChatRequest, ContentPart, ImageInput, Role};
@@ -223,11 +223,19 @@ impl Inspect for elite::inference::local::paligemma::Input {
     }
 }
 
-fn llava_parity(family_name: &str) {
+type Loaded<F> = Result<(F, elite::inference::local::Common), elite::inference::InferenceError>;
+
+/// Loads the fixture's model directory through the family's own loader (twice: once for
+/// the single cases, once fresh for the padded batch) and checks both against the reference.
+fn family_parity<F: Family>(family_name: &str, load: fn(&Path, &Device, Option<DType>) -> Loaded<F>)
+where
+    F::Input: Inspect,
+{
     let fx = Fixture::load(family_name);
-    let (model, _) = Llava::load(&fx.dir.join("model"), &Device::Cpu, None).unwrap();
+    let dir = fx.dir.join("model");
+    let (model, _) = load(&dir, &Device::Cpu, None).unwrap();
     parity(&fx, model, family_name);
-    let (model, _) = Llava::load(&fx.dir.join("model"), &Device::Cpu, None).unwrap();
+    let (model, _) = load(&dir, &Device::Cpu, None).unwrap();
     padded_batch(&fx, model, family_name);
 }
 
@@ -378,24 +386,11 @@ where
 
 #[test]
 fn qwen3_matches_transformers() {
-    let fx = Fixture::load("qwen3");
-    let (model, _) =
-        elite::inference::local::qwen3::Qwen3::load(&fx.dir.join("model"), &Device::Cpu, None)
-            .unwrap();
-    parity(&fx, model, "qwen3");
-    let (model, _) =
-        elite::inference::local::qwen3::Qwen3::load(&fx.dir.join("model"), &Device::Cpu, None)
-            .unwrap();
-    padded_batch(&fx, model, "qwen3");
+    family_parity("qwen3", elite::inference::local::qwen3::Qwen3::load);
 }
 
 fn qwen_vl_parity(family_name: &str) {
-    use elite::inference::local::qwen_vl::QwenVl;
-    let fx = Fixture::load(family_name);
-    let (model, _) = QwenVl::load(&fx.dir.join("model"), &Device::Cpu, None).unwrap();
-    parity(&fx, model, family_name);
-    let (model, _) = QwenVl::load(&fx.dir.join("model"), &Device::Cpu, None).unwrap();
-    padded_batch(&fx, model, family_name);
+    family_parity(family_name, elite::inference::local::qwen_vl::QwenVl::load);
 }
 
 #[test]
@@ -417,40 +412,22 @@ fn qwen2_5_vl_matches_transformers() {
 
 #[test]
 fn paligemma_matches_transformers() {
-    let fx = Fixture::load("paligemma");
-    let (model, _) = elite::inference::local::paligemma::PaliGemma::load(
-        &fx.dir.join("model"),
-        &Device::Cpu,
-        None,
-    )
-    .unwrap();
-    parity(&fx, model, "paligemma");
-    let (model, _) = elite::inference::local::paligemma::PaliGemma::load(
-        &fx.dir.join("model"),
-        &Device::Cpu,
-        None,
-    )
-    .unwrap();
-    padded_batch(&fx, model, "paligemma");
+    family_parity(
+        "paligemma",
+        elite::inference::local::paligemma::PaliGemma::load,
+    );
 }
 
 #[test]
 fn pixtral_matches_transformers() {
-    use elite::inference::local::pixtral::Pixtral;
-    let fx = Fixture::load("pixtral");
-    let (model, _) = Pixtral::load(&fx.dir.join("model"), &Device::Cpu, None).unwrap();
-    parity(&fx, model, "pixtral");
-    let (model, _) = Pixtral::load(&fx.dir.join("model"), &Device::Cpu, None).unwrap();
-    padded_batch(&fx, model, "pixtral");
+    family_parity("pixtral", elite::inference::local::pixtral::Pixtral::load);
 }
 
 fn internvl_parity(family_name: &str) {
-    use elite::inference::local::internvl::InternVl;
-    let fx = Fixture::load(family_name);
-    let (model, _) = InternVl::load(&fx.dir.join("model"), &Device::Cpu, None).unwrap();
-    parity(&fx, model, family_name);
-    let (model, _) = InternVl::load(&fx.dir.join("model"), &Device::Cpu, None).unwrap();
-    padded_batch(&fx, model, family_name);
+    family_parity(
+        family_name,
+        elite::inference::local::internvl::InternVl::load,
+    );
 }
 
 /// InternVL 3 shape: LayerNorm InternViT with q/k/v biases, Qwen2 decoder. The images cut
@@ -469,12 +446,12 @@ fn internvl_rms_qk_norm_qwen3_matches_transformers() {
 
 #[test]
 fn llava_15_matches_transformers() {
-    llava_parity("llava");
+    family_parity("llava", Llava::load);
 }
 
 #[test]
 fn llava_next_matches_transformers() {
-    llava_parity("llava_next");
+    family_parity("llava_next", Llava::load);
 }
 
 /// `pil_resize` equals Pillow's `Image.resize` byte for byte, down and up, both filters.

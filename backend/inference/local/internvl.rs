@@ -62,6 +62,9 @@ pub const FALLBACK_TEMPLATE: &str = concat!(
 /// config declaring more reports this as its context length).
 pub const MAX_CONTEXT: usize = 131_072;
 
+/// Most tiles one vision forward pass takes (an image with more runs in several passes).
+const VISION_TILES_PER_PASS: usize = 4;
+
 /// Most tiles one image may be cut into (`max_patches` above this is refused: every tile
 /// costs a vision pass and `tokens per tile` prompt positions).
 pub const MAX_TILES: usize = 64;
@@ -778,6 +781,19 @@ impl InternVl {
 
     /// Projected features `(tiles · tokens, hidden)` of one picture's tiles.
     fn image_features(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
+        // Tiles are independent; a bounded number per vision pass keeps the attention
+        // scores (tiles × heads × patches²) small.
+        let n = pixels.dim(0)?;
+        if n > VISION_TILES_PER_PASS {
+            let parts = (0..n)
+                .step_by(VISION_TILES_PER_PASS)
+                .map(|start| {
+                    let len = VISION_TILES_PER_PASS.min(n - start);
+                    self.image_features(&pixels.narrow(0, start, len)?)
+                })
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            return Tensor::cat(&parts, 0);
+        }
         let h = self.vision.forward(pixels)?;
         let h = h.i((.., 1.., ..))?;
         let (b, _, c) = h.dims3()?;
