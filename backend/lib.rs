@@ -12,9 +12,11 @@ pub mod db;
 pub mod genmetrics;
 pub mod inference;
 pub mod jobs;
+pub mod nn;
 pub mod safety;
 pub mod server;
 pub mod stats;
+pub mod training;
 pub mod web;
 
 /// Every job kind this build can run, with its handler.
@@ -22,6 +24,7 @@ pub fn job_registry() -> jobs::Registry {
     let registry = jobs::Registry::new();
     let registry = genmetrics::jobs::register(registry);
     let registry = compression::jobs::register(registry);
+    let registry = training::jobs::register(registry);
     let registry = safety::import_jobs::register(registry);
     safety::jobs::register(registry)
 }

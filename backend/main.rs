@@ -192,24 +192,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Train a base CNN on CPU and save it as safetensors.
-    Train {
-        /// vgg16, vgg16_nm, resnet20/56/110 (b suffix: option-B shortcuts), resnet18,
-        /// resnet50 or lenet300_100.
-        #[arg(long)]
-        arch: String,
-        /// Channel width multiplier (1.0 = the published widths).
-        #[arg(long, default_value_t = 1.0)]
-        width: f64,
-        #[arg(long)]
-        data: String,
-        #[arg(long, default_value_t = 30)]
-        epochs: usize,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        #[arg(long)]
-        out: PathBuf,
-    },
+    /// Train: with `--recipe`, a training experiment (recipes x seeds, measured, printed);
+    /// with `--arch` and `--out`, a base CNN for pruning, saved as safetensors.
+    Train(TrainCommand),
     /// Write a tiny random-weight encoder (for trying `embed` without a checkpoint).
     MakeTinyEncoder {
         /// vgg16, dinov2 or clip.
@@ -219,6 +204,53 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+}
+
+#[derive(Args)]
+struct TrainCommand {
+    /// Training recipes (repeat or comma-separate): vanilla, mixup, cutmix, saliencymix,
+    /// manifold_mixup, guided_sr, guided_sr_random, guided_ap, catchup_mix, or the ViT
+    /// variants vit_class_token, vit_gap, vit_lape_gap, vit_pvg, vit_mpvg, vit_mpvg_inside.
+    #[arg(long, conflicts_with_all = ["arch", "out"], required_unless_present = "arch")]
+    recipe: Vec<String>,
+    /// Seeds of a recipe experiment (default 0,1,2).
+    #[arg(long, value_delimiter = ',')]
+    seeds: Vec<u64>,
+    /// Base model for pruning: vgg16, vgg16_nm, resnet20/56/110 (b suffix: option-B
+    /// shortcuts), resnet18, resnet50 or lenet300_100.
+    #[arg(long, requires = "out")]
+    arch: Option<String>,
+    /// Channel width multiplier (base models: default 1.0, the published widths; recipes:
+    /// PreAct-ResNet-18's, default 0.125).
+    #[arg(long)]
+    width: Option<f64>,
+    #[arg(long, default_value = "digits")]
+    data: String,
+    /// Epochs (base models: default 30; recipes: default 10).
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Seed of a base model.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Where a base model is saved.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[arg(long)]
+    batch_size: Option<usize>,
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Fraction of the training set (0.1 = the reduced-data setting).
+    #[arg(long)]
+    train_fraction: Option<f64>,
+    /// FGSM step in [0, 1] pixel units (default 2/255).
+    #[arg(long)]
+    fgsm_epsilon: Option<f32>,
+    /// Binary cross-entropy on the soft targets (GuidedMixup's code) instead of cross-entropy.
+    #[arg(long)]
+    bce: bool,
+    /// Print the runs and the table as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -981,24 +1013,53 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Train {
-            arch,
-            width,
-            data,
-            epochs,
-            seed,
-            out,
-        } => {
-            let target = out.clone();
-            let accuracy = tokio::task::spawn_blocking(move || {
-                cli::compression::train_base(&arch, width, &data, epochs, seed, &out)
+        Command::Train(args) => {
+            if let (Some(arch), Some(out)) = (args.arch.clone(), args.out.clone()) {
+                let target = out.clone();
+                let (width, data, epochs, seed) = (
+                    args.width.unwrap_or(1.0),
+                    args.data.clone(),
+                    args.epochs.unwrap_or(30),
+                    args.seed,
+                );
+                let accuracy = tokio::task::spawn_blocking(move || {
+                    cli::compression::train_base(&arch, width, &data, epochs, seed, &out)
+                })
+                .await??;
+                println!(
+                    "saved {} (test accuracy {:.2}%)",
+                    target.display(),
+                    accuracy * 100.0
+                );
+                return Ok(());
+            }
+            let train_args = cli::training::TrainArgs {
+                recipes: args.recipe,
+                seeds: args.seeds,
+                data: args.data,
+                epochs: args.epochs,
+                batch_size: args.batch_size,
+                learning_rate: args.lr,
+                width: args.width,
+                train_fraction: args.train_fraction,
+                fgsm_epsilon: args.fgsm_epsilon,
+                bce: args.bce,
+            };
+            let (runs, summary) = tokio::task::spawn_blocking(move || {
+                let spec = cli::training::specification(&train_args)?;
+                cli::training::run(&spec)
             })
             .await??;
-            println!(
-                "saved {} (test accuracy {:.2}%)",
-                target.display(),
-                accuracy * 100.0
-            );
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string(
+                        &serde_json::json!({ "runs": runs, "summary": summary })
+                    )?
+                );
+            } else {
+                print!("{}", cli::training::describe(&summary));
+            }
             Ok(())
         }
         Command::MakeTinyEncoder { encoder, out, seed } => {

@@ -188,6 +188,36 @@ async fn a_user_signs_in_through_the_form_and_sees_the_dashboard() {
         assert!(counts[2] <= 6, "model hint spans {} lines", counts[2]);
         let png = client.screenshot().await?;
         std::fs::write(screenshot_dir().join("compression-form.png"), &png).unwrap();
+
+        // The training form starts an experiment and lands on its page.
+        client.goto(&format!("{base}/training")).await?;
+        let flex = client
+            .execute(
+                "return [...document.querySelectorAll('label code')]
+                   .filter(c => getComputedStyle(c.parentElement).display.includes('flex')).length;",
+                vec![],
+            )
+            .await?;
+        assert_eq!(flex, serde_json::json!(0), "training form hints laid out as flex items");
+        let recipes = client.find(Locator::Css("input[name=recipes]")).await?;
+        recipes.clear().await?;
+        recipes.send_keys("guided_sr").await?;
+        let epochs = client.find(Locator::Css("input[name=epochs]")).await?;
+        epochs.clear().await?;
+        epochs.send_keys("1").await?;
+        client
+            .find(Locator::Css("#training-form button[type=submit]"))
+            .await?
+            .click()
+            .await?;
+        let waiting = client.wait().for_element(Locator::Id("no-runs")).await?;
+        assert!(waiting.text().await?.contains("No run has finished"));
+        let url = client.current_url().await?;
+        assert!(url.path().starts_with("/training/experiments/"), "{url}");
+        let heading = client.find(Locator::Css("h1")).await?.text().await?;
+        assert_eq!(heading, "vanilla vs guided_sr");
+        let png = client.screenshot().await?;
+        std::fs::write(screenshot_dir().join("training-experiment.png"), &png).unwrap();
         Ok::<(), fantoccini::error::CmdError>(())
     }
     .await;

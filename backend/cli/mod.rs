@@ -6,6 +6,7 @@ pub mod compression;
 pub mod genmetrics;
 pub mod models;
 pub mod safety;
+pub mod training;
 pub mod users;
 
 use indicatif::{ProgressBar, ProgressStyle};

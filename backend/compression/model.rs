@@ -321,7 +321,7 @@ impl Conv2d {
     fn forward(&self, x: &Tensor, mode: &Mode<'_>) -> Result<Tensor> {
         let y = match mode {
             Mode::Eval => x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?,
-            Mode::Train(_) => conv2d_gather(x, &self.weight, self.padding, self.stride)?,
+            Mode::Train(_) => crate::nn::conv2d_gather(x, &self.weight, self.padding, self.stride)?,
         };
         match &self.bias {
             Some(b) => Ok(y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?)?),
@@ -460,50 +460,6 @@ impl BasicBlock {
         };
         Ok((out + identity)?.relu()?)
     }
-}
-
-/// Convolution as gather (im2col through `index_select`) + batched matmul. Same result as
-/// `Tensor::conv2d`, but its backward pass (scatter-add + matmul) is several times faster on
-/// the CPU than candle's direct transposed convolution for the small layers trained here.
-fn conv2d_gather(x: &Tensor, weight: &Tensor, padding: usize, stride: usize) -> Result<Tensor> {
-    let (b, c, h, w) = x.dims4()?;
-    let (o, ci, kh, kw) = weight.dims4()?;
-    if ci != c {
-        return Err(CompressionError::Shape(format!(
-            "convolution expects {ci} input channels, got {c}"
-        )));
-    }
-    let padded = if padding > 0 {
-        x.pad_with_zeros(2, padding, padding)?
-            .pad_with_zeros(3, padding, padding)?
-    } else {
-        x.clone()
-    };
-    let (hp, wp) = (h + 2 * padding, w + 2 * padding);
-    if hp < kh || wp < kw || stride == 0 {
-        return Err(CompressionError::Shape(format!(
-            "kernel {kh}x{kw} (stride {stride}) does not fit input {hp}x{wp}"
-        )));
-    }
-    let ho = (hp - kh) / stride + 1;
-    let wo = (wp - kw) / stride + 1;
-    let mut index = Vec::with_capacity(kh * kw * ho * wo);
-    for ky in 0..kh {
-        for kx in 0..kw {
-            for oy in 0..ho {
-                for ox in 0..wo {
-                    index.push(((oy * stride + ky) * wp + ox * stride + kx) as u32);
-                }
-            }
-        }
-    }
-    let index = Tensor::from_vec(index, kh * kw * ho * wo, x.device())?;
-    let columns = padded
-        .reshape((b, c, hp * wp))?
-        .index_select(&index, 2)?
-        .reshape((b, c * kh * kw, ho * wo))?;
-    let kernel = weight.reshape((o, c * kh * kw))?.broadcast_left(b)?;
-    Ok(kernel.matmul(&columns)?.reshape((b, o, ho, wo))?)
 }
 
 /// Option-A shortcut: `x[:, :, ::stride, ::stride]`, then zero channels to `out_channels`.

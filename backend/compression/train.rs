@@ -10,29 +10,19 @@
 //! reproducible. Progress is reported through a callback so that a CLI can draw a bar;
 //! nothing is printed here.
 
-use candle_core::{D, Tensor, Var};
+use candle_core::Var;
+use rand::SeedableRng;
 use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
-use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use super::data::{Dataset, IMAGE_SIDE};
+use super::data::Dataset;
 use super::model::{BN_MOMENTUM, Mode, Network};
 use super::{CompressionError, Result};
-
-/// Learning-rate schedule.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum LrSchedule {
-    Constant,
-    /// Cosine annealing from the base rate to 0 over all steps.
-    Cosine,
-    /// Multiply by `gamma` at each milestone epoch (0-based epoch index where it applies).
-    Step {
-        milestones: Vec<usize>,
-        gamma: f64,
-    },
-}
+use crate::nn::count_correct;
+pub use crate::nn::fit::TrainEvent;
+use crate::nn::fit::{EpochLoop, StepOutput};
+use crate::nn::optim::Sgd;
+pub use crate::nn::schedule::LrSchedule;
 
 /// Hyper-parameters of a training run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -64,29 +54,6 @@ impl Default for TrainConfig {
     }
 }
 
-/// Progress of a training run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum TrainEvent {
-    EpochStarted {
-        epoch: usize,
-        epochs: usize,
-        batches: usize,
-    },
-    BatchFinished {
-        epoch: usize,
-        batch: usize,
-        batches: usize,
-        loss: f64,
-        learning_rate: f64,
-    },
-    EpochFinished {
-        epoch: usize,
-        epochs: usize,
-        mean_loss: f64,
-        train_accuracy: f64,
-    },
-}
-
 impl TrainConfig {
     fn validate(&self) -> Result<()> {
         let bad = |what: &str| Err(CompressionError::Config(what.to_string()));
@@ -102,27 +69,14 @@ impl TrainConfig {
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
             return bad("weight decay must be a non-negative number");
         }
-        if let LrSchedule::Step { gamma, .. } = &self.schedule
-            && !(gamma.is_finite() && *gamma > 0.0)
-        {
-            return bad("step schedule gamma must be a positive number");
-        }
-        Ok(())
+        self.schedule.check().map_err(CompressionError::Config)
     }
 
     /// Learning rate at `step` (0-based) of `total_steps`, in epoch `epoch`.
     pub fn learning_rate_at(&self, epoch: usize, step: usize, total_steps: usize) -> f64 {
-        match &self.schedule {
-            LrSchedule::Constant => self.learning_rate,
-            LrSchedule::Cosine => {
-                let t = step as f64 / total_steps.max(1) as f64;
-                self.learning_rate * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
-            }
-            LrSchedule::Step { milestones, gamma } => {
-                let passed = milestones.iter().filter(|&&m| m <= epoch).count();
-                self.learning_rate * gamma.powi(passed as i32)
-            }
-        }
+        let per_epoch = total_steps / self.epochs.max(1);
+        self.schedule
+            .rate(self.learning_rate, epoch, step, total_steps, per_epoch)
     }
 }
 
@@ -185,93 +139,47 @@ pub fn train_epochs(
         *t = var.as_tensor().clone();
         vars.push(var);
     }
-    let mut velocity: Vec<Option<Tensor>> = vec![None; vars.len()];
+    let mut optimizer = Sgd::new(vars, config.momentum, config.weight_decay);
     let mut rng = StdRng::seed_from_u64(
         config
             .seed
             .wrapping_add((epochs.start as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)),
     );
-    let batches = data.len().div_ceil(config.batch_size);
-    let total_steps = batches * config.epochs;
-    let pad_value = padding_values(data);
-    let mut order: Vec<usize> = (0..data.len()).collect();
-    let mut step = batches * epochs.start;
-    for epoch in epochs {
-        progress(TrainEvent::EpochStarted {
-            epoch,
-            epochs: config.epochs,
-            batches,
-        });
-        order.shuffle(&mut rng);
-        let (mut loss_sum, mut correct) = (0f64, 0usize);
-        for (batch, indices) in order.chunks(config.batch_size).enumerate() {
-            let lr = config.learning_rate_at(epoch, step, total_steps);
-            let (images, labels) = if config.augment {
-                augmented_batch(data, indices, &pad_value, &mut rng)?
-            } else {
-                data.batch(indices)?
-            };
+    let epoch_loop = EpochLoop {
+        data,
+        batch_size: config.batch_size,
+        epochs: config.epochs,
+        base_lr: config.learning_rate,
+        schedule: &config.schedule,
+        augment: config.augment,
+    };
+    epoch_loop.run(
+        epochs,
+        &mut rng,
+        progress,
+        |images, labels, lr, _rng| -> Result<StepOutput> {
             let mut stats = Vec::new();
-            let logits = net.forward_mode(&images, &mut Mode::Train(&mut stats))?;
-            let loss = candle_nn::loss::cross_entropy(&logits, &labels)?;
-            let grads = loss.backward()?;
-            for (var, vel) in vars.iter().zip(velocity.iter_mut()) {
-                let Some(grad) = grads.get(var.as_tensor()) else {
-                    continue;
-                };
-                let weight = var.as_tensor().detach();
-                let grad = if config.weight_decay > 0.0 {
-                    (grad + weight.affine(config.weight_decay, 0.0)?)?
-                } else {
-                    grad.clone()
-                };
-                let update = match vel.take() {
-                    Some(v) if config.momentum > 0.0 => (v.affine(config.momentum, 0.0)? + grad)?,
-                    _ => grad,
-                };
-                var.set(&(weight - update.affine(lr, 0.0)?)?)?;
-                *vel = Some(update);
-            }
+            let logits = net.forward_mode(images, &mut Mode::Train(&mut stats))?;
+            let loss = candle_nn::loss::cross_entropy(&logits, labels)?;
+            optimizer.step(&loss.backward()?, lr)?;
             net.apply_batch_stats(&stats, BN_MOMENTUM)?;
-            let loss_value = loss.to_scalar::<f32>()? as f64;
-            if !loss_value.is_finite() {
-                return Err(CompressionError::Config(format!(
-                    "training diverged (loss {loss_value}) at epoch {epoch}, batch {batch}; \
-                     lower the learning rate"
-                )));
-            }
-            loss_sum += loss_value * indices.len() as f64;
-            correct += count_correct(&logits, &labels)?;
-            step += 1;
-            progress(TrainEvent::BatchFinished {
-                epoch,
-                batch,
-                batches,
-                loss: loss_value,
-                learning_rate: lr,
-            });
-        }
-        progress(TrainEvent::EpochFinished {
-            epoch,
-            epochs: config.epochs,
-            mean_loss: loss_sum / data.len() as f64,
-            train_accuracy: correct as f64 / data.len() as f64,
-        });
-    }
-    drop(vars);
+            Ok(StepOutput {
+                loss: loss.to_scalar::<f32>()? as f64,
+                correct: count_correct(&logits, labels)?,
+            })
+        },
+        |loss, epoch, batch| {
+            CompressionError::Config(format!(
+                "training diverged (loss {loss}) at epoch {epoch}, batch {batch}; \
+                 lower the learning rate"
+            ))
+        },
+    )?;
+    drop(optimizer);
     for t in net.trainable_tensors_mut() {
         *t = t.detach();
     }
     Ok(net)
-}
-
-fn count_correct(logits: &Tensor, labels: &Tensor) -> Result<usize> {
-    let predicted = logits.argmax(D::Minus1)?;
-    Ok(predicted
-        .eq(labels)?
-        .to_dtype(candle_core::DType::U32)?
-        .sum_all()?
-        .to_scalar::<u32>()? as usize)
 }
 
 /// Top-1 accuracy of `network` on `data`, in `[0, 1]`, evaluated in batches.
@@ -295,66 +203,6 @@ pub fn evaluate(network: &Network, data: &Dataset, batch_size: usize) -> Result<
         correct += count_correct(&logits, &labels)?;
     }
     Ok(correct as f64 / data.len() as f64)
-}
-
-/// Normalised value of a black pixel per channel (what PyTorch's zero padding becomes).
-fn padding_values(data: &Dataset) -> [f32; 3] {
-    let n = data.normalization();
-    [
-        -n.mean[0] / n.std[0],
-        -n.mean[1] / n.std[1],
-        -n.mean[2] / n.std[2],
-    ]
-}
-
-const CROP_PADDING: usize = 4;
-
-fn augmented_batch(
-    data: &Dataset,
-    indices: &[usize],
-    pad_value: &[f32; 3],
-    rng: &mut StdRng,
-) -> Result<(Tensor, Tensor)> {
-    if data.shape() != [3, IMAGE_SIDE, IMAGE_SIDE] {
-        // Crops are defined for the 32x32 images only; other shapes train unaugmented.
-        return data.batch(indices);
-    }
-    let side = IMAGE_SIDE;
-    let plane = side * side;
-    let image_len = data.image_len();
-    let mut images = vec![0f32; indices.len() * image_len];
-    let mut labels = Vec::with_capacity(indices.len());
-    for (b, &i) in indices.iter().enumerate() {
-        let src = data.image_checked(i)?;
-        let dst = &mut images[b * image_len..(b + 1) * image_len];
-        let oy = rng.random_range(0..=2 * CROP_PADDING) as isize - CROP_PADDING as isize;
-        let ox = rng.random_range(0..=2 * CROP_PADDING) as isize - CROP_PADDING as isize;
-        let flip = rng.random_bool(0.5) && data.flip_invariant();
-        for c in 0..3 {
-            for y in 0..side {
-                let sy = y as isize + oy;
-                for x in 0..side {
-                    let xx = if flip { side - 1 - x } else { x };
-                    let sx = xx as isize + ox;
-                    let inside = sy >= 0 && sy < side as isize && sx >= 0 && sx < side as isize;
-                    dst[c * plane + y * side + x] = if inside {
-                        src[c * plane + sy as usize * side + sx as usize]
-                    } else {
-                        pad_value[c]
-                    };
-                }
-            }
-        }
-        labels.push(data.labels()[i]);
-    }
-    Ok((
-        Tensor::from_vec(
-            images,
-            (indices.len(), 3, side, side),
-            &candle_core::Device::Cpu,
-        )?,
-        Tensor::from_vec(labels, indices.len(), &candle_core::Device::Cpu)?,
-    ))
 }
 
 #[cfg(test)]

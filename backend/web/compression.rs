@@ -124,7 +124,7 @@ fn checkpoint(
 
 /// A data source named in a request: a built-in set, or (admins) an absolute folder under the
 /// server roots. A relative name is never looked up on the server's disk.
-fn data_source(
+pub(crate) fn data_source(
     state: &AppState,
     user: &crate::accounts::User,
     text: &str,

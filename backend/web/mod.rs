@@ -17,6 +17,7 @@ pub mod pages;
 pub mod runs;
 pub mod safety;
 pub mod server_paths;
+pub mod training;
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -225,6 +226,7 @@ pub fn app(state: AppState) -> (Router, Vec<RouteInfo>) {
     let routes = api::routes(routes);
     let routes = genmetrics::routes(routes, state.config.upload_limit);
     let routes = compression::routes(routes, state.config.upload_limit);
+    let routes = training::routes(routes);
     let routes = safety::routes(routes, state.config.upload_limit);
     let routes = models::routes(routes);
     let routes = runs::routes(routes);
