@@ -189,7 +189,13 @@ fn compare(
         mean * 100.0,
         sd.unwrap_or(0.0) * 100.0,
         diffs.len(),
-        if mean > 0.0 { "holds" } else { "does not hold" }
+        if mean > 0.0 && 2 * wins > diffs.len() {
+            "holds"
+        } else if mean <= 0.0 && 2 * wins < diffs.len() {
+            "does not hold"
+        } else {
+            "mixed (mean and seeds disagree)"
+        }
     )
 }
 
