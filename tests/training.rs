@@ -216,6 +216,65 @@ async fn bad_requests_are_refused_before_anything_is_queued() {
     assert_eq!(app.count("jobs").await, 0);
     assert_eq!(app.count("training_experiments").await, 0);
 
+    // A server folder (admins only) is stored for the job but never shown to researchers.
+    let admin = app.user("root", Role::Admin).await;
+    let admin_token = app.token(&admin).await;
+    let folder = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
+    let secret = folder.path().to_string_lossy().into_owned();
+    let body = serde_json::json!({"recipes": ["mixup"], "data": secret}).to_string();
+    let response = app
+        .send(api(
+            "POST",
+            "/api/v1/training/experiments",
+            Some(&admin_token),
+            Some(&body),
+        ))
+        .await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let id = body_json(response).await["experiment_id"].as_i64().unwrap();
+    let stored: String = sqlx::query_scalar("SELECT spec::text FROM training_experiments")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert!(stored.contains(&secret), "the job needs the path");
+    let shown = body_json(
+        app.send(api(
+            "GET",
+            &format!("/api/v1/training/experiments/{id}"),
+            Some(&token),
+            None,
+        ))
+        .await,
+    )
+    .await;
+    let folder_name = folder.path().file_name().unwrap().to_string_lossy();
+    assert_eq!(
+        shown["experiment"]["data"],
+        folder_name.as_ref(),
+        "shown by its label"
+    );
+    assert_eq!(shown["experiment"]["spec"]["data"], folder_name.as_ref());
+    let listed = body_text(
+        app.send(api(
+            "GET",
+            "/api/v1/training/experiments",
+            Some(&token),
+            None,
+        ))
+        .await,
+    )
+    .await;
+    let browser = app.browser(&user).await;
+    let page = body_text(
+        app.send(get(&format!("/training/experiments/{id}"), Some(&browser)))
+            .await,
+    )
+    .await;
+    let index = body_text(app.send(get("/training", Some(&browser))).await).await;
+    for text in [shown.to_string(), listed, page, index] {
+        assert!(!text.contains(&secret), "server path shown: {text}");
+    }
+
     // Annotators have no access.
     let annotator = app.user("cid", Role::Annotator).await;
     let token = app.token(&annotator).await;

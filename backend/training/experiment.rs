@@ -29,6 +29,9 @@ use crate::nn::{LrSchedule, OptimizerConfig, count_correct};
 pub const MAX_SEEDS: usize = 10;
 pub const MAX_EPOCHS: usize = 500;
 pub const MAX_BATCH: usize = 1024;
+/// Largest seed: 2^53, so that seeds survive JSON readers that hold numbers as doubles and
+/// the database's signed 64-bit column.
+pub const MAX_SEED: u64 = 1 << 53;
 
 /// Size of the small ViT.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -133,6 +136,9 @@ impl ExperimentSpec {
         });
         if self.seeds.is_empty() || self.seeds.len() > MAX_SEEDS {
             return bad(format!("between 1 and {MAX_SEEDS} seeds"));
+        }
+        if let Some(seed) = self.seeds.iter().find(|&&s| s > MAX_SEED) {
+            return bad(format!("seed {seed} is larger than {MAX_SEED}"));
         }
         if self.epochs == 0 || self.epochs > MAX_EPOCHS {
             return bad(format!("between 1 and {MAX_EPOCHS} epochs"));
@@ -582,6 +588,7 @@ mod tests {
             |s: &mut ExperimentSpec| s.batch_size = usize::MAX,
             |s: &mut ExperimentSpec| s.seeds = (0..11).collect(),
             |s: &mut ExperimentSpec| s.seeds = vec![],
+            |s: &mut ExperimentSpec| s.seeds = vec![u64::MAX],
             |s: &mut ExperimentSpec| s.train_fraction = f64::NAN,
             |s: &mut ExperimentSpec| s.train_fraction = 1.5,
             |s: &mut ExperimentSpec| s.width = 0.0,

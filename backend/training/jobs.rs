@@ -68,7 +68,8 @@ async fn run_job(ctx: JobContext) -> Result<Option<serde_json::Value>, JobError>
         .ok_or_else(|| JobError::Permanent(format!("experiment {} is gone", job.experiment_id)))?;
     let spec = experiment
         .spec()
-        .map_err(|e| JobError::Permanent(format!("stored specification unreadable: {e}")))?;
+        .cloned()
+        .ok_or_else(|| JobError::Permanent("stored specification unreadable".into()))?;
     let relay = ProgressRelay::start(&ctx, "training (steps)");
     let callback = relay.callback();
     let run = job.clone();

@@ -17,6 +17,7 @@ use rand::SeedableRng;
 use rand_distr::Distribution;
 use serde::{Deserialize, Serialize};
 
+use super::saliency::{self, Border};
 use super::{Classifier, Result, TrainingError};
 use crate::compression::data::{Dataset, Normalization};
 
@@ -146,44 +147,10 @@ impl CorruptionSpec {
     }
 }
 
-/// Normalised 1-D Gaussian kernel of radius `ceil(3 sigma)`.
+/// A normalised Gaussian kernel reaching `ceil(3 sigma)` pixels each side (at least one).
 fn gaussian_kernel(sigma: f32) -> Vec<f32> {
-    let radius = (3.0 * sigma).ceil().max(1.0) as i64;
-    let k: Vec<f32> = (-radius..=radius)
-        .map(|i| (-(i * i) as f32 / (2.0 * sigma * sigma)).exp())
-        .collect();
-    let sum: f32 = k.iter().sum();
-    k.into_iter().map(|v| v / sum).collect()
-}
-
-/// Separable blur of one `h x w` plane in place, borders replicated.
-fn blur_plane(plane: &mut [f32], h: usize, w: usize, kernel: &[f32]) {
-    let r = (kernel.len() / 2) as i64;
-    let mut tmp = vec![0.0f32; plane.len()];
-    for y in 0..h {
-        for x in 0..w {
-            tmp[y * w + x] = kernel
-                .iter()
-                .enumerate()
-                .map(|(j, &k)| {
-                    let xx = (x as i64 + j as i64 - r).clamp(0, w as i64 - 1) as usize;
-                    k * plane[y * w + xx]
-                })
-                .sum();
-        }
-    }
-    for y in 0..h {
-        for x in 0..w {
-            plane[y * w + x] = kernel
-                .iter()
-                .enumerate()
-                .map(|(j, &k)| {
-                    let yy = (y as i64 + j as i64 - r).clamp(0, h as i64 - 1) as usize;
-                    k * tmp[yy * w + x]
-                })
-                .sum();
-        }
-    }
+    let radius = (3.0 * sigma).ceil().max(1.0) as usize;
+    saliency::gaussian_kernel(2 * radius + 1, sigma)
 }
 
 /// A corrupted copy of `data` (same shape, labels, classes and normalisation). `seed` drives
@@ -217,7 +184,12 @@ pub fn corrupt(data: &Dataset, spec: CorruptionSpec, seed: u64) -> Result<Datase
             }
             Corruption::Blur => {
                 for ch in 0..c {
-                    blur_plane(&mut pixels[ch * plane..(ch + 1) * plane], h, w, &kernel);
+                    {
+                        let channel = &mut pixels[ch * plane..(ch + 1) * plane];
+                        let blurred =
+                            saliency::separable_filter(channel, h, w, &kernel, Border::Replicate);
+                        channel.copy_from_slice(&blurred);
+                    }
                 }
             }
             Corruption::Contrast => {

@@ -157,16 +157,39 @@ pub fn gaussian_blur(map: &[f32], h: usize, w: usize, size: usize, sigma: f32) -
     if h == 0 || w == 0 || size == 0 {
         return map.to_vec();
     }
-    let kernel = gaussian_kernel(size, sigma);
-    let half = (size / 2) as i64;
-    // Even sizes put the extra tap on the left/top, as an unsymmetric conv2d padding would not;
-    // the recipes only use odd sizes.
+    separable_filter(map, h, w, &gaussian_kernel(size, sigma), Border::Reflect)
+}
+
+/// How a filter reads values past the border of a map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Border {
+    /// Mirror without repeating the edge (`dcb|abcd|cba`), as `numpy.pad(mode="reflect")`.
+    Reflect,
+    /// Repeat the edge value (`aaa|abcd|ddd`).
+    Replicate,
+}
+
+/// Separable filtering of one `h x w` map: `kernel` along rows, then along columns, centred
+/// at `kernel.len() / 2` (even sizes put the extra tap on the left/top; the recipes use odd
+/// sizes). Accumulates in f64.
+pub fn separable_filter(
+    map: &[f32],
+    h: usize,
+    w: usize,
+    kernel: &[f32],
+    border: Border,
+) -> Vec<f32> {
+    let half = (kernel.len() / 2) as i64;
+    let at = |i: i64, n: usize| match border {
+        Border::Reflect => reflect(i, n),
+        Border::Replicate => i.clamp(0, n as i64 - 1) as usize,
+    };
     let mut rows = vec![0.0f32; h * w];
     for y in 0..h {
         for x in 0..w {
             let mut acc = 0.0f64;
             for (k, &kv) in kernel.iter().enumerate() {
-                let xx = reflect(x as i64 + k as i64 - half, w);
+                let xx = at(x as i64 + k as i64 - half, w);
                 acc += kv as f64 * map[y * w + xx] as f64;
             }
             rows[y * w + x] = acc as f32;
@@ -177,7 +200,7 @@ pub fn gaussian_blur(map: &[f32], h: usize, w: usize, size: usize, sigma: f32) -
         for x in 0..w {
             let mut acc = 0.0f64;
             for (k, &kv) in kernel.iter().enumerate() {
-                let yy = reflect(y as i64 + k as i64 - half, h);
+                let yy = at(y as i64 + k as i64 - half, h);
                 acc += kv as f64 * rows[yy * w + x] as f64;
             }
             out[y * w + x] = acc as f32;

@@ -7,13 +7,17 @@ use time::OffsetDateTime;
 
 use super::experiment::{ExperimentSpec, RunResult};
 
-/// A stored experiment.
+/// A stored experiment, as pages and the API show it: the data source appears by its label
+/// only (a server folder chosen by an admin is never shown to researchers).
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ExperimentRow {
     pub id: i64,
     pub name: String,
     /// `cnn` (mixing recipes) or `vit` (position-embedding variants).
     pub family: String,
+    /// `digits`, `cifar10`, `cifar100`, ...
+    pub data: String,
+    /// The specification with `data` replaced by its label.
     #[schema(value_type = Object)]
     pub spec: serde_json::Value,
     pub created_by: Option<i64>,
@@ -22,12 +26,15 @@ pub struct ExperimentRow {
     /// Runs stored so far, of `expected_runs`.
     pub runs: i64,
     pub expected_runs: i64,
+    /// The specification as stored (with server paths), for the jobs and the summary.
+    #[serde(skip)]
+    stored: Option<ExperimentSpec>,
 }
 
 impl ExperimentRow {
-    /// The specification, as stored.
-    pub fn spec(&self) -> Result<ExperimentSpec, serde_json::Error> {
-        serde_json::from_value(self.spec.clone())
+    /// The specification, as stored; `None` when its JSON no longer parses.
+    pub fn spec(&self) -> Option<&ExperimentSpec> {
+        self.stored.as_ref()
     }
 }
 
@@ -43,18 +50,28 @@ struct RawExperiment {
 }
 
 fn row(raw: RawExperiment) -> ExperimentRow {
-    let expected = serde_json::from_value::<ExperimentSpec>(raw.spec.clone())
-        .map(|s| (s.recipes.len() * s.seeds.len()) as i64)
-        .unwrap_or(0);
+    let stored = serde_json::from_value::<ExperimentSpec>(raw.spec.clone()).ok();
+    let data = stored
+        .as_ref()
+        .map(|s| s.data.label())
+        .unwrap_or_else(|| "unknown".into());
+    let mut spec = raw.spec;
+    if let Some(object) = spec.as_object_mut() {
+        object.insert("data".into(), serde_json::Value::String(data.clone()));
+    }
     ExperimentRow {
         id: raw.id,
         name: raw.name,
         family: raw.family,
-        spec: raw.spec,
+        data,
+        spec,
         created_by: raw.created_by,
         created_at: raw.created_at,
         runs: raw.runs,
-        expected_runs: expected,
+        expected_runs: stored
+            .as_ref()
+            .map_or(0, |s| (s.recipes.len() * s.seeds.len()) as i64),
+        stored,
     }
 }
 

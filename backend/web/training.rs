@@ -218,10 +218,10 @@ async fn load_view(state: &AppState, id: i64) -> Result<ExperimentView, AppError
         .await?
         .ok_or_else(|| AppError::NotFound)?;
     let runs = store::runs(&state.pool, id).await?;
-    let summary = match experiment.spec() {
-        Ok(spec) => summarise(&spec, &runs),
-        Err(_) => Vec::new(),
-    };
+    let summary = experiment
+        .spec()
+        .map(|spec| summarise(spec, &runs))
+        .unwrap_or_default();
     Ok(ExperimentView {
         experiment,
         runs,
