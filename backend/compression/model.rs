@@ -300,6 +300,24 @@ pub(crate) struct BatchStats {
 pub(crate) enum Mode<'a> {
     Eval,
     Train(&'a mut Vec<BatchStats>),
+    /// Inference with running statistics that records the input of every batch norm in
+    /// traversal order, graph kept (what model inversion matches against the running
+    /// statistics).
+    Probe(&'a mut Vec<Tensor>),
+}
+
+/// What a probed forward pass ([`Network::probe`]) saw.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    /// `N x classes`.
+    pub logits: Tensor,
+    /// The input of every batch norm, in the order of [`Network::batch_norms`].
+    pub bn_inputs: Vec<Tensor>,
+    /// Stage outputs, highest resolution first: for every run of consecutive layers whose
+    /// outputs share one spatial size, the output of the run's last layer (for a CIFAR
+    /// ResNet: the outputs of its stages; for a VGG: the feature map before each pool).
+    /// Global average pooling ends the stages.
+    pub stages: Vec<Tensor>,
 }
 
 impl Conv2d {
@@ -321,7 +339,9 @@ impl Conv2d {
     fn forward(&self, x: &Tensor, mode: &Mode<'_>) -> Result<Tensor> {
         let y = match mode {
             Mode::Eval => x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?,
-            Mode::Train(_) => crate::nn::conv2d_gather(x, &self.weight, self.padding, self.stride)?,
+            Mode::Train(_) | Mode::Probe(_) => {
+                crate::nn::conv2d_gather(x, &self.weight, self.padding, self.stride)?
+            }
         };
         match &self.bias {
             Some(b) => Ok(y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?)?),
@@ -374,8 +394,11 @@ impl BatchNorm {
 
     fn forward(&self, x: &Tensor, mode: &mut Mode<'_>) -> Result<Tensor> {
         let shape = self.broadcast_shape(x);
+        if let Mode::Probe(inputs) = mode {
+            inputs.push(x.clone());
+        }
         match mode {
-            Mode::Eval => {
+            Mode::Eval | Mode::Probe(_) => {
                 let inv_std = (self.running_var.affine(1.0, self.eps)?).sqrt()?.recip()?;
                 let scale = (&self.weight * &inv_std)?;
                 let shift = (&self.bias - (&self.running_mean * &scale)?)?;
@@ -574,6 +597,83 @@ impl Network {
             h = layer.forward(&h, mode)?;
         }
         Ok(h)
+    }
+
+    /// Runs the network in inference mode, keeping the gradient graph, and records every
+    /// batch norm's input and the stage outputs (see [`Probe`]).
+    pub fn probe(&self, x: &Tensor) -> Result<Probe> {
+        self.validate()?;
+        let dims = x.dims();
+        if dims.len() != 4 || dims[1..] != self.input_size[..] {
+            return Err(CompressionError::Shape(format!(
+                "network {} expects input N x {} x {} x {}, got {:?}",
+                self.architecture, self.input_size[0], self.input_size[1], self.input_size[2], dims
+            )));
+        }
+        let mut bn_inputs = Vec::new();
+        let mut stages = Vec::new();
+        let mut current: Option<Tensor> = None;
+        let mut h = x.clone();
+        for layer in &self.layers {
+            h = layer.forward(&h, &mut Mode::Probe(&mut bn_inputs))?;
+            let spatial = |t: &Tensor| (t.rank() == 4).then(|| (t.dims()[2], t.dims()[3]));
+            // Global pooling ends the stages: its 1 x 1 output is a summary, not a stage.
+            let size = match layer {
+                Layer::GlobalAvgPool => None,
+                _ => spatial(&h),
+            };
+            match (&current, size) {
+                (Some(prev), Some(size)) if spatial(prev) != Some(size) => {
+                    stages.push(prev.clone());
+                    current = Some(h.clone());
+                }
+                (_, Some(_)) => current = Some(h.clone()),
+                (Some(prev), None) => {
+                    stages.push(prev.clone());
+                    current = None;
+                }
+                (None, None) => {}
+            }
+        }
+        if let Some(prev) = current {
+            stages.push(prev);
+        }
+        Ok(Probe {
+            logits: h,
+            bn_inputs,
+            stages,
+        })
+    }
+
+    /// The input of the last linear layer (the penultimate features), `N x D`, in inference
+    /// mode: what an image encoder built from a classifier returns.
+    pub fn features(&self, x: &Tensor) -> Result<Tensor> {
+        let last = self
+            .layers
+            .iter()
+            .rposition(|l| matches!(l, Layer::Linear(_)))
+            .ok_or_else(|| {
+                CompressionError::Shape(format!(
+                    "network {} has no linear classifier",
+                    self.architecture
+                ))
+            })?;
+        let mut h = x.clone();
+        for layer in &self.layers[..last] {
+            h = layer.forward(&h, &mut Mode::Eval)?;
+        }
+        Ok(h.flatten_from(1)?)
+    }
+
+    /// Every batch norm in traversal order (the order of [`Probe::bn_inputs`]).
+    pub fn batch_norms(&self) -> Vec<&BatchNorm> {
+        self.units()
+            .into_iter()
+            .filter_map(|u| match u {
+                UnitRef::Bn(b) => Some(b),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Number of output classes (out features of the last linear layer).
@@ -1204,6 +1304,12 @@ impl Network {
     /// norm, as PyTorch expects) and the topology as metadata.
     pub fn save_safetensors(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
+        let bytes = self.to_safetensors_bytes()?;
+        std::fs::write(path, bytes).map_err(|e| CompressionError::io(path, e))
+    }
+
+    /// The bytes [`Network::save_safetensors`] writes (for storing a network in a database).
+    pub fn to_safetensors_bytes(&self) -> Result<Vec<u8>> {
         let mut buffers: BTreeMap<String, (safetensors::Dtype, Vec<usize>, Vec<u8>)> =
             BTreeMap::new();
         for (name, tensor) in self.named_tensors() {
@@ -1238,10 +1344,8 @@ impl Network {
             (TOPOLOGY_METADATA_KEY.to_string(), topology),
             ("format".to_string(), "pt".to_string()),
         ]);
-        safetensors::serialize_to_file(views, Some(metadata), path).map_err(|e| match e {
-            safetensors::SafeTensorError::IoError(io) => CompressionError::io(path, io),
-            other => CompressionError::Checkpoint(format!("{}: {other}", path.display())),
-        })
+        safetensors::serialize(views, Some(metadata))
+            .map_err(|e| CompressionError::Checkpoint(e.to_string()))
     }
 
     /// Loads a network saved by [`Network::save_safetensors`] (topology from metadata,
@@ -1249,7 +1353,13 @@ impl Network {
     pub fn load_safetensors(path: impl AsRef<Path>) -> Result<Network> {
         let path = path.as_ref();
         let bytes = std::fs::read(path).map_err(|e| CompressionError::io(path, e))?;
-        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+        Network::from_safetensors_bytes(&bytes, path)
+    }
+
+    /// [`Network::load_safetensors`] from bytes; `origin` names them in errors.
+    pub fn from_safetensors_bytes(bytes: &[u8], origin: &Path) -> Result<Network> {
+        let path = origin;
+        let (_, meta) = safetensors::SafeTensors::read_metadata(bytes)
             .map_err(|e| CompressionError::Checkpoint(format!("{}: {e}", path.display())))?;
         let topology = meta
             .metadata()
@@ -1265,7 +1375,7 @@ impl Network {
         let topology: Topology = serde_json::from_str(topology).map_err(|e| {
             CompressionError::Checkpoint(format!("{}: bad topology metadata: {e}", path.display()))
         })?;
-        let tensors = read_tensors(path, &bytes)?;
+        let tensors = read_tensors(path, bytes)?;
         Network::from_topology(&topology, &tensors)
     }
 

@@ -13,6 +13,9 @@
 //! - [`recipe`]: what one step of each recipe does to a batch;
 //! - [`experiment`]: one recipe with one seed trained and measured, and the per-recipe
 //!   summary (mean ± sd, time-per-step ratio to the baseline, published figures);
+//! - [`inversion`]: DeepInversion and NaturalInversion, images synthesised from a trained
+//!   classifier without its data, with their storage, jobs and uses (PP&PR scoring,
+//!   data-free repair of pruned networks);
 //! - [`store`] and [`jobs`]: experiments and their runs in PostgreSQL and the
 //!   `training.run` job, the only parts that touch the database.
 //!
@@ -20,6 +23,7 @@
 //! is a time (the recipe runner times steps and says so).
 
 pub mod experiment;
+pub mod inversion;
 pub mod jobs;
 pub mod mixing;
 pub mod preact;
@@ -44,6 +48,8 @@ pub enum TrainingError {
     Config(String),
     #[error(transparent)]
     Compression(#[from] crate::compression::CompressionError),
+    #[error("cancelled")]
+    Cancelled,
 }
 
 /// Result alias of the training core.
