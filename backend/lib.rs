@@ -25,6 +25,7 @@ pub fn job_registry() -> jobs::Registry {
     let registry = genmetrics::jobs::register(registry);
     let registry = compression::jobs::register(registry);
     let registry = training::jobs::register(registry);
+    let registry = training::inversion::jobs::register(registry);
     let registry = safety::import_jobs::register(registry);
     safety::jobs::register(registry)
 }

@@ -195,6 +195,9 @@ enum Command {
     /// Train: with `--recipe`, a training experiment (recipes x seeds, measured, printed);
     /// with `--arch` and `--out`, a base CNN for pruning, saved as safetensors.
     Train(TrainCommand),
+    /// Synthesise images from a trained classifier without its data (DeepInversion or
+    /// NaturalInversion), written as PNGs per class, a safetensors tensor and a summary.
+    Invert(InvertCommand),
     /// Write a tiny random-weight encoder (for trying `embed` without a checkpoint).
     MakeTinyEncoder {
         /// vgg16, dinov2 or clip.
@@ -204,6 +207,44 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+}
+
+#[derive(Args)]
+struct InvertCommand {
+    /// `trained` / `trained:EPOCHS` (a VGG-11 with batch norm trained here on --data), or a
+    /// checkpoint written by `elite train --arch` or `elite prune` (ARCH=PATH for a
+    /// PyTorch-named one).
+    #[arg(long)]
+    teacher: String,
+    /// natural or deep.
+    #[arg(long, default_value = "natural")]
+    method: String,
+    /// Images to synthesise.
+    #[arg(long, default_value_t = 64)]
+    images: usize,
+    /// Images per batch (each batch is optimised on its own).
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// Iterations per batch (the papers: 2,000).
+    #[arg(long, default_value_t = 300)]
+    iterations: usize,
+    /// The data the teacher learned (its normalisation; `trained` trains on it).
+    #[arg(long, default_value = "digits")]
+    data: String,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Weight of the batch-norm statistics term (default: the method's CIFAR-10 setting, 10).
+    #[arg(long)]
+    bn_weight: Option<f64>,
+    /// Adaptive DeepInversion's competition weight against the teacher L1-pruned by half.
+    #[arg(long)]
+    competition_weight: Option<f64>,
+    /// Output folder.
+    #[arg(long)]
+    out: PathBuf,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -1059,6 +1100,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             } else {
                 print!("{}", cli::training::describe(&summary));
+            }
+            Ok(())
+        }
+        Command::Invert(args) => {
+            let invert = cli::inversion::InvertArgs {
+                teacher: args.teacher,
+                method: args.method,
+                images: args.images,
+                batch_size: args.batch_size,
+                iterations: args.iterations,
+                data: args.data,
+                seed: args.seed,
+                bn_weight: args.bn_weight,
+                competition_weight: args.competition_weight,
+                out: args.out,
+            };
+            let summary = tokio::task::spawn_blocking(move || {
+                let spec = cli::inversion::specification(&invert)?;
+                cli::inversion::run(&invert, &spec)
+            })
+            .await??;
+            if args.json {
+                println!("{}", serde_json::to_string(&summary)?);
+            } else {
+                print!("{}", cli::inversion::describe(&summary));
             }
             Ok(())
         }

@@ -27,9 +27,10 @@ pub fn prune(
         fine_tune_epochs,
         schedule: schedule.parse()?,
         created_by: None,
+        inversion: None,
     };
     let bar = progress_bar(0, &format!("{method} at {ratio}"));
-    let result = execute(&job, &|done, total| {
+    let result = execute(&job, None, &|done, total| {
         bar.set_length(total);
         bar.set_position(done);
     });

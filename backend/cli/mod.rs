@@ -4,6 +4,7 @@
 
 pub mod compression;
 pub mod genmetrics;
+pub mod inversion;
 pub mod models;
 pub mod safety;
 pub mod training;

@@ -38,6 +38,8 @@ pub(crate) fn routes(routes: Routes) -> Routes {
         super::genmetrics::run_toy_api, super::compression::list_api, super::compression::run_api,
         super::compression::import_api,
         super::training::list_api, super::training::create_api, super::training::get_api,
+        super::inversion::list_api, super::inversion::create_api, super::inversion::get_api,
+        super::inversion::score_api, super::inversion::repair_api, super::inversion::cancel_api,
         super::safety::list_benchmarks_api, super::safety::list_items_api,
         super::safety::import_items_api, super::safety::import_elite_api, super::safety::filter_api, super::safety::generate_api, super::safety::align_api, super::safety::merge_api,
         super::models::list_api, super::models::get_api, super::models::register_api,

@@ -40,7 +40,9 @@ pub(crate) fn routes(routes: Routes, upload_limit: usize) -> Routes {
 /// What to run (form and API).
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct ExperimentRequest {
-    /// `demo`, `demo:EPOCHS`, or a checkpoint path on the server.
+    /// `demo`, `demo:EPOCHS`, or a checkpoint path on the server (ignored with
+    /// `inversion_id`).
+    #[serde(default)]
     pub model: String,
     /// `digits`, `digits:64`, `synthetic`, `synthetic:N`, or a CIFAR-10/100 or image folder
     /// on the server.
@@ -52,6 +54,17 @@ pub struct ExperimentRequest {
     /// `one-shot` (default), `progressive:STAGES` or `from-scratch:INTERVAL:UNTIL`.
     #[serde(default)]
     pub schedule: String,
+    /// Data-free repair: prune the teacher of this inversion set (`model` and `data` are
+    /// then the set's) and fine-tune it on `fine_tune_on`.
+    #[serde(default)]
+    pub inversion_id: Option<i64>,
+    /// With `inversion_id`: `images` (the set's synthesised images; default) or `real`
+    /// (the real training data, for comparison).
+    #[serde(default)]
+    pub fine_tune_on: Option<String>,
+    /// Seed of the fine-tuning with `inversion_id`.
+    #[serde(default)]
+    pub seed: Option<u64>,
 }
 
 fn invalid(e: CompressionError) -> AppError {
@@ -69,6 +82,9 @@ async fn enqueue(
     }
     if request.fine_tune_epochs > 200 {
         return Err(AppError::Invalid("at most 200 fine-tuning epochs".into()));
+    }
+    if let Some(id) = request.inversion_id {
+        return enqueue_repair(state, user, id, &request, method).await;
     }
     // Built-in sources (`demo`, `digits`, `synthetic:N`) are anyone's; a server path is an
     // admin's, under the configured roots (see `server_paths`).
@@ -91,6 +107,80 @@ async fn enqueue(
         fine_tune_epochs: request.fine_tune_epochs,
         schedule: request.schedule.parse().map_err(invalid)?,
         created_by: Some(user.id),
+        inversion: None,
+    };
+    let job = NewJob::new(
+        EXPERIMENT_JOB,
+        serde_json::to_value(&payload).map_err(AppError::internal)?,
+    )
+    .created_by(user.id)
+    .max_attempts(2);
+    Ok(jobs::enqueue(&state.pool, job).await?)
+}
+
+/// A data-free repair experiment on inversion set `id` (checked: the set exists, has its
+/// teacher, and its images when fine-tuning on them).
+async fn enqueue_repair(
+    state: &AppState,
+    user: &crate::accounts::User,
+    id: i64,
+    request: &ExperimentRequest,
+    method: PruneMethod,
+) -> Result<i64, AppError> {
+    use crate::training::inversion::store as inversions;
+    let on_images = match request.fine_tune_on.as_deref().map(str::trim) {
+        None | Some("") | Some("images") => true,
+        Some("real") => false,
+        Some(other) => {
+            return Err(AppError::Invalid(format!(
+                "fine_tune_on {other:?}: expected images or real"
+            )));
+        }
+    };
+    if request.fine_tune_epochs == 0 {
+        return Err(AppError::Invalid(
+            "a data-free repair needs at least one fine-tuning epoch".into(),
+        ));
+    }
+    if !request.schedule.trim().is_empty() && request.schedule.trim() != "one-shot" {
+        return Err(AppError::Invalid(
+            "a data-free repair prunes once, then fine-tunes (schedule one-shot)".into(),
+        ));
+    }
+    let seed = request.seed.unwrap_or(0);
+    if seed > crate::training::experiment::MAX_SEED {
+        return Err(AppError::Invalid("seed too large".into()));
+    }
+    let row = inversions::get(&state.pool, id)
+        .await?
+        .ok_or_else(|| AppError::Invalid(format!("inversion set {id} does not exist")))?;
+    let spec = row
+        .spec()
+        .cloned()
+        .ok_or_else(|| AppError::Invalid(format!("inversion set {id} is unreadable")))?;
+    if row.teacher_accuracy.is_none() {
+        return Err(AppError::Invalid(format!(
+            "inversion set {id} has no teacher yet"
+        )));
+    }
+    if on_images && row.images == 0 {
+        return Err(AppError::Invalid(format!(
+            "inversion set {id} has no images yet"
+        )));
+    }
+    let payload = ExperimentJob {
+        model: ModelSource::Demo { epochs: 0, seed },
+        data: spec.data,
+        method: method.name().to_string(),
+        ratio: request.ratio,
+        fine_tune_epochs: request.fine_tune_epochs,
+        schedule: Default::default(),
+        created_by: Some(user.id),
+        inversion: Some(crate::compression::jobs::InversionUse {
+            inversion_id: id,
+            fine_tune_on_images: on_images,
+            seed,
+        }),
     };
     let job = NewJob::new(
         EXPERIMENT_JOB,

@@ -12,6 +12,7 @@ pub mod error;
 pub mod events;
 pub mod genmetrics;
 pub mod hygiene;
+pub mod inversion;
 pub mod models;
 pub mod pages;
 pub mod runs;
@@ -227,6 +228,7 @@ pub fn app(state: AppState) -> (Router, Vec<RouteInfo>) {
     let routes = genmetrics::routes(routes, state.config.upload_limit);
     let routes = compression::routes(routes, state.config.upload_limit);
     let routes = training::routes(routes);
+    let routes = inversion::routes(routes);
     let routes = safety::routes(routes, state.config.upload_limit);
     let routes = models::routes(routes);
     let routes = runs::routes(routes);

@@ -178,7 +178,7 @@ impl Generator {
         channels: usize,
         side: usize,
     ) -> Result<Self> {
-        if side < 4 || side % 4 != 0 {
+        if side < 4 || !side.is_multiple_of(4) {
             candle_core::bail!(
                 "the generator draws images whose side is a multiple of 4, not {side}"
             );
@@ -273,7 +273,7 @@ impl FeaturePyramid {
             candle_core::bail!("the teacher has no convolutional stages");
         };
         let factor = |big: usize, small: usize| -> Result<usize> {
-            if small == 0 || big % small != 0 || big < small {
+            if small == 0 || !big.is_multiple_of(small) || big < small {
                 candle_core::bail!("stage sides {big} and {small} are not an integer ratio apart");
             }
             Ok(big / small)

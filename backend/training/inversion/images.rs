@@ -104,7 +104,7 @@ pub fn embed(
 ) -> Result<Embeddings> {
     let [c, h, w] = shape;
     let len = c * h * w;
-    if len == 0 || images.len() % len != 0 || images.is_empty() {
+    if len == 0 || !images.len().is_multiple_of(len) || images.is_empty() {
         return Err(TrainingError::Config("no images to embed".into()));
     }
     let n = images.len() / len;

@@ -341,12 +341,10 @@ fn loss_of(
     let mut total = ((&ce + bn.affine(settings.bn_weight, 0.0)?)?
         + (tv.affine(settings.tv_weight, 0.0)? + l2.affine(settings.l2_weight, 0.0)?)?)?;
     let mut comp_value = 0.0;
-    if settings.competition_weight > 0.0 {
-        if let Some(student) = student {
-            let comp = competition(&probe.logits, &student.forward(x)?, 3.0)?;
-            comp_value = scalar(&comp)?;
-            total = (total + comp.affine(settings.competition_weight, 0.0)?)?;
-        }
+    if let Some(student) = student.filter(|_| settings.competition_weight > 0.0) {
+        let comp = competition(&probe.logits, &student.forward(x)?, 3.0)?;
+        comp_value = scalar(&comp)?;
+        total = (total + comp.affine(settings.competition_weight, 0.0)?)?;
     }
     let terms = LossTerms {
         total: scalar(&total)?,
@@ -397,7 +395,7 @@ pub fn invert_batch(
     let mut best: Option<(f64, usize, LossTerms, Tensor)> = None;
     let mut history = Vec::new();
     let mut record = |it: usize, terms: LossTerms, image: &Tensor| -> Result<()> {
-        if it % every == 0 || it + 1 == settings.iterations {
+        if it.is_multiple_of(every) || it + 1 == settings.iterations {
             history.push((it, terms));
         }
         if terms.total.is_finite() && best.as_ref().is_none_or(|(v, ..)| terms.total < *v) {
