@@ -218,6 +218,33 @@ async fn a_user_signs_in_through_the_form_and_sees_the_dashboard() {
         assert_eq!(heading, "vanilla vs guided_sr");
         let png = client.screenshot().await?;
         std::fs::write(screenshot_dir().join("training-experiment.png"), &png).unwrap();
+
+        // The inversion form starts a set and lands on its page, which lists its first job.
+        client.goto(&format!("{base}/inversion")).await?;
+        let flex = client
+            .execute(
+                "return [...document.querySelectorAll('label code')]
+                   .filter(c => getComputedStyle(c.parentElement).display.includes('flex')).length;",
+                vec![],
+            )
+            .await?;
+        assert_eq!(flex, serde_json::json!(0), "inversion form hints laid out as flex items");
+        let iterations = client.find(Locator::Css("input[name=iterations]")).await?;
+        iterations.clear().await?;
+        iterations.send_keys("2").await?;
+        client
+            .find(Locator::Css("#inversion-form button[type=submit]"))
+            .await?
+            .click()
+            .await?;
+        let jobs = client.wait().for_element(Locator::Id("jobs")).await?;
+        assert!(jobs.text().await?.contains("inversion.teacher"));
+        let url = client.current_url().await?;
+        assert!(url.path().starts_with("/inversion/sets/"), "{url}");
+        let heading = client.find(Locator::Css("h1")).await?.text().await?;
+        assert_eq!(heading, "NaturalInversion on digits");
+        let png = client.screenshot().await?;
+        std::fs::write(screenshot_dir().join("inversion-set.png"), &png).unwrap();
         Ok::<(), fantoccini::error::CmdError>(())
     }
     .await;

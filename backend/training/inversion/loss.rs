@@ -205,4 +205,68 @@ mod tests {
             );
         }
     }
+
+    /// The statistics term over a whole tiny network equals the hand computation: a 1x1
+    /// convolution that doubles its input feeds the one batch norm.
+    #[test]
+    fn bn_statistics_of_a_tiny_net_by_hand() {
+        use crate::compression::{Conv2d, Layer, Linear, Network};
+        let dev = Device::Cpu;
+        let mut bn = BatchNorm::identity("bn", 1).unwrap();
+        bn.running_mean = Tensor::new(&[1f32], &dev).unwrap();
+        bn.running_var = Tensor::new(&[2f32], &dev).unwrap();
+        let net = Network {
+            architecture: "tiny".into(),
+            input_size: [1, 1, 2],
+            layers: vec![
+                Layer::Conv2d(Conv2d {
+                    name: "conv".into(),
+                    weight: Tensor::new(&[[[[2f32]]]], &dev).unwrap(),
+                    bias: None,
+                    stride: 1,
+                    padding: 0,
+                }),
+                Layer::BatchNorm(bn),
+                Layer::Relu,
+                Layer::GlobalAvgPool,
+                Layer::Flatten,
+                Layer::Linear(Linear {
+                    name: "fc".into(),
+                    weight: Tensor::new(&[[1f32], [-1.]], &dev).unwrap(),
+                    bias: None,
+                }),
+            ],
+        };
+        // Inputs {0, 1} and {2, 3}: the batch norm sees {0, 2, 4, 6}, mean 3, biased variance
+        // (9 + 1 + 1 + 9) / 4 = 5: |3 - 1| + |5 - 2| = 5.
+        let x = Tensor::new(&[[[[0f32, 1.]]], [[[2., 3.]]]], &dev).unwrap();
+        let probe = net.probe(&x).unwrap();
+        assert_eq!(probe.logits.dims(), &[2, 2]);
+        assert_eq!(
+            probe.stages.len(),
+            1,
+            "one resolution before the global pool"
+        );
+        let total = bn_statistics(&probe.bn_inputs, &net.batch_norms())
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!((total - 5.0).abs() < 1e-5, "{total}");
+    }
+
+    /// A CIFAR ResNet's stages are its three groups of blocks (the stem joins the first).
+    #[test]
+    fn resnet_stages_are_its_block_groups() {
+        let net = crate::compression::Network::resnet_cifar(20, 0.25, 10, 0).unwrap();
+        let x = Tensor::zeros((2, 3, 32, 32), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let probe = net.probe(&x).unwrap();
+        let shapes: Vec<(usize, usize)> = probe
+            .stages
+            .iter()
+            .map(|s| (s.dims()[1], s.dims()[2]))
+            .collect();
+        assert_eq!(shapes, vec![(4, 32), (8, 16), (16, 8)]);
+        assert_eq!(probe.bn_inputs.len(), net.batch_norms().len());
+        assert_eq!(net.batch_norms().len(), 1 + 9 * 2);
+    }
 }
