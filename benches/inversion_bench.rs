@@ -56,6 +56,9 @@ struct Row {
     repaired: f64,
 }
 
+/// Reads one measurement off a row.
+type Column = fn(&Row) -> f64;
+
 fn all_images(data: &Dataset) -> Vec<f32> {
     (0..data.len())
         .flat_map(|i| data.image(i).unwrap_or_default().to_vec())
@@ -180,7 +183,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     );
     println!("|---|---|---|---|---|---|---|---|");
     for (m, method) in methods.iter().enumerate() {
-        let col = |f: fn(&Row) -> f64| rows[m].iter().map(f).collect::<Vec<f64>>();
+        let col = |f: Column| rows[m].iter().map(f).collect::<Vec<f64>>();
         println!(
             "| {} | {} | {} | {} | {} | {} | {} | {} |",
             method.title(),
@@ -198,7 +201,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         no_ft * 100.0,
         show(&real_ft, 100.0, 2)
     );
-    let claims: [(&str, fn(&Row) -> f64); 4] = [
+    let claims: [(&str, Column); 4] = [
         ("P-precision (fidelity)", |r| r.p_precision),
         ("P-recall (diversity)", |r| r.p_recall),
         ("coverage", |r| r.coverage),

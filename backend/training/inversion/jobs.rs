@@ -343,12 +343,21 @@ async fn score_job(ctx: JobContext) -> Result<Option<serde_json::Value>, JobErro
     let (real, fake) = tokio::task::spawn_blocking(move || {
         let net = Network::from_safetensors_bytes(&teacher.bytes, Path::new("stored teacher"))?;
         let (train, _) = data.load()?;
-        let mut real_values = Vec::with_capacity(train.len() * train.image_len());
-        for i in 0..train.len() {
-            real_values.extend_from_slice(train.image(i).unwrap_or_default());
-        }
         let norm = teacher.normalization;
-        let real = embed(encoder, &net, &real_values, train.shape(), &norm)?;
+        // Embedded 1,024 images at a time: a CIFAR training split is never copied whole.
+        let (mut values, mut dim) = (Vec::new(), 0);
+        let indices: Vec<usize> = (0..train.len()).collect();
+        for chunk in indices.chunks(1024) {
+            let mut block = Vec::with_capacity(chunk.len() * train.image_len());
+            for &i in chunk {
+                block.extend_from_slice(train.image(i).unwrap_or_default());
+            }
+            let e = embed(encoder, &net, &block, train.shape(), &norm)?;
+            dim = e.dim;
+            values.extend(e.data);
+        }
+        let real = crate::genmetrics::Embeddings::new(train.len(), dim, values)
+            .map_err(|e| TrainingError::Config(e.to_string()))?;
         let fake = embed(encoder, &net, &images, net.input_size, &norm)?;
         Ok::<_, TrainingError>((real, fake))
     })
