@@ -394,6 +394,8 @@ pub fn invert_batch(
 
     let mut best: Option<(f64, usize, LossTerms, Tensor)> = None;
     let mut history = Vec::new();
+    // Records iteration `it` (its terms and, if best so far, its images) and reports it;
+    // an error when the caller asks to stop.
     let mut record = |it: usize, terms: LossTerms, image: &Tensor| -> Result<()> {
         if it.is_multiple_of(every) || it + 1 == settings.iterations {
             history.push((it, terms));
@@ -401,9 +403,17 @@ pub fn invert_batch(
         if terms.total.is_finite() && best.as_ref().is_none_or(|(v, ..)| terms.total < *v) {
             best = Some((terms.total, it, terms, image.detach()));
         }
-        Ok(())
+        let go_on = progress(Progress {
+            iteration: it + 1,
+            iterations: settings.iterations,
+            terms,
+        });
+        if go_on {
+            Ok(())
+        } else {
+            Err(TrainingError::Cancelled)
+        }
     };
-    let mut stopped = false;
     match settings.method {
         Method::Deep => {
             let x = Var::from_tensor(&seeded_noise(&mut rng, &[b, c, h, w])?)?;
@@ -412,17 +422,12 @@ pub fn invert_batch(
                 let jitter = Jitter::draw(&mut rng, settings.jitter, flips);
                 let xj = jitter.apply(x.as_tensor())?;
                 let (loss, terms) = loss_of(teacher, student, &xj, &targets, settings)?;
-                record(it, terms, x.as_tensor())?;
+                // A copy: the optimiser writes the variable's storage in place, which a
+                // detached view would share.
+                let image = x.as_tensor().copy()?;
                 let grads: GradStore = loss.backward()?;
                 opt.step(&grads, settings.pixel_lr)?;
-                if !progress(Progress {
-                    iteration: it + 1,
-                    iterations: settings.iterations,
-                    terms,
-                }) {
-                    stopped = true;
-                    break;
-                }
+                record(it, terms, &image)?;
             }
         }
         Method::Natural => {
@@ -446,24 +451,13 @@ pub fn invert_batch(
                 let x3 = scaling.forward(&x2)?;
                 let x3j = Jitter::draw(&mut rng, settings.jitter, flips).apply(&x3)?;
                 let (loss, terms) = loss_of(teacher, None, &x3j, &targets, settings)?;
-                record(it, terms, &x3)?;
                 let grads = loss.backward()?;
                 opt_g.step(&grads, settings.generator_lr)?;
                 opt_f.step(&grads, settings.pyramid_lr)?;
                 opt_a.step(&grads, settings.scaling_lr)?;
-                if !progress(Progress {
-                    iteration: it + 1,
-                    iterations: settings.iterations,
-                    terms,
-                }) {
-                    stopped = true;
-                    break;
-                }
+                record(it, terms, &x3)?;
             }
         }
-    }
-    if stopped {
-        return Err(TrainingError::Cancelled);
     }
     let Some((_, best_iteration, best_terms, images)) = best else {
         return Err(TrainingError::Config(
@@ -655,5 +649,34 @@ mod tests {
         });
         assert!(matches!(r, Err(TrainingError::Cancelled)));
         assert_eq!(calls, 3);
+    }
+
+    /// DeepInversion keeps the pixels of its best iteration, not the last ones: with a
+    /// learning rate that ruins the batch after the first step, the kept images are the
+    /// seeded starting noise.
+    #[test]
+    fn deep_inversion_keeps_the_best_iterations_pixels() {
+        let config = VggConfig {
+            global_pool: true,
+            ..VggConfig::tiny()
+        };
+        let mut teacher = Network::vgg_cifar(&config, 0.125, 10, 1).unwrap();
+        teacher.input_size = [3, 16, 16];
+        let settings = InversionSettings {
+            batch_size: 10,
+            iterations: 4,
+            pixel_lr: 10.0,
+            flips: false,
+            ..InversionSettings::paper(Method::Deep)
+        };
+        let out = invert_batch(&teacher, None, &settings, false, 5, 0, &mut |_| true).unwrap();
+        assert_eq!(out.best_iteration, 0);
+        // Ten images of ten classes draw no random label: the noise is the first draw.
+        let mut rng = StdRng::seed_from_u64(5);
+        let noise = seeded_noise(&mut rng, &[10, 3, 16, 16]).unwrap();
+        assert_eq!(
+            out.images,
+            noise.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        );
     }
 }
