@@ -454,6 +454,55 @@ async fn bad_requests_are_refused_before_anything_is_queued() {
     assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(app.count("jobs").await, 1, "only the set's teacher job");
 
+    // An admin's server paths (teacher checkpoint, data folder) are stored for the jobs but
+    // never shown: rows carry labels only.
+    let admin = app.user("root", Role::Admin).await;
+    let admin_token = app.token(&admin).await;
+    let folder = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
+    let secret = folder.path().to_string_lossy().into_owned();
+    let checkpoint = folder.path().join("teacher.safetensors");
+    std::fs::write(&checkpoint, b"not read by the request").unwrap();
+    let body = serde_json::json!({
+        "method": "natural",
+        "teacher": checkpoint.to_string_lossy(),
+        "data": secret,
+    })
+    .to_string();
+    let response = app
+        .send(api(
+            "POST",
+            "/api/v1/inversions",
+            Some(&admin_token),
+            Some(&body),
+        ))
+        .await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let admin_set = body_json(response).await["inversion_id"].as_i64().unwrap();
+    let stored: String = sqlx::query_scalar("SELECT spec::text FROM inversions WHERE id = $1")
+        .bind(admin_set)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert!(stored.contains(&secret), "the jobs need the paths");
+    let browser = app.browser(&user).await;
+    let shown = [
+        view(&app, &token, admin_set).await.to_string(),
+        body_text(
+            app.send(api("GET", "/api/v1/inversions", Some(&token), None))
+                .await,
+        )
+        .await,
+        body_text(app.send(get("/inversion", Some(&browser))).await).await,
+        body_text(
+            app.send(get(&format!("/inversion/sets/{admin_set}"), Some(&browser)))
+                .await,
+        )
+        .await,
+    ];
+    for text in shown {
+        assert!(!text.contains(&secret), "server path shown: {text}");
+    }
+
     // Annotators have no access.
     let annotator = app.user("cid", Role::Annotator).await;
     let token = app.token(&annotator).await;

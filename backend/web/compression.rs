@@ -168,27 +168,18 @@ async fn enqueue_repair(
             "inversion set {id} has no images yet"
         )));
     }
-    let payload = ExperimentJob {
-        model: ModelSource::Demo { epochs: 0, seed },
-        data: spec.data,
-        method: method.name().to_string(),
-        ratio: request.ratio,
-        fine_tune_epochs: request.fine_tune_epochs,
-        schedule: Default::default(),
-        created_by: Some(user.id),
-        inversion: Some(crate::compression::jobs::InversionUse {
-            inversion_id: id,
-            fine_tune_on_images: on_images,
-            seed,
-        }),
-    };
-    let job = NewJob::new(
-        EXPERIMENT_JOB,
-        serde_json::to_value(&payload).map_err(AppError::internal)?,
+    Ok(crate::training::inversion::jobs::queue_repair(
+        &state.pool,
+        id,
+        &spec.data,
+        method.name(),
+        request.ratio,
+        request.fine_tune_epochs,
+        seed,
+        on_images,
+        Some(user.id),
     )
-    .created_by(user.id)
-    .max_attempts(2);
-    Ok(jobs::enqueue(&state.pool, job).await?)
+    .await?)
 }
 
 /// A checkpoint path named in a request: absolute, an admin's, under the server roots, a file.

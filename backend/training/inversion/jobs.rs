@@ -99,9 +99,53 @@ pub async fn start_score(
     jobs::enqueue(pool, job).await
 }
 
-/// Queues the data-free repair comparison: the teacher pruned with `method` at `ratio`,
-/// fine-tuned for `epochs` on the set's images and, beside it, on the real training data
-/// (the row right after pruning is the no-fine-tuning reference). Returns both jobs' ids.
+/// A data-free repair of set `id`: the set's teacher pruned with `method` at `ratio`, then
+/// fine-tuned for `epochs` on the set's images (`on_images`) or on the real training split
+/// `data`. Queued once per set, settings and fine-tuning data (a dedup key), so asking again
+/// returns the same job. Returns the job's id.
+#[allow(clippy::too_many_arguments)]
+pub async fn queue_repair(
+    pool: &PgPool,
+    id: i64,
+    data: &crate::compression::sources::DataSource,
+    method: &str,
+    ratio: f64,
+    epochs: usize,
+    seed: u64,
+    on_images: bool,
+    created_by: Option<i64>,
+) -> Result<i64, sqlx::Error> {
+    let payload = ExperimentJob {
+        // Ignored: the experiment prunes the set's stored teacher.
+        model: crate::compression::sources::ModelSource::Demo { epochs: 0, seed },
+        data: data.clone(),
+        method: method.to_string(),
+        ratio,
+        fine_tune_epochs: epochs,
+        schedule: Default::default(),
+        created_by,
+        inversion: Some(InversionUse {
+            inversion_id: id,
+            fine_tune_on_images: on_images,
+            seed,
+        }),
+    };
+    let part = format!(
+        "repair:{method}:{ratio}:{epochs}:{seed}:{}",
+        if on_images { "images" } else { "real" }
+    );
+    let mut job = NewJob::new(EXPERIMENT_JOB, encode(&payload)?)
+        .dedup_key(store::job_key(id, &part))
+        .max_attempts(2);
+    if let Some(user) = created_by {
+        job = job.created_by(user);
+    }
+    jobs::enqueue(pool, job).await
+}
+
+/// Queues the data-free repair comparison: [`queue_repair`] on the set's images and, beside
+/// it, on the real training data (the row right after pruning is the no-fine-tuning
+/// reference). Returns both jobs' ids.
 pub async fn start_repair(
     pool: &PgPool,
     id: i64,
@@ -117,31 +161,12 @@ pub async fn start_repair(
     let spec = row.spec().cloned().ok_or(sqlx::Error::RowNotFound)?;
     let mut ids = Vec::new();
     for on_images in [true, false] {
-        let payload = ExperimentJob {
-            model: crate::compression::sources::ModelSource::Demo { epochs: 0, seed },
-            data: spec.data.clone(),
-            method: method.to_string(),
-            ratio,
-            fine_tune_epochs: epochs,
-            schedule: Default::default(),
-            created_by,
-            inversion: Some(InversionUse {
-                inversion_id: id,
-                fine_tune_on_images: on_images,
-                seed,
-            }),
-        };
-        let part = format!(
-            "repair:{method}:{ratio}:{epochs}:{seed}:{}",
-            if on_images { "images" } else { "real" }
+        ids.push(
+            queue_repair(
+                pool, id, &spec.data, method, ratio, epochs, seed, on_images, created_by,
+            )
+            .await?,
         );
-        let mut job = NewJob::new(EXPERIMENT_JOB, encode(&payload)?)
-            .dedup_key(store::job_key(id, &part))
-            .max_attempts(2);
-        if let Some(user) = created_by {
-            job = job.created_by(user);
-        }
-        ids.push(jobs::enqueue(pool, job).await?);
     }
     Ok(ids)
 }

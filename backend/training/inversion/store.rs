@@ -43,10 +43,9 @@ impl InversionRow {
     }
 
     pub fn method_title(&self) -> &'static str {
-        match self.method.as_str() {
-            "deep" => "DeepInversion",
-            _ => "NaturalInversion",
-        }
+        self.method
+            .parse::<super::Method>()
+            .map_or("unknown method", super::Method::title)
     }
 }
 

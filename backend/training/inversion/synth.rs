@@ -74,6 +74,10 @@ impl std::str::FromStr for Method {
 pub const MAX_BATCH: usize = 256;
 pub const MAX_ITERATIONS: usize = 10_000;
 pub const MAX_LATENT: usize = 4096;
+/// Largest image side a teacher may take: NaturalInversion's first layer maps the latent to
+/// `128 x (side / 4)^2` values, so its size grows with the square of the side (the papers
+/// invert 32 x 32 CIFAR networks).
+pub const MAX_SIDE: usize = 64;
 
 /// Hyper-parameters of one batch.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -257,9 +261,9 @@ pub fn stage_shapes(teacher: &Network) -> Result<Vec<StageShape>> {
 /// Checks that a network can be inverted: square image input and at least one batch norm.
 pub fn check_teacher(teacher: &Network) -> Result<()> {
     let [c, h, w] = teacher.input_size;
-    if h != w || h < 4 || h % 4 != 0 || c == 0 {
+    if h != w || !(4..=MAX_SIDE).contains(&h) || !h.is_multiple_of(4) || c == 0 {
         return Err(TrainingError::Config(format!(
-            "inversion needs square images whose side is a multiple of 4; {} takes {c} x {h} x {w}",
+            "inversion needs square images whose side is a multiple of 4, at most {MAX_SIDE}; {} takes {c} x {h} x {w}",
             teacher.architecture
         )));
     }
