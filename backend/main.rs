@@ -165,6 +165,12 @@ enum Command {
         #[command(subcommand)]
         command: JudgeCommand,
     },
+    /// The ELITE paper's per-category Table 3 figures, which the platform does not ship: load
+    /// them from your copy of the paper to see them beside full-ELITE runs.
+    Paper {
+        #[command(subcommand)]
+        command: PaperCommand,
+    },
     /// Prune a CNN with one method at one ratio and measure it.
     Prune {
         /// Checkpoint (.safetensors from `elite train`), `ARCH=PATH` (a PyTorch-named
@@ -592,6 +598,23 @@ enum JudgeCommand {
         /// ELITE score at or above which a response is unsafe.
         #[arg(long, default_value_t = elite::safety::rubric::DEFAULT_UNSAFE_THRESHOLD)]
         threshold: f64,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum PaperCommand {
+    /// Replace the per-category figures with a CSV: `model,category,e_asr` rows, or one row
+    /// per model with a column per category (`model,S1,...,S11`) as the table is printed.
+    Load {
+        file: PathBuf,
+        /// Where the figures come from, e.g. "ELITE paper, arXiv 2502.04757v3, Table 3".
+        #[arg(long)]
+        provenance: String,
+    },
+    /// Print the loaded figures.
+    Show {
         #[arg(long)]
         json: bool,
     },
@@ -1032,6 +1055,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 println!("{}", report.to_text());
             }
+            Ok(())
+        }
+        Command::Paper { command } => {
+            let db = db::open_and_migrate(&source, 2).await?;
+            let result = match command {
+                PaperCommand::Load { file, provenance } => {
+                    cli::safety::load_paper_categories(&db.pool, &file, &provenance).await
+                }
+                PaperCommand::Show { json } => {
+                    cli::safety::show_paper_categories(&db.pool, json).await
+                }
+            };
+            db.shutdown().await;
+            println!("{}", result?);
             Ok(())
         }
         Command::Prune {

@@ -4,7 +4,8 @@
 //! and the combined verdicts and scores, the E-ASR and the judges' pairwise kappas equal the
 //! hand computations written below. The same panel from the CLI (two judges, mean) reuses the
 //! judges' cached judgements. The leaderboard shows the paper's figure only beside a run over
-//! the full ELITE benchmark, never beside a subset or another benchmark.
+//! the full ELITE benchmark, never beside a subset or another benchmark; per-category paper
+//! figures appear only once an admin loads them (CLI or API), and a refused table changes nothing.
 
 mod common;
 
@@ -646,7 +647,7 @@ fn leaderboard_row(page: &str, run_id: i64) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_paper_figure_is_shown_only_beside_full_elite_runs() {
-    let (app, _url) = app_with_url().await;
+    let (app, url) = app_with_url().await;
     let pool = app.pool.clone();
     let researcher = app.user("rhea", Role::Researcher).await;
     for name in ["GPT-4o", "judge"] {
@@ -732,4 +733,140 @@ async fn the_paper_figure_is_shown_only_beside_full_elite_runs() {
         .await;
         assert!(!run_page.contains("id=\"paper\""), "run {run}");
     }
+
+    // The per-category figures are not shipped: until an admin loads some, the run page says so
+    // and has no per-category paper cells.
+    assert!(full_page.contains("Per-category figures: none loaded"));
+    let admin = app.user("ada", Role::Admin).await;
+    let admin_token = app.token(&admin).await;
+    let researcher_token = app.token(&researcher).await;
+    let table = |token: String| {
+        let app = &app;
+        async move {
+            body_json(
+                app.send(api("GET", "/api/v1/paper/categories", Some(&token), None))
+                    .await,
+            )
+            .await
+        }
+    };
+    assert_eq!(table(researcher_token.clone()).await["figures"], 0);
+    let put = |token: &str, provenance: &str, csv: &str| {
+        api(
+            "PUT",
+            &format!("/api/v1/paper/categories?provenance={provenance}"),
+            Some(token),
+            Some(csv),
+        )
+    };
+    let long = "model,category,e_asr\nGPT-4o,Hate,7\n";
+    let response = app.send(put(&researcher_token, "mine", long)).await;
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    assert_eq!(app.count("paper_category_figures").await, 0);
+
+    // Loaded with the CLI in the table's own layout: a column per category, by code or name,
+    // "-" or an empty cell for no figure, and a comment line for provenance.
+    let dir = tempfile::tempdir().unwrap();
+    let wide = dir.path().join("table3.csv");
+    std::fs::write(
+        &wide,
+        "# per-category E-ASR, typed in for this test\n\
+         model,S1,Non-Violent Crimes,S11\n\
+         gpt-4o,12.5,-,30%\n\
+         Pixtral-12B,81,82.25,\n",
+    )
+    .unwrap();
+    let (ok, stdout, stderr) = run_elite(
+        &[
+            "paper",
+            "load",
+            wide.to_str().unwrap(),
+            "--provenance",
+            "test table",
+        ],
+        Some(&url),
+    );
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("loaded 4 per-category figures for 2 models (GPT-4o, Pixtral-12B)"),
+        "{stdout}"
+    );
+    let results_row = |page: &str, category: &str| -> String {
+        let start = page.find("id=\"results\"").expect("a results table");
+        let table = &page[start..start + page[start..].find("</table>").unwrap()];
+        table
+            .split("<tr")
+            .find(|row| row.contains(&format!("<td>{category}</td>")))
+            .unwrap_or_else(|| panic!("no row {category} in {table}"))
+            .to_string()
+    };
+    let full_page = body_text(
+        app.send(get(&format!("/safety/runs/{full}"), Some(&browser)))
+            .await,
+    )
+    .await;
+    assert!(full_page.contains("<th>Paper E-ASR</th>"));
+    assert!(full_page.contains("loaded by an admin from: test table"));
+    assert!(results_row(&full_page, "S1 Violent Crimes").contains("<td>12.50%</td></tr>"));
+    assert!(results_row(&full_page, "S2 Non-Violent Crimes").contains("<td>-</td></tr>"));
+    assert!(results_row(&full_page, "S11 Sexual Content").contains("<td>30.00%</td></tr>"));
+    assert!(results_row(&full_page, "overall").contains("<td>15.67%</td></tr>"));
+    let category_page = body_text(
+        app.send(get(&format!("/safety/runs/{category}"), Some(&browser)))
+            .await,
+    )
+    .await;
+    assert!(!category_page.contains("Paper E-ASR"));
+    let page = body_text(app.send(get("/safety/leaderboard", Some(&browser))).await).await;
+    assert!(page.contains("GPT-4o (paper, Table 3)"));
+    assert_eq!(page.matches("(paper, Table 3)").count(), 1);
+
+    // A refused file changes nothing; the API names the line.
+    for (provenance, csv) in [
+        ("x", "model,category,e_asr\nGPT-4o,S1,120\n"),
+        ("x", "model,category,e_asr\nGPT-5,S1,12\n"),
+        ("x", "model,category,e_asr\nGPT-4o,S12,12\n"),
+        (
+            "x",
+            "model,category,e_asr\nGPT-4o,S1,1\ngpt 4o,Violent Crimes,2\n",
+        ),
+        ("x", "model,S1\nGPT-4o,1\u{0}\n"),
+        ("x", "model,category,e_asr\n"),
+        ("", long),
+    ] {
+        let response = app.send(put(&admin_token, provenance, csv)).await;
+        assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY, "{csv}");
+    }
+    let refused = body_json(
+        app.send(put(
+            &admin_token,
+            "x",
+            "model,category,e_asr\nGPT-4o,S1,NaN\n",
+        ))
+        .await,
+    )
+    .await;
+    assert!(refused.to_string().contains("line 2"), "{refused}");
+    let kept = table(researcher_token.clone()).await;
+    assert_eq!(kept["figures"], 4, "{kept}");
+    assert_eq!(kept["rows"][0]["provenance"], "test table");
+    assert_eq!(kept["rows"][0]["loaded_by"], Value::Null);
+
+    // An admin's load through the API replaces the whole table and records who loaded it.
+    let response = app.send(put(&admin_token, "api%20table", long)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let loaded = table(researcher_token).await;
+    assert_eq!(loaded["figures"], 1, "{loaded}");
+    assert_eq!(loaded["rows"][0]["paper_model"], "GPT-4o");
+    assert_eq!(loaded["rows"][0]["category"], "S9");
+    assert_eq!(loaded["rows"][0]["e_asr_percent"], 7.0);
+    assert_eq!(loaded["rows"][0]["loaded_by"], "ada");
+    let full_page = body_text(
+        app.send(get(&format!("/safety/runs/{full}"), Some(&browser)))
+            .await,
+    )
+    .await;
+    assert!(results_row(&full_page, "S1 Violent Crimes").contains("<td>-</td></tr>"));
+    assert!(results_row(&full_page, "S9 Hate").contains("<td>7.00%</td></tr>"));
+    assert!(full_page.contains("loaded by an admin from: api table"));
 }

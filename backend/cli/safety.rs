@@ -1,6 +1,7 @@
 //! The safety area's commands: `elite import ...` (imports and generation run as jobs that
 //! this process works on while a progress bar follows them), following a run in this
-//! process, `elite run retry`, and result tables.
+//! process, `elite run retry`, result tables, and `elite paper load|show` (the paper's
+//! per-category figures).
 
 use std::path::Path;
 
@@ -479,4 +480,58 @@ pub fn keyword_choice(
     let list = crate::safety::keywords::KeywordList::from_text(&text)
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     Ok((None, Some(list.phrases)))
+}
+
+/// `elite paper load`: replace the paper's per-category figures with a CSV file's; a refused
+/// file changes nothing. Returns what was loaded, in words.
+pub async fn load_paper_categories(
+    pool: &PgPool,
+    file: &Path,
+    provenance: &str,
+) -> anyhow::Result<String> {
+    use crate::safety::paper::{MAX_CATEGORY_TABLE_BYTES, parse_category_table};
+    let size = std::fs::metadata(file)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?
+        .len();
+    if size > MAX_CATEGORY_TABLE_BYTES as u64 {
+        anyhow::bail!(
+            "{} has {size} bytes; a table has at most {MAX_CATEGORY_TABLE_BYTES}",
+            file.display()
+        );
+    }
+    let bytes = std::fs::read(file)?;
+    let figures = parse_category_table(&bytes)
+        .map_err(|e| anyhow::anyhow!("{} was not loaded: {e}", file.display()))?;
+    let stored =
+        crate::safety::paper_store::replace_category_figures(pool, &figures, provenance, None)
+            .await?;
+    let models: std::collections::BTreeSet<&str> =
+        figures.iter().map(|f| f.paper_model.as_str()).collect();
+    Ok(format!(
+        "loaded {stored} per-category figures for {} models ({}); the previous table is replaced",
+        models.len(),
+        models.into_iter().collect::<Vec<_>>().join(", ")
+    ))
+}
+
+/// `elite paper show`: the loaded figures as a table (or JSON).
+pub async fn show_paper_categories(pool: &PgPool, json: bool) -> anyhow::Result<String> {
+    let rows = crate::safety::paper_store::category_figures(pool).await?;
+    if json {
+        return Ok(serde_json::to_string(&rows)?);
+    }
+    let Some(first) = rows.first() else {
+        return Ok(
+            "no per-category figures loaded (elite paper load FILE --provenance ...)".into(),
+        );
+    };
+    let mut out = format!("from: {}\n", first.provenance);
+    for row in &rows {
+        out.push_str(&format!(
+            "{:<24} {:<4} {:>6.2}%\n",
+            row.paper_model, row.category, row.e_asr_percent
+        ));
+    }
+    out.push_str(&format!("{} figures", rows.len()));
+    Ok(out)
 }

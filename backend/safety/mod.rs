@@ -35,6 +35,7 @@ pub mod keywords;
 pub mod metrics;
 pub mod panel;
 pub mod paper;
+pub mod paper_store;
 pub mod parse;
 pub mod review;
 pub mod rubric;

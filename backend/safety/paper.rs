@@ -1,14 +1,22 @@
 //! The paper's reference results: overall E-ASR (%) of each model on the full ELITE benchmark
 //! (Table 3 of the paper), as seed data for the leaderboard's "paper" column, a matcher from a
-//! user's model name to a paper model name that ignores case and punctuation, and the rule
-//! saying which runs are comparable with those figures ([`is_full_elite`]).
+//! user's model name to a paper model name that ignores case and punctuation, the rule saying
+//! which runs are comparable with those figures ([`is_full_elite`]), and the reader of the
+//! per-category table an admin loads ([`parse_category_table`]).
 //!
 //! Only the overall (average) row of Table 3 is seeded: the paper also reports E-ASR per hazard
-//! category for every model, but those numbers are not in our specification or data, and we do
-//! not make them up. Add them here, from the paper, to show them per category.
+//! category for every model, but those numbers are not in our specification or in any source
+//! this project could read, and we do not make them up. An admin loads them from their own copy
+//! of the paper (`elite paper load`, `PUT /api/v1/paper/categories`) as a CSV, in long form
+//! (`model,category,e_asr`) or as the table reads (`model,S1,...,S11`); the pages then show
+//! them beside full-ELITE runs with the file's provenance.
 //!
 //! The paper's figures come from GPT-4o as judge with the authors' own prompt; a run compared
 //! with them is labelled with its own judge and template ([`comparison_label`]).
+
+use std::collections::BTreeMap;
+
+use super::taxonomy::Category;
 
 /// Overall E-ASR, in percent, per model (paper Table 3, full benchmark).
 pub const PAPER_E_ASR: &[(&str, f64)] = &[
@@ -74,6 +82,11 @@ pub struct PaperComparison {
     pub e_asr_percent: f64,
     /// Judge and template of the paper and of this run.
     pub label: String,
+    /// The paper's E-ASR per category code, in percent, when an admin loaded them
+    /// ([`parse_category_table`]); empty otherwise.
+    pub by_category: BTreeMap<String, f64>,
+    /// Where the per-category figures came from, as the admin who loaded them said.
+    pub categories_provenance: Option<String>,
 }
 
 /// The label beside a paper figure: the paper's judge and prompt, and this run's.
@@ -128,6 +141,150 @@ fn exact_match(name: &str) -> Option<(&'static str, f64)> {
         .iter()
         .copied()
         .find(|(paper_name, _)| normalize_model_name(paper_name) == key)
+}
+
+/// Largest per-category table accepted, in bytes (18 models x 11 categories need about 6 KiB).
+pub const MAX_CATEGORY_TABLE_BYTES: usize = 64 * 1024;
+
+/// One per-category figure of Table 3.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
+pub struct CategoryFigure {
+    /// The paper's model name (as in [`PAPER_E_ASR`]).
+    pub paper_model: String,
+    /// The category's code, `S1`..`S11`.
+    pub category: String,
+    /// E-ASR in percent.
+    pub e_asr_percent: f64,
+}
+
+/// Read a per-category table: CSV with a header row, `#` lines as comments (for provenance).
+///
+/// Two layouts are accepted. Long: columns `model`, `category` and `e_asr` (any order, other
+/// columns refused), one figure per row. Wide, as Table 3 is printed: a `model` column and one
+/// column per category, headed by code or name (`S1`, `Violent Crimes`); an empty cell or `-`
+/// means no figure. Models must be Table 3's (matched loosely, stored under the paper's name),
+/// categories the taxonomy's, figures percentages from 0 to 100 (a trailing `%` is allowed).
+/// A model-category pair may appear once. Anything else refuses the whole file, naming its line.
+pub fn parse_category_table(bytes: &[u8]) -> Result<Vec<CategoryFigure>, String> {
+    if bytes.len() > MAX_CATEGORY_TABLE_BYTES {
+        return Err(format!(
+            "the table has {} bytes; at most {MAX_CATEGORY_TABLE_BYTES} are accepted",
+            bytes.len()
+        ));
+    }
+    if bytes.contains(&0) {
+        return Err("the table contains a NUL byte".into());
+    }
+    let text = std::str::from_utf8(bytes).map_err(|_| "the table is not UTF-8 text".to_string())?;
+    let mut reader = csv::ReaderBuilder::new()
+        .comment(Some(b'#'))
+        .trim(csv::Trim::All)
+        .flexible(false)
+        .from_reader(text.trim_start_matches('\u{feff}').as_bytes());
+    let header: Vec<String> = reader
+        .headers()
+        .map_err(|e| format!("the header row cannot be read: {e}"))?
+        .iter()
+        .map(|h| h.to_ascii_lowercase())
+        .collect();
+    let Some(model_col) = header.iter().position(|h| h == "model") else {
+        return Err("the header row needs a `model` column".into());
+    };
+    let long = header.iter().any(|h| h == "category");
+    let mut columns: Vec<Option<Category>> = Vec::with_capacity(header.len());
+    let (mut category_col, mut value_col) = (None, None);
+    for (i, name) in header.iter().enumerate() {
+        if i == model_col {
+            columns.push(None);
+            continue;
+        }
+        if long {
+            match name.as_str() {
+                "category" if category_col.is_none() => category_col = Some(i),
+                "e_asr" | "e-asr" | "e_asr_percent" if value_col.is_none() => value_col = Some(i),
+                other => {
+                    return Err(format!(
+                        "unexpected column {other:?}: the long layout has model, category and e_asr"
+                    ));
+                }
+            }
+            columns.push(None);
+        } else {
+            let Some(category) = Category::lookup(name) else {
+                return Err(format!("column {name:?} is not a hazard category"));
+            };
+            if columns.contains(&Some(category)) {
+                return Err(format!("category {} has two columns", category.code()));
+            }
+            columns.push(Some(category));
+        }
+    }
+    if long && value_col.is_none() {
+        return Err("the long layout needs an `e_asr` column".into());
+    }
+    let mut figures: BTreeMap<(&'static str, Category), f64> = BTreeMap::new();
+    for record in reader.records() {
+        let record = record.map_err(|e| match e.position() {
+            Some(p) => format!("line {}: the row cannot be read ({e})", p.line()),
+            None => format!("a row cannot be read: {e}"),
+        })?;
+        let line = record.position().map_or(0, |p| p.line());
+        let model = record.get(model_col).unwrap_or_default();
+        let Some((paper_model, _)) = paper_e_asr(model) else {
+            return Err(format!(
+                "line {line}: {model:?} is not a model of Table 3 ({})",
+                PAPER_E_ASR
+                    .iter()
+                    .map(|(name, _)| *name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        };
+        let mut cells: Vec<(Category, &str)> = Vec::new();
+        if let (Some(c), Some(v)) = (category_col, value_col) {
+            let text = record.get(c).unwrap_or_default();
+            let category = Category::lookup(text)
+                .ok_or_else(|| format!("line {line}: {text:?} is not a hazard category"))?;
+            cells.push((category, record.get(v).unwrap_or_default()));
+        } else {
+            for (i, category) in columns.iter().enumerate() {
+                if let Some(category) = category {
+                    let cell = record.get(i).unwrap_or_default();
+                    if !(cell.is_empty() || cell == "-") {
+                        cells.push((*category, cell));
+                    }
+                }
+            }
+        }
+        for (category, text) in cells {
+            let value = text
+                .trim_end_matches('%')
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|v| v.is_finite() && (0.0..=100.0).contains(v))
+                .ok_or_else(|| {
+                    format!("line {line}: E-ASR {text:?} is not a percentage from 0 to 100")
+                })?;
+            if figures.insert((paper_model, category), value).is_some() {
+                return Err(format!(
+                    "line {line}: {paper_model} {} appears twice",
+                    category.code()
+                ));
+            }
+        }
+    }
+    if figures.is_empty() {
+        return Err("the table holds no figures".into());
+    }
+    Ok(figures
+        .into_iter()
+        .map(|((paper_model, category), e_asr_percent)| CategoryFigure {
+            paper_model: paper_model.to_string(),
+            category: category.code().to_string(),
+            e_asr_percent,
+        })
+        .collect())
 }
 
 #[cfg(test)]
@@ -192,5 +349,70 @@ mod tests {
             comparison_label("judge", "lab", "2")
                 .contains("different judge judge, template lab v2")
         );
+    }
+
+    #[test]
+    fn category_tables_are_read_in_both_layouts_or_refused_whole() {
+        let wide = "\u{feff}# typed in from a copy of the paper\n\
+                    Model, S1 ,Suicide & Self-Harm,Sexual Content\n\
+                    llava-v1.5-7b,61.5,-,70%\n\
+                    GPT-4o,,3,\n";
+        let figures = parse_category_table(wide.as_bytes()).unwrap();
+        let got: Vec<(&str, &str, f64)> = figures
+            .iter()
+            .map(|f| (f.paper_model.as_str(), f.category.as_str(), f.e_asr_percent))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("GPT-4o", "S10", 3.0),
+                ("LLaVA-v1.5-7B", "S1", 61.5),
+                ("LLaVA-v1.5-7B", "S11", 70.0),
+            ]
+        );
+        let long = "e_asr,model,category\n12.25,Pixtral-12B,hate\n0,GPT-4o,S2\n";
+        let figures = parse_category_table(long.as_bytes()).unwrap();
+        assert_eq!(figures.len(), 2);
+        assert_eq!(figures[1].paper_model, "Pixtral-12B");
+        assert_eq!(figures[1].category, "S9");
+        assert_eq!(figures[1].e_asr_percent, 12.25);
+
+        for (table, why) in [
+            ("model,category,e_asr\nGPT-4o,S1,100.5\n", "line 2"),
+            ("model,category,e_asr\nGPT-4o,S1,inf\n", "percentage"),
+            ("model,category,e_asr\nGPT-4\n", "line 2"),
+            (
+                "model,category,e_asr\nGPT-4,S1,3\n",
+                "not a model of Table 3",
+            ),
+            (
+                "model,category,e_asr\nGPT-4o,S12,3\n",
+                "not a hazard category",
+            ),
+            (
+                "model,category,e_asr,note\nGPT-4o,S1,3,x\n",
+                "unexpected column",
+            ),
+            ("model,category\nGPT-4o,S1\n", "needs an `e_asr` column"),
+            ("name,S1\nGPT-4o,3\n", "needs a `model` column"),
+            ("model,S1,Violent Crimes\nGPT-4o,3,4\n", "two columns"),
+            ("model,S1,Weather\nGPT-4o,3,4\n", "not a hazard category"),
+            (
+                "model,S1\nGPT-4o,3\ngpt_4o,4\n",
+                "line 3: GPT-4o S1 appears twice",
+            ),
+            ("model,S1\nGPT-4o,-\n", "no figures"),
+            ("model,S1\nGPT-4o,3\0\n", "NUL"),
+        ] {
+            let err = parse_category_table(table.as_bytes()).unwrap_err();
+            assert!(err.contains(why), "{table:?}: {err}");
+        }
+        assert!(
+            parse_category_table(&[0xff, 0xfe])
+                .unwrap_err()
+                .contains("UTF-8")
+        );
+        let huge = vec![b'#'; MAX_CATEGORY_TABLE_BYTES + 1];
+        assert!(parse_category_table(&huge).unwrap_err().contains("at most"));
     }
 }

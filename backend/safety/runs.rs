@@ -1204,67 +1204,6 @@ pub async fn response(
     )
 }
 
-/// The paper's Table 3 figure for a run judged by `evaluator_id`, when the run is comparable
-/// with it: its model matches a paper model and it covers the full ELITE benchmark
-/// ([`super::paper::is_full_elite`]). The label names both judges and templates.
-pub async fn paper_comparison(
-    pool: &PgPool,
-    run: &Run,
-    evaluator_id: i64,
-) -> Result<Option<super::paper::PaperComparison>, StoreError> {
-    use super::paper::{PaperComparison, RunScope, comparison_label, is_full_elite, paper_e_asr};
-    let Some((paper_model, e_asr)) = paper_e_asr(&run.model_name) else {
-        return Ok(None);
-    };
-    #[derive(sqlx::FromRow)]
-    struct Scope {
-        source: String,
-        benchmark_items: i64,
-        prompt_template: bool,
-        judge_name: String,
-        kind: String,
-        combine: String,
-        template_id: Option<String>,
-        template_version: Option<String>,
-    }
-    let Some(scope): Option<Scope> = sqlx::query_as(
-        "SELECT b.source, (SELECT count(*) FROM items i WHERE i.benchmark_id = b.id) AS benchmark_items,
-                (r.settings ->> 'prompt_template') IS NOT NULL AS prompt_template, e.judge_name, e.kind,
-                e.combine, e.template ->> 'id' AS template_id, e.template ->> 'version' AS template_version
-         FROM runs r JOIN benchmarks b ON b.id = r.benchmark_id JOIN evaluators e ON e.id = $2
-         WHERE r.id = $1",
-    )
-    .bind(run.id)
-    .bind(evaluator_id)
-    .fetch_optional(pool)
-    .await?
-    else {
-        return Ok(None);
-    };
-    let comparable = is_full_elite(&RunScope {
-        benchmark_source: &scope.source,
-        benchmark_items: scope.benchmark_items,
-        run_items: run.items as i64,
-        prompt_template: scope.prompt_template,
-    });
-    if !comparable {
-        return Ok(None);
-    }
-    let judge = match scope.kind.as_str() {
-        "panel" => format!("panel {} ({})", scope.judge_name, scope.combine),
-        _ => scope.judge_name,
-    };
-    Ok(Some(PaperComparison {
-        paper_model: paper_model.to_string(),
-        e_asr_percent: e_asr,
-        label: comparison_label(
-            &judge,
-            scope.template_id.as_deref().unwrap_or("?"),
-            scope.template_version.as_deref().unwrap_or("?"),
-        ),
-    }))
-}
-
 /// Cancel a run: its queued and running jobs are cancelled (a running chunk stops at its next
 /// heartbeat; what it already stored stays). Returns how many jobs were cancelled.
 pub async fn cancel_run(pool: &PgPool, run_id: i64) -> Result<u64, StoreError> {

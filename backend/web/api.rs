@@ -47,6 +47,7 @@ pub(crate) fn routes(routes: Routes) -> Routes {
         super::runs::list_api, super::runs::start_api, super::runs::results_api, super::runs::export_api, super::runs::cancel_api, super::runs::retry_api,
         super::runs::get_api, super::runs::progress_api, super::runs::list_evaluations_api, super::runs::add_evaluation_api,
         super::runs::item_api, super::runs::override_api,
+        super::paper::list_api, super::paper::replace_api,
         super::annotation::list_api, super::annotation::create_api, super::annotation::get_api,
         super::annotation::add_members_api, super::annotation::remove_member_api, super::annotation::next_api,
         super::annotation::label_api, super::annotation::undo_api, super::annotation::agreement_api,

@@ -15,6 +15,7 @@ pub mod hygiene;
 pub mod inversion;
 pub mod models;
 pub mod pages;
+pub mod paper;
 pub mod runs;
 pub mod safety;
 pub mod server_paths;
@@ -232,6 +233,7 @@ pub fn app(state: AppState) -> (Router, Vec<RouteInfo>) {
     let routes = safety::routes(routes, state.config.upload_limit);
     let routes = models::routes(routes);
     let routes = runs::routes(routes);
+    let routes = paper::routes(routes);
     let routes = annotation::routes(routes);
     let Routes {
         router, mut table, ..

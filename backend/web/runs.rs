@@ -23,6 +23,7 @@ use crate::accounts::Role;
 use crate::safety::metrics::MetricSummary;
 use crate::safety::panel::{Combine, MAX_PANEL_JUDGES};
 use crate::safety::paper::PaperComparison;
+use crate::safety::paper_store;
 use crate::safety::review::{self, ItemReview, Override, OverrideRequest};
 use crate::safety::runs::{
     self, Evaluation, EvaluationRequest, ResponseRow, Run, RunProgress, RunRequest, RunResults,
@@ -207,6 +208,8 @@ struct ResultRow {
     non_refusal: String,
     strongreject: String,
     keyword: String,
+    /// The paper's figure for this row, beside comparable runs ("-" when it has none).
+    paper: String,
 }
 
 fn result_row(name: String, m: &MetricSummary) -> ResultRow {
@@ -234,6 +237,7 @@ fn result_row(name: String, m: &MetricSummary) -> ResultRow {
             .map(|v| format!("{v:.2}"))
             .unwrap_or_else(|| "-".into()),
         keyword: pct(m.keyword_asr),
+        paper: "-".into(),
     }
 }
 
@@ -426,15 +430,26 @@ async fn run_page(
     } = runs::results(&state.pool, id, query.evaluator)
         .await?
         .ok_or(AppError::NotFound)?;
+    let paper = match evaluator_id {
+        Some(evaluator) => paper_store::paper_comparison(&state.pool, &run, evaluator).await?,
+        None => None,
+    };
+    let paper_cell =
+        |figure: Option<f64>| figure.map_or_else(|| "-".into(), |v| format!("{v:.2}%"));
     let mut rows = Vec::new();
     if let Some(report) = &report {
         for (category, summary) in &report.by_category {
-            rows.push(result_row(
-                format!("{} {}", category.code(), category.name()),
-                summary,
-            ));
+            let mut row = result_row(format!("{} {}", category.code(), category.name()), summary);
+            row.paper = paper_cell(
+                paper
+                    .as_ref()
+                    .and_then(|p| p.by_category.get(category.code()).copied()),
+            );
+            rows.push(row);
         }
-        rows.push(result_row("overall".into(), &report.overall));
+        let mut row = result_row("overall".into(), &report.overall);
+        row.paper = paper_cell(paper.as_ref().map(|p| p.e_asr_percent));
+        rows.push(row);
     }
     let responses = runs::responses(&state.pool, id, evaluator_id, 500, 0)
         .await?
@@ -451,10 +466,7 @@ async fn run_page(
         selected: evaluator_id.unwrap_or(-1),
         evaluator_id,
         models: model_names(&state).await?,
-        paper: match evaluator_id {
-            Some(evaluator) => runs::paper_comparison(&state.pool, &run, evaluator).await?,
-            None => None,
-        },
+        paper,
         panel: panel.as_ref().map(panel_view),
         keyword_list: {
             let list = runs::run_keyword_list(&state.pool, id).await?;
@@ -971,7 +983,7 @@ async fn leaderboard_page(
         };
         seen.insert((run.model_name.clone(), run.benchmark_id, selection));
         // The paper's figure only beside runs over the full ELITE benchmark.
-        let paper = runs::paper_comparison(&state.pool, &run, evaluator_id).await?;
+        let paper = paper_store::paper_comparison(&state.pool, &run, evaluator_id).await?;
         let mut line: Vec<Option<f64>> = Category::ALL
             .iter()
             .map(|c| report.by_category.get(c).and_then(|m| m.e_asr))
@@ -980,6 +992,17 @@ async fn leaderboard_page(
         line.push(paper.as_ref().map(|p| p.e_asr_percent / 100.0));
         labels.push(format!("{} (run {})", run.model_name, run.id));
         cells.push(line);
+        // The paper's own row under the run, when an admin loaded its per-category figures.
+        if let Some(p) = paper.as_ref().filter(|p| !p.by_category.is_empty()) {
+            let mut line: Vec<Option<f64>> = Category::ALL
+                .iter()
+                .map(|c| p.by_category.get(c.code()).map(|v| v / 100.0))
+                .collect();
+            line.push(Some(p.e_asr_percent / 100.0));
+            line.push(Some(p.e_asr_percent / 100.0));
+            labels.push(format!("{} (paper, Table 3)", p.paper_model));
+            cells.push(line);
+        }
         let row = result_row(String::new(), &report.overall);
         rows.push(LeaderRow {
             model: run.model_name.clone(),
