@@ -869,4 +869,35 @@ async fn the_paper_figure_is_shown_only_beside_full_elite_runs() {
     assert!(results_row(&full_page, "S1 Violent Crimes").contains("<td>-</td></tr>"));
     assert!(results_row(&full_page, "S9 Hate").contains("<td>7.00%</td></tr>"));
     assert!(full_page.contains("loaded by an admin from: api table"));
+    // The API's results and `elite results` carry the same figures; a subset run none.
+    let results = body_json(
+        app.send(api(
+            "GET",
+            &format!("/api/v1/runs/{full}/results"),
+            Some(&admin_token),
+            None,
+        ))
+        .await,
+    )
+    .await;
+    assert_eq!(results["paper"]["e_asr_percent"], 15.67, "{results}");
+    assert_eq!(results["paper"]["by_category"]["S9"], 7.0, "{results}");
+    assert_eq!(results["paper"]["categories_provenance"], "api table");
+    let subset = body_json(
+        app.send(api(
+            "GET",
+            &format!("/api/v1/runs/{sample}/results"),
+            Some(&admin_token),
+            None,
+        ))
+        .await,
+    )
+    .await;
+    assert_eq!(subset["paper"], Value::Null, "{subset}");
+    let (ok, text, _) = run_elite(&["results", &full.to_string()], Some(&url));
+    assert!(ok);
+    assert!(
+        text.contains("paper (Table 3, GPT-4o): E-ASR 15.67%, S9 7.00%"),
+        "{text}"
+    );
 }

@@ -330,6 +330,18 @@ pub fn describe_results(results: &crate::safety::runs::RunResults) -> String {
             text.push('\n');
         }
     }
+    if let Some(p) = &results.paper {
+        text.push_str(&format!(
+            "paper (Table 3, {}): E-ASR {:.2}%",
+            p.paper_model, p.e_asr_percent
+        ));
+        for category in crate::safety::taxonomy::Category::ALL {
+            if let Some(value) = p.by_category.get(category.code()) {
+                text.push_str(&format!(", {} {value:.2}%", category.code()));
+            }
+        }
+        text.push_str(&format!("\n  {}\n", p.label));
+    }
     text
 }
 

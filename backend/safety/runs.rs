@@ -892,6 +892,10 @@ pub struct RunResults {
     /// When the evaluator is a panel: its judges, rules and their agreement.
     #[serde(default)]
     pub panel: Option<PanelReport>,
+    /// The paper's Table 3 figures, only when the run is comparable with them (see
+    /// [`super::paper_store::paper_comparison`]).
+    #[serde(default)]
+    pub paper: Option<super::paper::PaperComparison>,
 }
 
 /// A panel evaluation's judges, its rules, and how much its judges agree.
@@ -1012,6 +1016,7 @@ pub async fn results(
             pending: 0,
             unanswered,
             panel: None,
+            paper: None,
         }));
     };
     let belongs: bool = sqlx::query_scalar(
@@ -1106,6 +1111,7 @@ pub async fn results(
         Some(report(&outcomes, &options).map_err(|e| StoreError::Invalid(e.to_string()))?)
     };
     let unanswered = (run.items as i64 - run.responses).max(0) as usize;
+    let paper = super::paper_store::paper_comparison(pool, &run, evaluator_id).await?;
     Ok(Some(RunResults {
         run,
         evaluator_id: Some(evaluator_id),
@@ -1113,6 +1119,7 @@ pub async fn results(
         pending,
         unanswered,
         panel,
+        paper,
     }))
 }
 

@@ -23,7 +23,6 @@ use crate::accounts::Role;
 use crate::safety::metrics::MetricSummary;
 use crate::safety::panel::{Combine, MAX_PANEL_JUDGES};
 use crate::safety::paper::PaperComparison;
-use crate::safety::paper_store;
 use crate::safety::review::{self, ItemReview, Override, OverrideRequest};
 use crate::safety::runs::{
     self, Evaluation, EvaluationRequest, ResponseRow, Run, RunProgress, RunRequest, RunResults,
@@ -427,13 +426,10 @@ async fn run_page(
         pending,
         unanswered,
         panel,
+        paper,
     } = runs::results(&state.pool, id, query.evaluator)
         .await?
         .ok_or(AppError::NotFound)?;
-    let paper = match evaluator_id {
-        Some(evaluator) => paper_store::paper_comparison(&state.pool, &run, evaluator).await?,
-        None => None,
-    };
     let paper_cell =
         |figure: Option<f64>| figure.map_or_else(|| "-".into(), |v| format!("{v:.2}%"));
     let mut rows = Vec::new();
@@ -972,18 +968,17 @@ async fn leaderboard_page(
         if !results.is_final() {
             continue;
         }
+        // The paper's figure is only there beside runs over the full ELITE benchmark.
         let RunResults {
             run,
             report: Some(report),
-            evaluator_id: Some(evaluator_id),
+            paper,
             ..
         } = results
         else {
             continue;
         };
         seen.insert((run.model_name.clone(), run.benchmark_id, selection));
-        // The paper's figure only beside runs over the full ELITE benchmark.
-        let paper = paper_store::paper_comparison(&state.pool, &run, evaluator_id).await?;
         let mut line: Vec<Option<f64>> = Category::ALL
             .iter()
             .map(|c| report.by_category.get(c).and_then(|m| m.e_asr))
