@@ -39,6 +39,7 @@ pub mod paper_store;
 pub mod parse;
 pub mod review;
 pub mod rubric;
+pub mod run_results;
 pub mod runs;
 pub mod store;
 pub mod taxonomy;
