@@ -258,7 +258,18 @@ fn cnn(
                 eval_batch_size: 256,
                 baseline_accuracy: Some(accuracy),
             };
+            let t = Instant::now();
             let r = run_experiment(&trained, &train_set, &test_set, &config, &|_| {})?.result;
+            // One line per setting and seed, so a run stopped early still leaves its figures.
+            eprintln!(
+                "{model} seed {seed} | {} | {:.2} | no FT {:.2}% | FT {} | {:.1} s",
+                s.label,
+                s.options.ratio,
+                r.accuracy_pruned * 100.0,
+                r.accuracy_fine_tuned
+                    .map_or("-".into(), |a| format!("{:.2}%", a * 100.0)),
+                t.elapsed().as_secs_f64()
+            );
             no_ft[i].push(r.accuracy_pruned);
             if let Some(a) = r.accuracy_fine_tuned {
                 ft[i].push(a);
