@@ -13,6 +13,7 @@ pub mod events;
 pub mod genmetrics;
 pub mod hygiene;
 pub mod inversion;
+pub mod leaderboard;
 pub mod models;
 pub mod pages;
 pub mod paper;
@@ -234,6 +235,7 @@ pub fn app(state: AppState) -> (Router, Vec<RouteInfo>) {
     let routes = models::routes(routes);
     let routes = runs::routes(routes);
     let routes = paper::routes(routes);
+    let routes = leaderboard::routes(routes);
     let routes = annotation::routes(routes);
     let Routes {
         router, mut table, ..
