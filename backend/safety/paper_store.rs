@@ -126,13 +126,13 @@ pub async fn paper_comparison(
     if !comparable {
         return Ok(None);
     }
-    let stored = category_figures(pool).await?;
-    let provenance = stored.first().map(|f| f.provenance.clone());
-    let by_category: Vec<StoredFigure> = stored
+    // One load writes every row with the same provenance.
+    let by_category: Vec<StoredFigure> = category_figures(pool)
+        .await?
         .into_iter()
         .filter(|f| f.paper_model == paper_model)
         .collect();
-    let provenance = provenance.filter(|_| !by_category.is_empty());
+    let provenance = by_category.first().map(|f| f.provenance.clone());
     let judge = match scope.kind.as_str() {
         "panel" => format!("panel {} ({})", scope.judge_name, scope.combine),
         _ => scope.judge_name,

@@ -527,16 +527,22 @@ mod tests {
         .unwrap()
     }
 
-    /// A small VGG with batch norm trained for a few epochs on the real digits (16 x 16).
-    fn digits_teacher() -> Network {
-        let train_set = digits16();
-        // Global average pooling before the classifier, so the net takes 16 x 16 inputs.
+    /// The three-conv VGG with batch norm for 16 x 16 inputs: global average pooling before
+    /// the classifier lets it take them.
+    fn tiny_vgg_16px(width: f64, seed: u64) -> Network {
         let config = VggConfig {
             global_pool: true,
             ..VggConfig::tiny()
         };
-        let mut net = Network::vgg_cifar(&config, 0.25, 10, 7).unwrap();
+        let mut net = Network::vgg_cifar(&config, width, 10, seed).unwrap();
         net.input_size = [3, 16, 16];
+        net
+    }
+
+    /// A small VGG with batch norm trained for a few epochs on the real digits (16 x 16).
+    fn digits_teacher() -> Network {
+        let train_set = digits16();
+        let net = tiny_vgg_16px(0.25, 7);
         let config = TrainConfig {
             epochs: 8,
             batch_size: 64,
@@ -660,12 +666,7 @@ mod tests {
     /// seeded starting noise.
     #[test]
     fn deep_inversion_keeps_the_best_iterations_pixels() {
-        let config = VggConfig {
-            global_pool: true,
-            ..VggConfig::tiny()
-        };
-        let mut teacher = Network::vgg_cifar(&config, 0.125, 10, 1).unwrap();
-        teacher.input_size = [3, 16, 16];
+        let teacher = tiny_vgg_16px(0.125, 1);
         let settings = InversionSettings {
             batch_size: 10,
             iterations: 4,
