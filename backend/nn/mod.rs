@@ -1,16 +1,23 @@
 //! The training kit shared by every area that trains networks (compression and training):
-//! learning-rate schedules, optimizers, a convolution whose backward pass is fast on the CPU, over candle `Var`s, the standard CIFAR augmentation,
-//! soft-target losses and the epoch loop. Pure: no printing, no database, no clock.
+//! learning-rate schedules, optimizers over candle `Var`s, a convolution whose backward pass
+//! is fast on the CPU, a training-mode batch norm as one op, a max pool whose backward
+//! pass is PyTorch's, the standard CIFAR
+//! augmentation, soft-target losses and the epoch loop. Pure: no printing, no database, no
+//! clock.
 
 pub mod augment;
+pub mod batch_norm;
 pub mod conv;
 pub mod fit;
 pub mod loss;
 pub mod optim;
+pub mod pool;
 pub mod schedule;
 
 pub use augment::{augmented_batch, padding_values};
-pub use conv::conv2d_gather;
+pub use batch_norm::{BatchNormOutput, batch_norm_train};
+pub use conv::conv2d;
 pub use fit::{EpochLoop, StepOutput, count_correct};
 pub use optim::{Optimizer, OptimizerConfig};
+pub use pool::max_pool2d;
 pub use schedule::LrSchedule;

@@ -57,7 +57,7 @@ fn conv(
     })
 }
 
-/// A bias-free convolution computed as gather + matmul ([`crate::nn::conv2d_gather`]),
+/// A bias-free convolution through [`crate::nn::conv2d`] (im2col + gemm as one op),
 /// whose backward pass is several times faster on the CPU than candle's own.
 struct Conv2d {
     weight: Tensor,
@@ -67,7 +67,7 @@ struct Conv2d {
 
 impl Conv2d {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        crate::nn::conv2d_gather(x, &self.weight, self.padding, self.stride)
+        crate::nn::conv2d(x, &self.weight, self.padding, self.stride)
     }
 }
 

@@ -216,7 +216,7 @@ impl Conv2d {
         let y = match mode {
             Mode::Eval => x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?,
             Mode::Train(_) | Mode::Probe(_) => {
-                crate::nn::conv2d_gather(x, &self.weight, self.padding, self.stride)?
+                crate::nn::conv2d(x, &self.weight, self.padding, self.stride)?
             }
         };
         match &self.bias {
@@ -282,40 +282,19 @@ impl BatchNorm {
                     .broadcast_add(&shift.reshape(shape.as_slice())?)?)
             }
             Mode::Train(stats) => {
-                // Statistics over every dimension but the channel one; reducing a
-                // contiguous `N x C x HW` view dimension by dimension is much faster on the
-                // CPU than candle's multi-dimension reduction.
-                let dims = x.dims().to_vec();
-                let (n, c) = (dims[0], self.channels());
-                let spatial: usize = dims[2..].iter().product();
-                let count = n * spatial;
-                let flat = x.reshape((n, c, spatial))?;
-                let mean = flat
-                    .sum_keepdim(2)?
-                    .sum_keepdim(0)?
-                    .affine(1.0 / count as f64, 0.0)?;
-                let centered = flat.broadcast_sub(&mean)?;
-                let var = centered
-                    .sqr()?
-                    .sum_keepdim(2)?
-                    .sum_keepdim(0)?
-                    .affine(1.0 / count as f64, 0.0)?;
-                let inv_std = var.affine(1.0, self.eps)?.sqrt()?.recip()?;
-                let scale = inv_std.broadcast_mul(&self.weight.reshape((1, c, 1))?)?;
-                let y = centered
-                    .broadcast_mul(&scale)?
-                    .broadcast_add(&self.bias.reshape((1, c, 1))?)?
-                    .reshape(dims.as_slice())?;
-                let correction = if count > 1 {
-                    count as f64 / (count - 1) as f64
+                let out = crate::nn::batch_norm_train(x, &self.weight, &self.bias, self.eps)?;
+                let correction = if out.count > 1 {
+                    out.count as f32 / (out.count - 1) as f32
                 } else {
                     1.0
                 };
+                let unbiased: Vec<f32> = out.var.iter().map(|v| v * correction).collect();
+                let dev = x.device();
                 stats.push(BatchStats {
-                    mean: mean.flatten_all()?.detach(),
-                    unbiased_var: var.flatten_all()?.affine(correction, 0.0)?.detach(),
+                    mean: Tensor::from_vec(out.mean, self.channels(), dev)?,
+                    unbiased_var: Tensor::from_vec(unbiased, self.channels(), dev)?,
                 });
-                Ok(y)
+                Ok(out.y)
             }
         }
     }
@@ -412,7 +391,13 @@ impl Layer {
                 kernel,
                 stride,
                 padding,
-            } => max_pool_padded(x, *kernel, *stride, *padding),
+            } => match mode {
+                Mode::Eval => max_pool_padded(x, *kernel, *stride, *padding),
+                // candle's own max pool has a wrong backward pass (see `nn::pool`).
+                Mode::Train(_) | Mode::Probe(_) => {
+                    Ok(crate::nn::max_pool2d(x, *kernel, *stride, *padding)?)
+                }
+            },
             Layer::AvgPool2d { kernel, stride } => Ok(x.avg_pool2d_with_stride(*kernel, *stride)?),
             Layer::GlobalAvgPool => Ok(x.mean_keepdim(2)?.mean_keepdim(3)?),
             Layer::Flatten => Ok(x.flatten_from(1)?),

@@ -30,7 +30,7 @@ use rand::Rng;
 use rand::rngs::StdRng;
 use rand_distr::{Distribution, Normal};
 
-use crate::nn::conv2d_gather;
+use crate::nn::conv2d;
 
 const BN_EPS: f64 = 1e-5;
 const LEAKY_SLOPE: f64 = 0.2;
@@ -98,7 +98,7 @@ impl Conv {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = conv2d_gather(x, self.weight.as_tensor(), self.padding, 1)?;
+        let y = conv2d(x, self.weight.as_tensor(), self.padding, 1)?;
         let c = self.bias.as_tensor().elem_count();
         y.broadcast_add(&self.bias.as_tensor().reshape((1, c, 1, 1))?)
     }
