@@ -9,7 +9,9 @@
 
 use std::sync::Arc;
 
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+
+use super::cpu::{f32_slice, with_values};
 use rayon::prelude::*;
 
 /// A training-mode batch norm's output and the batch statistics it used.
@@ -44,8 +46,7 @@ pub fn batch_norm_train(
         channels: dims[1],
         spatial: dims[2..].iter().product(),
     };
-    let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
-    let (mean, var) = geometry.statistics(&xs);
+    let (mean, var) = with_values(&x, |xs| Ok(geometry.statistics(xs)))?;
     let inv_std: Vec<f32> = var
         .iter()
         .map(|&v| (1.0 / (v as f64 + eps).sqrt()) as f32)
@@ -128,18 +129,29 @@ struct BatchNorm {
     inv_std: Arc<Vec<f32>>,
 }
 
-fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
-    let CpuStorage::F32(values) = storage else {
-        candle_core::bail!("the training batch norm supports f32 only");
-    };
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&values[start..end]),
-        None => candle_core::bail!("the training batch norm needs contiguous tensors"),
+impl BatchNorm {
+    /// The input gradient and the per-channel `(sum dy, sum dy * xhat)`.
+    fn backward(&self, xs: &[f32], gs: &[f32], gammas: &[f32]) -> (Vec<f32>, Vec<(f64, f64)>) {
+        let g = self.geometry;
+        let sums = g.gradient_sums(xs, gs, self);
+        let count = (g.batch * g.spatial).max(1) as f64;
+        let s = g.spatial.max(1);
+        let mut dx = vec![0f32; xs.len()];
+        dx.par_chunks_mut(s)
+            .zip(xs.par_chunks(s).zip(gs.par_chunks(s)))
+            .enumerate()
+            .for_each(|(i, (dp, (xp, gp)))| {
+                let c = i % g.channels;
+                let (m, inv) = (self.mean[c], self.inv_std[c]);
+                let mean_dy = (sums[c].0 / count) as f32;
+                let mean_dy_xhat = (sums[c].1 / count) as f32;
+                let k = gammas[c] * inv;
+                for ((d, &x), &dy) in dp.iter_mut().zip(xp).zip(gp) {
+                    *d = k * (dy - mean_dy - (x - m) * inv * mean_dy_xhat);
+                }
+            });
+        (dx, sums)
     }
-}
-
-fn values(t: &Tensor) -> Result<Vec<f32>> {
-    t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()
 }
 
 impl CustomOp3 for BatchNorm {
@@ -156,9 +168,9 @@ impl CustomOp3 for BatchNorm {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s1, l1)?;
-        let gamma = contiguous_f32(s2, l2)?;
-        let beta = contiguous_f32(s3, l3)?;
+        let x = f32_slice(s1, l1)?;
+        let gamma = f32_slice(s2, l2)?;
+        let beta = f32_slice(s3, l3)?;
         let (c_count, s) = (self.geometry.channels, self.geometry.spatial.max(1));
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(s)
@@ -183,25 +195,11 @@ impl CustomOp3 for BatchNorm {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let g = self.geometry;
-        let (xs, gs, gammas) = (values(x)?, values(grad)?, values(gamma)?);
-        let sums = g.gradient_sums(&xs, &gs, self);
-        let count = (g.batch * g.spatial).max(1) as f64;
-        let s = g.spatial.max(1);
-        let mut dx = vec![0f32; xs.len()];
-        dx.par_chunks_mut(s)
-            .zip(xs.par_chunks(s).zip(gs.par_chunks(s)))
-            .enumerate()
-            .for_each(|(i, (dp, (xp, gp)))| {
-                let c = i % g.channels;
-                let (m, inv) = (self.mean[c], self.inv_std[c]);
-                let mean_dy = (sums[c].0 / count) as f32;
-                let mean_dy_xhat = (sums[c].1 / count) as f32;
-                let k = gammas[c] * inv;
-                for ((d, &x), &dy) in dp.iter_mut().zip(xp).zip(gp) {
-                    *d = k * (dy - mean_dy - (x - m) * inv * mean_dy_xhat);
-                }
-            });
+        let (dx, sums) = with_values(x, |xs| {
+            with_values(grad, |gs| {
+                with_values(gamma, |gammas| Ok(self.backward(xs, gs, gammas)))
+            })
+        })?;
         let dgamma: Vec<f32> = sums.iter().map(|&(_, sgx)| sgx as f32).collect();
         let dbeta: Vec<f32> = sums.iter().map(|&(sg, _)| sg as f32).collect();
         Ok((
@@ -215,7 +213,7 @@ impl CustomOp3 for BatchNorm {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Var};
+    use candle_core::{DType, Device, Var};
 
     /// The same batch norm from candle's elementary ops (autograd through them).
     fn reference(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Tensor {

@@ -8,7 +8,9 @@
 //! convolution and many small tensors, and was about 20 times slower than PyTorch on a
 //! ResNet-56 training step here; this op keeps no intermediate tensor in the graph.
 
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+
+use super::cpu::{f32_slice, with_values};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -204,20 +206,6 @@ fn matmul(dst: &mut [f32], m: usize, n: usize, k: usize, lhs: Mat, rhs: Mat, acc
     }
 }
 
-fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
-    let CpuStorage::F32(values) = storage else {
-        candle_core::bail!("the training convolution supports f32 only");
-    };
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&values[start..end]),
-        None => candle_core::bail!("the training convolution needs contiguous tensors"),
-    }
-}
-
-fn values(t: &Tensor) -> Result<Vec<f32>> {
-    t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()
-}
-
 impl CustomOp2 for Conv2d {
     fn name(&self) -> &'static str {
         "conv2d-im2col-gemm"
@@ -230,8 +218,8 @@ impl CustomOp2 for Conv2d {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s1, l1)?;
-        let weight = contiguous_f32(s2, l2)?;
+        let x = f32_slice(s1, l1)?;
+        let weight = f32_slice(s2, l2)?;
         let (rows, plane) = (self.rows(), self.out_plane());
         let mut y = vec![0f32; self.batch * self.out * plane];
         y.par_chunks_mut(self.out * plane)
@@ -269,7 +257,21 @@ impl CustomOp2 for Conv2d {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (xs, ws, gs) = (values(x)?, values(weight)?, values(grad)?);
+        let (grad_x, grad_w) = with_values(x, |xs| {
+            with_values(weight, |ws| {
+                with_values(grad, |gs| Ok(self.backward(xs, ws, gs)))
+            })
+        })?;
+        Ok((
+            Some(Tensor::from_vec(grad_x, x.shape(), x.device())?),
+            Some(Tensor::from_vec(grad_w, weight.shape(), weight.device())?),
+        ))
+    }
+}
+
+impl Conv2d {
+    /// `(input gradient, kernel gradient)` from the input, kernels and output gradient.
+    fn backward(&self, xs: &[f32], ws: &[f32], gs: &[f32]) -> (Vec<f32>, Vec<f32>) {
         let (rows, plane) = (self.rows(), self.out_plane());
         let mut grad_x = vec![0f32; xs.len()];
         let grad_w = grad_x
@@ -304,7 +306,7 @@ impl CustomOp2 for Conv2d {
                         true,
                     );
                     // Input gradient: W^T (R x O) * g (O x P), folded back onto the image.
-                    let w_t = Mat::transposed(&ws, rows);
+                    let w_t = Mat::transposed(ws, rows);
                     if self.pointwise() {
                         matmul(
                             gx,
@@ -338,17 +340,14 @@ impl CustomOp2 for Conv2d {
                     a
                 },
             );
-        Ok((
-            Some(Tensor::from_vec(grad_x, x.shape(), x.device())?),
-            Some(Tensor::from_vec(grad_w, weight.shape(), weight.device())?),
-        ))
+        (grad_x, grad_w)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Var};
+    use candle_core::{DType, Device, Var};
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b)

@@ -1,13 +1,13 @@
 //! The training kit shared by every area that trains networks (compression and training):
-//! learning-rate schedules, optimizers over candle `Var`s, a convolution whose backward pass
-//! is fast on the CPU, a training-mode batch norm as one op, a max pool whose backward
-//! pass is PyTorch's, the standard CIFAR
-//! augmentation, soft-target losses and the epoch loop. Pure: no printing, no database, no
-//! clock.
+//! learning-rate schedules, optimizers over candle `Var`s, the standard CIFAR augmentation,
+//! soft-target losses, the epoch loop, and three custom ops with their own backward passes
+//! (convolution, training-mode batch norm, max pooling) that are fast on the CPU and match
+//! PyTorch's gradients. Pure: no printing, no database, no clock.
 
 pub mod augment;
 pub mod batch_norm;
 pub mod conv;
+mod cpu;
 pub mod fit;
 pub mod loss;
 pub mod optim;

@@ -10,6 +10,8 @@
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 
+use super::cpu::{f32_slice, with_values};
+
 /// `max_pool2d(x, kernel, stride, padding)` over an `N x C x H x W` f32 tensor on the CPU.
 pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> Result<Tensor> {
     x.contiguous()?
@@ -108,23 +110,13 @@ impl MaxPool2d {
     }
 }
 
-fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
-    let CpuStorage::F32(values) = storage else {
-        candle_core::bail!("max pool supports f32 only");
-    };
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&values[start..end]),
-        None => candle_core::bail!("max pool needs a contiguous input"),
-    }
-}
-
 impl CustomOp1 for MaxPool2d {
     fn name(&self) -> &'static str {
         "max-pool2d-first-argmax"
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(storage, layout)?;
+        let x = f32_slice(storage, layout)?;
         let dims = layout.shape().dims();
         let g = self.geometry(dims)?;
         let per_plane = g.ho * g.wo;
@@ -138,16 +130,16 @@ impl CustomOp1 for MaxPool2d {
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
         let g = self.geometry(arg.dims())?;
-        let x: Vec<f32> = arg.flatten_all()?.to_vec1()?;
-        let grad: Vec<f32> = grad_res
-            .flatten_all()?
-            .to_dtype(candle_core::DType::F32)?
-            .to_vec1()?;
         let (plane, per_plane) = (g.h * g.w, g.ho * g.wo);
-        let mut out = vec![0f32; x.len()];
-        self.scan(&x, &g, |p, o, at, _| {
-            out[p * plane + at] += grad[p * per_plane + o];
-        });
+        let out = with_values(arg, |x| {
+            with_values(grad_res, |grad| {
+                let mut out = vec![0f32; x.len()];
+                self.scan(x, &g, |p, o, at, _| {
+                    out[p * plane + at] += grad[p * per_plane + o];
+                });
+                Ok(out)
+            })
+        })?;
         Ok(Some(Tensor::from_vec(out, arg.shape(), arg.device())?))
     }
 }

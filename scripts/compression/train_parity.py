@@ -32,7 +32,9 @@ Two commands, both written from PyTorch's documented behaviour, not from the Rus
               train_parity.py digits --model resnet56 --epochs 6 --seeds 0,1,2
 
             This is the reference the ResNet-56 and VGG-16 rows of benches/prune_bench.md
-            are read against (how fast each learns, and how long an epoch takes).
+            are read against (how fast each learns, and how long an epoch takes). With
+            --prune-l1 0.3,0.5,0.7 (VGG only) it then prunes the trained network by L1
+            norm at each uniform ratio and prints the accuracy without fine-tuning.
 """
 
 import argparse
@@ -298,6 +300,44 @@ def digits(args):
                   f"train {100 * correct / len(train_y):.2f}% "
                   f"test {100 * accuracy(net, test_x, test_y):.2f}% ({seconds:.1f} s)",
                   flush=True)
+        for ratio in [float(r) for r in args.prune_l1.split(",") if r]:
+            pruned = prune_l1(net, ratio)
+            print(f"seed {seed} L1 {ratio:.2f} without fine-tuning: "
+                  f"test {100 * accuracy(pruned, test_x, test_y):.2f}%", flush=True)
+
+
+def prune_l1(net, ratio):
+    """A copy of a VggNm with every convolution keeping its floor(n * (1 - ratio)) filters
+    of largest L1 norm (batch norm and the next layer's inputs sliced to match), no
+    fine-tuning: the bench's `l1` row at a uniform ratio."""
+    import copy
+
+    if not isinstance(net, VggNm):
+        raise SystemExit("--prune-l1 is implemented for vgg16:W only")
+    net = copy.deepcopy(net)
+    layers = list(net.features)
+    convs = [i for i, m in enumerate(layers) if isinstance(m, nn.Conv2d)]
+    keep_prev = None
+    for i in convs:
+        conv, bn = layers[i], layers[i + 1]
+        with torch.no_grad():
+            if keep_prev is not None:
+                conv.weight = nn.Parameter(conv.weight[:, keep_prev].clone())
+            n = conv.weight.shape[0]
+            kept = max(1, math.floor(n * (1 - ratio)))
+            norms = conv.weight.abs().sum(dim=(1, 2, 3))
+            keep = torch.sort(torch.topk(norms, kept).indices).values
+            conv.weight = nn.Parameter(conv.weight[keep].clone())
+            conv.bias = nn.Parameter(conv.bias[keep].clone())
+            for name in ["weight", "bias"]:
+                setattr(bn, name, nn.Parameter(getattr(bn, name)[keep].clone()))
+            bn.running_mean = bn.running_mean[keep].clone()
+            bn.running_var = bn.running_var[keep].clone()
+        keep_prev = keep
+    with torch.no_grad():
+        fc = net.classifier[0]
+        fc.weight = nn.Parameter(fc.weight[:, keep_prev].clone())
+    return net
 
 
 def main():
@@ -309,6 +349,7 @@ def main():
     d.add_argument("--epochs", type=int, default=6)
     d.add_argument("--seeds", default="0")
     d.add_argument("--lr", type=float, default=0.05)
+    d.add_argument("--prune-l1", default="", help="ratios, e.g. 0.3,0.5,0.7 (VGG only)")
     args = parser.parse_args()
     if args.command == "fixture":
         fixture()
