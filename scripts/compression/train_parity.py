@@ -35,6 +35,9 @@ Two commands, both written from PyTorch's documented behaviour, not from the Rus
             are read against (how fast each learns, and how long an epoch takes). With
             --prune-l1 0.3,0.5,0.7 (VGG only) it then prunes the trained network by L1
             norm at each uniform ratio and prints the accuracy without fine-tuning.
+
+  speed     prints PyTorch's seconds per training step (batch 32) for the models of
+            benches/train_step_bench.rs, which runs it beside elite's trainer.
 """
 
 import argparse
@@ -340,6 +343,30 @@ def prune_l1(net, ratio):
     return net
 
 
+def speed(args):
+    """Seconds per training step (batch 32 of the digits, crops, SGD) after two warm-up
+    steps: PyTorch's column of benches/train_step_bench.rs."""
+    train_x, train_y, _, _, black = load_digits()
+    gen = torch.Generator().manual_seed(0)
+    for model in args.models.split(","):
+        torch.manual_seed(0)
+        net = build(model, 10)
+        kaiming_fan_out(net)
+        net.train()
+        opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+        seconds = []
+        for step in range(args.steps + 2):
+            idx = torch.randint(0, len(train_y), (32,), generator=gen)
+            start = time.perf_counter()
+            loss = F.cross_entropy(net(crop(train_x[idx], black, gen)), train_y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if step >= 2:
+                seconds.append(time.perf_counter() - start)
+        print(f"RESULT\t{model}\t{sum(seconds) / len(seconds):.6f}", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -350,9 +377,14 @@ def main():
     d.add_argument("--seeds", default="0")
     d.add_argument("--lr", type=float, default=0.05)
     d.add_argument("--prune-l1", default="", help="ratios, e.g. 0.3,0.5,0.7 (VGG only)")
+    sp = sub.add_parser("speed")
+    sp.add_argument("--models", default="resnet56,vgg16:0.25,vgg16:1.0")
+    sp.add_argument("--steps", type=int, default=10)
     args = parser.parse_args()
     if args.command == "fixture":
         fixture()
+    elif args.command == "speed":
+        speed(args)
     else:
         digits(args)
 
