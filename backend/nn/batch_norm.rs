@@ -34,7 +34,11 @@ pub fn batch_norm_train(
     eps: f64,
 ) -> Result<BatchNormOutput> {
     let dims = x.dims();
-    if dims.len() < 2 || gamma.elem_count() != dims[1] || beta.elem_count() != dims[1] {
+    if dims.len() < 2
+        || dims[1] == 0
+        || gamma.elem_count() != dims[1]
+        || beta.elem_count() != dims[1]
+    {
         candle_core::bail!(
             "batch norm over {dims:?} needs {} gammas and betas",
             dims.get(1).unwrap_or(&0)

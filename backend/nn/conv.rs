@@ -47,6 +47,9 @@ impl Conv2d {
         if ci != channels {
             candle_core::bail!("convolution expects {ci} input channels, got {channels}");
         }
+        if channels == 0 || out == 0 {
+            candle_core::bail!("convolution with no input or output channels");
+        }
         let (hp, wp) = (h + 2 * padding, w + 2 * padding);
         if hp < kh || wp < kw || stride == 0 || kh == 0 || kw == 0 {
             candle_core::bail!("kernel {kh}x{kw} (stride {stride}) does not fit input {hp}x{wp}");
@@ -64,6 +67,15 @@ impl Conv2d {
             padding,
             stride,
         })
+    }
+
+    /// The input and kernel values are the sizes this op was built for (what keeps the
+    /// raw `gemm` calls in bounds).
+    fn check_sizes(&self, x: &[f32], weight: &[f32]) -> Result<()> {
+        if x.len() != self.batch * self.in_image() || weight.len() != self.out * self.rows() {
+            candle_core::bail!("convolution inputs do not match the shapes it was built for");
+        }
+        Ok(())
     }
 
     /// Rows of the column matrix (`C * KH * KW`).
@@ -220,6 +232,7 @@ impl CustomOp2 for Conv2d {
     ) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(s1, l1)?;
         let weight = f32_slice(s2, l2)?;
+        self.check_sizes(x, weight)?;
         let (rows, plane) = (self.rows(), self.out_plane());
         let mut y = vec![0f32; self.batch * self.out * plane];
         y.par_chunks_mut(self.out * plane)
@@ -259,7 +272,13 @@ impl CustomOp2 for Conv2d {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (grad_x, grad_w) = with_values(x, |xs| {
             with_values(weight, |ws| {
-                with_values(grad, |gs| Ok(self.backward(xs, ws, gs)))
+                with_values(grad, |gs| {
+                    self.check_sizes(xs, ws)?;
+                    if gs.len() != self.batch * self.out * self.out_plane() {
+                        candle_core::bail!("convolution gradient of the wrong size");
+                    }
+                    Ok(self.backward(xs, ws, gs))
+                })
             })
         })?;
         Ok((
