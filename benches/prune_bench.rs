@@ -12,7 +12,8 @@
 //! Environment overrides: `ELITE_BENCH_MODELS` (comma-separated from `lenet`, `vgg16:W`,
 //! `resnet56`, and `tiny:W`, the three-conv VGG for quick runs; default
 //! `lenet,vgg16:0.25,vgg16:1.0,resnet56`), `ELITE_BENCH_SEEDS` (number
-//! of seeds, default 5), `ELITE_BENCH_EPOCHS` (base training epochs, default 15),
+//! of seeds, default 5), `ELITE_BENCH_FIRST_SEED` (default 0: a run cut short can go on from
+//! the next seed, its per-seed lines merged by hand), `ELITE_BENCH_EPOCHS` (base training epochs, default 15),
 //! `ELITE_BENCH_FT_EPOCHS` (fine-tuning epochs, default 2), `ELITE_BENCH_RATIOS`
 //! (default 0.3,0.5,0.7), `ELITE_BENCH_DATA` (a data source as typed in the experiment
 //! form, default `digits`; the CNNs need 32x32 images).
@@ -132,6 +133,7 @@ fn run() -> Result<()> {
         .map(|s| s.trim().to_string())
         .collect();
     let seeds: u64 = env_or("ELITE_BENCH_SEEDS", 5);
+    let first: u64 = env_or("ELITE_BENCH_FIRST_SEED", 0);
     let epochs: usize = env_or("ELITE_BENCH_EPOCHS", 15);
     let ft_epochs: usize = env_or("ELITE_BENCH_FT_EPOCHS", 2);
     let ratios: Vec<f64> = std::env::var("ELITE_BENCH_RATIOS")
@@ -145,23 +147,30 @@ fn run() -> Result<()> {
     let started = Instant::now();
     for model in &models {
         if model == "lenet" {
-            lenet(seeds, epochs)?;
+            lenet(first..first + seeds, epochs)?;
         } else {
-            cnn(model, &data, seeds, epochs, ft_epochs, &ratios)?;
+            cnn(
+                model,
+                &data,
+                first..first + seeds,
+                epochs,
+                ft_epochs,
+                &ratios,
+            )?;
         }
     }
     println!("\ntotal wall time {:.1}s", started.elapsed().as_secs_f64());
     Ok(())
 }
 
-fn lenet(seeds: u64, epochs: usize) -> Result<()> {
+fn lenet(seeds: std::ops::Range<u64>, epochs: usize) -> Result<()> {
     let (train_set, test_set) = load_digits(DigitsForm::Vector64)?;
     let ratios = [0.5, 0.6, 0.7, 0.8];
     let mut base = Vec::new();
     let mut pruned = vec![Vec::new(); ratios.len()];
     let mut merged = vec![Vec::new(); ratios.len()];
     let mut params = vec![0u64; ratios.len()];
-    for seed in 0..seeds {
+    for seed in seeds.clone() {
         let net = Network::lenet_300_100([1, 8, 8], 10, seed)?;
         let config = TrainConfig {
             epochs,
@@ -186,7 +195,8 @@ fn lenet(seeds: u64, epochs: usize) -> Result<()> {
         }
     }
     println!(
-        "\n## LeNet-300-100 on digits (64-d), {seeds} seeds, {epochs} epochs: unpruned {}%\n",
+        "\n## LeNet-300-100 on digits (64-d), {} seeds, {epochs} epochs: unpruned {}%\n",
+        base.len(),
         stat(&base, 2)
     );
     println!("| ratio | params | prune (L1) % | merge (official, t = 0.45) % | merge - prune |");
@@ -211,7 +221,7 @@ fn lenet(seeds: u64, epochs: usize) -> Result<()> {
 fn cnn(
     model: &str,
     data: &DataSource,
-    seeds: u64,
+    seeds: std::ops::Range<u64>,
     epochs: usize,
     ft_epochs: usize,
     ratios: &[f64],
@@ -228,7 +238,7 @@ fn cnn(
     let mut base = Vec::new();
     let mut base_cost = (0, 0);
     let mut train_s = Vec::new();
-    for seed in 0..seeds {
+    for seed in seeds.clone() {
         let net = build(model, train_set.num_classes(), seed)?;
         let config = TrainConfig {
             epochs,
@@ -281,8 +291,9 @@ fn cnn(
         }
     }
     println!(
-        "\n## {model} on {}, {seeds} seeds, {epochs} epochs (train {} s): {} params, {} MACs, top-1 {}%; fine-tuning {ft_epochs} epoch(s)\n",
+        "\n## {model} on {}, {} seeds, {epochs} epochs (train {} s): {} params, {} MACs, top-1 {}%; fine-tuning {ft_epochs} epoch(s)\n",
         data.label(),
+        base.len(),
         seconds(&train_s),
         base_cost.0,
         base_cost.1,
