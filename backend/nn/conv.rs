@@ -130,6 +130,26 @@ impl Conv2d {
         }
     }
 
+    /// Values the column buffer needs (none for a pointwise convolution).
+    fn column_buffer(&self) -> usize {
+        if self.pointwise() {
+            0
+        } else {
+            self.rows() * self.out_plane()
+        }
+    }
+
+    /// The column matrix of one image: the image itself for a pointwise convolution,
+    /// else its unfolding into `buffer`.
+    fn columns<'a>(&self, image: &'a [f32], buffer: &'a mut [f32]) -> &'a [f32] {
+        if self.pointwise() {
+            image
+        } else {
+            self.im2col(image, buffer);
+            buffer
+        }
+    }
+
     /// Unfolds one image (`C x H x W`) into `cols` (`C*KH*KW x HO*WO`).
     fn im2col(&self, image: &[f32], cols: &mut [f32]) {
         let (plane, s) = (self.out_plane(), self.stride);
@@ -238,14 +258,9 @@ impl CustomOp2 for Conv2d {
         y.par_chunks_mut(self.out * plane)
             .zip(x.par_chunks(self.in_image()))
             .for_each_init(
-                || vec![0f32; if self.pointwise() { 0 } else { rows * plane }],
+                || vec![0f32; self.column_buffer()],
                 |cols, (y_img, x_img)| {
-                    let cols: &[f32] = if self.pointwise() {
-                        x_img
-                    } else {
-                        self.im2col(x_img, cols);
-                        cols
-                    };
+                    let cols = self.columns(x_img, cols);
                     matmul(
                         y_img,
                         self.out,
@@ -298,7 +313,7 @@ impl Conv2d {
             .enumerate()
             .fold(
                 || {
-                    let cols = if self.pointwise() { 0 } else { rows * plane };
+                    let cols = self.column_buffer();
                     (
                         vec![0f32; self.out * rows],
                         vec![0f32; cols],
@@ -309,12 +324,7 @@ impl Conv2d {
                     let x_img = &xs[i * self.in_image()..(i + 1) * self.in_image()];
                     let g_img = &gs[i * self.out * plane..(i + 1) * self.out * plane];
                     // Kernel gradient: g (O x P) * cols^T (P x R).
-                    let cols_ref: &[f32] = if self.pointwise() {
-                        x_img
-                    } else {
-                        self.im2col(x_img, &mut cols);
-                        &cols
-                    };
+                    let cols_ref = self.columns(x_img, &mut cols);
                     matmul(
                         &mut gw,
                         self.out,
