@@ -255,7 +255,11 @@ fn cnn(
         base.push(accuracy);
         let cost = count_cost(&trained, 32, 32)?;
         base_cost = (cost.params, cost.macs);
-        eprintln!("{model} seed {seed}: top-1 {:.2}%", accuracy * 100.0);
+        eprintln!(
+            "{model} seed {seed}: top-1 {:.2}% (trained in {:.0} s)",
+            accuracy * 100.0,
+            train_s.last().unwrap_or(&0.0)
+        );
         for (i, s) in settings.iter().enumerate() {
             let config = ExperimentConfig {
                 prune: s.options.clone(),
@@ -272,13 +276,17 @@ fn cnn(
             let r = run_experiment(&trained, &train_set, &test_set, &config, &|_| {})?.result;
             // One line per setting and seed, so a run stopped early still leaves its figures.
             eprintln!(
-                "{model} seed {seed} | {} | {:.2} | no FT {:.2}% | FT {} | {:.1} s",
+                "{model} seed {seed} | {} | {:.2} | no FT {:.2}% | FT {} | {:.1} s | params {} ({:.1}% fewer) | MACs {} ({:.1}% fewer)",
                 s.label,
                 s.options.ratio,
                 r.accuracy_pruned * 100.0,
                 r.accuracy_fine_tuned
                     .map_or("-".into(), |a| format!("{:.2}%", a * 100.0)),
-                t.elapsed().as_secs_f64()
+                t.elapsed().as_secs_f64(),
+                r.params_after,
+                r.param_reduction * 100.0,
+                r.macs_after,
+                r.mac_reduction * 100.0,
             );
             no_ft[i].push(r.accuracy_pruned);
             if let Some(a) = r.accuracy_fine_tuned {
