@@ -276,7 +276,7 @@ fn cnn(
             let r = run_experiment(&trained, &train_set, &test_set, &config, &|_| {})?.result;
             // One line per setting and seed, so a run stopped early still leaves its figures.
             eprintln!(
-                "{model} seed {seed} | {} | {:.2} | no FT {:.2}% | FT {} | {:.1} s | params {} ({:.1}% fewer) | MACs {} ({:.1}% fewer)",
+                "{model} seed {seed} | {} | {:.2} | no FT {:.2}% | FT {} | {:.1} s | params {} ({:.1}% fewer) | MACs {} ({:.1}% fewer) | widths {:?}",
                 s.label,
                 s.options.ratio,
                 r.accuracy_pruned * 100.0,
@@ -287,6 +287,7 @@ fn cnn(
                 r.param_reduction * 100.0,
                 r.macs_after,
                 r.mac_reduction * 100.0,
+                r.widths_after.iter().map(|(_, w)| w).collect::<Vec<_>>(),
             );
             no_ft[i].push(r.accuracy_pruned);
             if let Some(a) = r.accuracy_fine_tuned {
