@@ -16,7 +16,9 @@
 //! the next seed, its per-seed lines merged by hand), `ELITE_BENCH_EPOCHS` (base training epochs, default 15),
 //! `ELITE_BENCH_FT_EPOCHS` (fine-tuning epochs, default 2), `ELITE_BENCH_RATIOS`
 //! (default 0.3,0.5,0.7), `ELITE_BENCH_DATA` (a data source as typed in the experiment
-//! form, default `digits`; the CNNs need 32x32 images).
+//! form, default `digits`; the CNNs need 32x32 images), `ELITE_BENCH_SETTINGS` (only the
+//! CNN settings with these labels, comma-separated as printed, e.g. `reprune-kernel,l1
+//! (REPrune widths)`; default all).
 //!
 //! Measured tables: `benches/prune_bench.md`.
 //!
@@ -141,6 +143,9 @@ fn run() -> Result<()> {
         .split(',')
         .filter_map(|r| r.trim().parse().ok())
         .collect();
+    let only: Vec<String> = std::env::var("ELITE_BENCH_SETTINGS")
+        .map(|v| v.split(',').map(|s| s.trim().to_string()).collect())
+        .unwrap_or_default();
     let data: DataSource = std::env::var("ELITE_BENCH_DATA")
         .unwrap_or_else(|_| "digits".into())
         .parse()?;
@@ -156,6 +161,7 @@ fn run() -> Result<()> {
                 epochs,
                 ft_epochs,
                 &ratios,
+                &only,
             )?;
         }
     }
@@ -225,9 +231,18 @@ fn cnn(
     epochs: usize,
     ft_epochs: usize,
     ratios: &[f64],
+    only: &[String],
 ) -> Result<()> {
     let (train_set, test_set) = data.load()?;
-    let settings = settings(ratios, model.starts_with("vgg16"));
+    let mut settings = settings(ratios, model.starts_with("vgg16"));
+    if !only.is_empty() {
+        settings.retain(|s| only.contains(&s.label));
+        if settings.is_empty() {
+            return Err(CompressionError::Config(format!(
+                "ELITE_BENCH_SETTINGS matches no setting: {only:?}"
+            )));
+        }
+    }
     // [setting] -> (no FT, FT, params, MACs, prune s)
     let mut no_ft = vec![Vec::new(); settings.len()];
     let mut ft = vec![Vec::new(); settings.len()];

@@ -192,10 +192,12 @@ pub enum LayerRatios {
     /// One absolute kept width (1..=width) per site; the global ratio is ignored.
     KeepCounts(Vec<usize>),
     /// REPrune's allocation: rank the batch-norm scale factors `|gamma|` of every channel of
-    /// every prunable site that has a batch norm; the `floor(r * N)` smallest (a global
-    /// quantile) are counted as removed from their own site, which sets each site's
-    /// sparsity (at least one channel kept). Sites without batch norm use `floor(n * (1 -
-    /// r))`. Recomputed from the current weights whenever a network is pruned.
+    /// every prunable convolution site that has a batch norm; the `floor(r * N)` smallest (a
+    /// global quantile) are counted as removed from their own site, which sets each site's
+    /// sparsity (at least one channel kept). Other sites (those without batch norm, and
+    /// linear layers such as the hidden layer of Neuron Merging's VGG-16 classifier, whose
+    /// BatchNorm1d scales are on another footing) use `floor(n * (1 - r))`. Recomputed from
+    /// the current weights whenever a network is pruned.
     GammaQuantile,
 }
 
@@ -394,7 +396,11 @@ pub fn resolve_keep_counts(network: &Network, options: &PruneOptions) -> Result<
             check_ratio(options.ratio)?;
             let mut gammas: Vec<(f32, usize)> = Vec::new();
             let mut has_bn = vec![false; sites.len()];
-            for (i, site) in sites.iter().enumerate() {
+            // Convolutions only: REPrune prunes channels of convolutions (it clusters their
+            // kernels). A linear layer's BatchNorm1d ranked with them can lose all but one
+            // unit (it did on VGG-16 x1.0 trained on digits: 512 -> 1, and fine-tuning could
+            // not recover from the bottleneck).
+            for (i, site) in sites.iter().enumerate().filter(|(_, s)| s.is_conv) {
                 if let Some((gamma, ..)) = site_weights(network, site)?.batch_norm_raw {
                     has_bn[i] = true;
                     gammas.extend(gamma.iter().map(|g| (g.abs(), i)));
@@ -1032,15 +1038,18 @@ mod tests {
                 VggItem::MaxPool,
             ],
             batch_norm: true,
-            classifier_hidden: vec![],
+            classifier_hidden: vec![6],
             global_pool: false,
             conv_bias: false,
-            classifier_batch_norm: false,
+            classifier_batch_norm: true,
         };
         let mut net = Network::vgg_cifar(&config, 1.0, 10, 0).unwrap();
+        // The classifier's hidden layer (6 units, BatchNorm1d) has the smallest gammas of
+        // all; it is not ranked with the convolutions and keeps floor(6 * (1 - r)).
         let gammas = [
             vec![0.1f32, 0.9, 0.2, 0.8],
             vec![0.5, 0.05, 0.6, 0.7, 0.3, 1.0, 1.1, 0.4],
+            vec![0.001; 6],
         ];
         let mut which = 0;
         for layer in &mut net.layers {
@@ -1053,10 +1062,10 @@ mod tests {
         }
         let mut options = PruneOptions::new(PruneMethod::L1, 0.5);
         options.layer_ratios = LayerRatios::GammaQuantile;
-        assert_eq!(resolve_keep_counts(&net, &options).unwrap(), vec![2, 4]);
-        // Ratio 0.25 removes floor(3) = 3: 0.05, 0.1, 0.2 -> kept 2 and 7.
+        assert_eq!(resolve_keep_counts(&net, &options).unwrap(), vec![2, 4, 3]);
+        // Ratio 0.25 removes floor(3) = 3: 0.05, 0.1, 0.2 -> kept 2 and 7; floor(4.5) = 4.
         options.ratio = 0.25;
-        assert_eq!(resolve_keep_counts(&net, &options).unwrap(), vec![2, 7]);
+        assert_eq!(resolve_keep_counts(&net, &options).unwrap(), vec![2, 7, 4]);
         let pruned = prune(&net, &options).unwrap();
         assert_eq!(pruned.layer_widths()[1].1, 7);
     }
