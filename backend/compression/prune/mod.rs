@@ -25,7 +25,8 @@
 //!   for every other architecture.
 //! - `PerSite` / `KeepCounts`: explicit ratios or absolute widths, one entry per site in
 //!   [`prune_sites`] order.
-//! - `GammaQuantile`: REPrune's global quantile of the batch-norm scale factors.
+//! - `GammaQuantile`: REPrune's global quantile of the convolutions' batch-norm scale
+//!   factors (linear layers keep the uniform width).
 //!
 //! Baselines and methods share the same resolved per-site widths, so a comparison at one
 //! ratio compares networks of identical size.
