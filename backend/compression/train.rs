@@ -231,6 +231,43 @@ mod tests {
         assert!((c.learning_rate_at(4, 0, 1) - 0.01).abs() < 1e-12);
     }
 
+    /// The module's promise: the same seed trains the same weights, bit for bit.
+    #[test]
+    fn same_seed_repeats_bit_for_bit() {
+        let net = Network::vgg16_bn_cifar(1.0 / 16.0, 10, 0).unwrap();
+        let data = crate::compression::data::synthetic_dataset(
+            &crate::compression::data::SyntheticConfig {
+                images_per_class: 24,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let cfg = TrainConfig {
+            epochs: 2,
+            batch_size: 16,
+            seed: 3,
+            ..Default::default()
+        };
+        let first = train(&net, &data, &cfg, &|_| {}).unwrap();
+        let second = train(&net, &data, &cfg, &|_| {}).unwrap();
+        let bits = |net: &Network| {
+            let mut named = net.named_tensors();
+            named.sort_by(|a, b| a.0.cmp(&b.0));
+            named
+                .into_iter()
+                .map(|(name, t)| {
+                    let values = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                    (name, values.iter().map(|v| v.to_bits()).collect::<Vec<_>>())
+                })
+                .collect::<Vec<_>>()
+        };
+        let (a, b) = (bits(&first), bits(&second));
+        assert_eq!(a.len(), b.len());
+        for ((name, x), (_, y)) in a.iter().zip(&b) {
+            assert!(x == y, "two runs with seed 3 trained different {name}");
+        }
+    }
+
     #[test]
     fn invalid_config_is_an_error() {
         let net = Network::vgg16_bn_cifar(1.0 / 16.0, 10, 0).unwrap();

@@ -237,11 +237,13 @@ impl PairVisitor for CrossVisitor<'_> {
 }
 
 /// `1 - prod(d / R)` from the fixed-point log-sum, with an exact 0 distance giving 1.
+/// No hit at all gives +0, not -0 (`0.0 - x` rather than `-x`), so reports and JSON never
+/// show a score of "-0.0000".
 pub(crate) fn hit_probability(log_sum: i128, zero: bool) -> f64 {
     if zero {
         1.0
     } else {
-        -(log_sum as f64 / LOG_SCALE).exp_m1()
+        0.0 - (log_sum as f64 / LOG_SCALE).exp_m1()
     }
 }
 
@@ -275,5 +277,6 @@ mod tests {
         assert_eq!(hit_probability(to_fixed(-2f64.ln()), false), 0.5);
         assert_eq!(hit_probability(0, true), 1.0);
         assert_eq!(hit_probability(0, false), 0.0);
+        assert!(hit_probability(0, false).is_sign_positive());
     }
 }
