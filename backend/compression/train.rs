@@ -250,18 +250,7 @@ mod tests {
         };
         let first = train(&net, &data, &cfg, &|_| {}).unwrap();
         let second = train(&net, &data, &cfg, &|_| {}).unwrap();
-        let bits = |net: &Network| {
-            let mut named = net.named_tensors();
-            named.sort_by(|a, b| a.0.cmp(&b.0));
-            named
-                .into_iter()
-                .map(|(name, t)| {
-                    let values = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-                    (name, values.iter().map(|v| v.to_bits()).collect::<Vec<_>>())
-                })
-                .collect::<Vec<_>>()
-        };
-        let (a, b) = (bits(&first), bits(&second));
+        let (a, b) = (first.tensor_bits(), second.tensor_bits());
         assert_eq!(a.len(), b.len());
         for ((name, x), (_, y)) in a.iter().zip(&b) {
             assert!(x == y, "two runs with seed 3 trained different {name}");

@@ -653,6 +653,21 @@ impl Network {
         Ok(())
     }
 
+    /// Every tensor's values as bit patterns, sorted by name: what tests compare when they
+    /// claim two networks are the same bit for bit.
+    #[cfg(test)]
+    pub(crate) fn tensor_bits(&self) -> Vec<(String, Vec<u32>)> {
+        let mut named = self.named_tensors();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        named
+            .into_iter()
+            .map(|(name, t)| {
+                let values = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                (name, values.iter().map(|v| v.to_bits()).collect())
+            })
+            .collect()
+    }
+
     /// All tensors with their PyTorch state-dict names (weights, biases, running stats).
     pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
         let mut out = Vec::new();
